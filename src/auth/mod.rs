@@ -1,0 +1,9 @@
+//! Who is calling: the credential is taken from the request's carriers ([`extract`]), checked
+//! offline, then verified against the caches and the store ([`Verifier`]). The result, an
+//! [`Identity`], is the only thing later stages accept as proof of authentication.
+
+mod extract;
+mod verifier;
+
+pub use extract::{Credential, extract};
+pub use verifier::{Identity, IdentityValues, Verifier, VerifierSettings};

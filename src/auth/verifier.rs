@@ -1,0 +1,340 @@
+//! The verifier: parse (offline) → positive cache → negative cache → store lookup by hash →
+//! Argon2id, then the key checks that need only the record (revoked, expired, environment).
+//!
+//! Concurrent first requests for one key share a single *flight*: one store lookup and one
+//! Argon2id run, however many requests wait. Invalidations (revocation, rotation, edits) and
+//! flights meet under one mutex, so a fill that raced a revocation is redone rather than
+//! caching the record it read before the change.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::sync::{OnceCell, Semaphore, broadcast};
+
+use super::Credential;
+use crate::error::{AuthError, InvalidKey};
+use crate::key::{Environment, KeyFormat, KeyHasher, LookupHash};
+use crate::store::{Invalidation, KeyRecord, KeyState, KeyStore, Store};
+use crate::telemetry::Metrics;
+use crate::time::Timestamp;
+
+/// Identity header values, built once per cache fill so requests only clone `Bytes` handles.
+#[derive(Debug, Clone)]
+pub struct IdentityValues {
+    pub key_id: HeaderValue,
+    pub owner: HeaderValue,
+    pub environment: HeaderValue,
+    pub key_type: HeaderValue,
+    pub scopes: HeaderValue,
+}
+
+/// A cache entry: a record whose key passed Argon2id verification.
+#[derive(Debug)]
+struct Verified {
+    record: Arc<KeyRecord>,
+    values: IdentityValues,
+    /// Unix seconds of the last request that used this entry, for `last_used_at`.
+    last_used: AtomicU64,
+    /// Unix seconds of the last `last_used` value written to the store.
+    flushed: AtomicU64,
+}
+
+/// Proof that a request carries a genuine, active key of this environment.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    entry: Arc<Verified>,
+}
+
+impl Identity {
+    pub fn record(&self) -> &KeyRecord {
+        &self.entry.record
+    }
+
+    pub fn values(&self) -> &IdentityValues {
+        &self.entry.values
+    }
+}
+
+#[derive(Debug, Clone)]
+enum FillError {
+    Unknown,
+    Unavailable,
+}
+
+#[derive(Default)]
+struct Flight {
+    result: OnceCell<Result<Arc<Verified>, FillError>>,
+    /// Set by an invalidation that arrived while this flight was reading the store.
+    invalidated: AtomicBool,
+}
+
+#[derive(Clone, Debug)]
+pub struct VerifierSettings {
+    pub environment: Environment,
+    pub cache_ttl: Duration,
+    pub cache_max_entries: u64,
+    pub negative_cache_ttl: Duration,
+    pub negative_cache_max_entries: u64,
+    pub argon2_concurrency: usize,
+    /// `Retry-After` for `auth_unavailable`.
+    pub retry_after: Duration,
+}
+
+pub struct Verifier {
+    format: KeyFormat,
+    hasher: KeyHasher,
+    store: Store,
+    settings: VerifierSettings,
+    positive: moka::sync::Cache<LookupHash, Arc<Verified>>,
+    negative: moka::sync::Cache<LookupHash, ()>,
+    /// Fills in progress. Invalidations take this lock too; see the module docs.
+    flights: Mutex<HashMap<LookupHash, Arc<Flight>>>,
+    argon2: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Verifier {
+    pub fn new(
+        format: KeyFormat,
+        hasher: KeyHasher,
+        store: Store,
+        settings: VerifierSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let positive = moka::sync::Cache::builder()
+            .max_capacity(settings.cache_max_entries)
+            .time_to_live(settings.cache_ttl)
+            .build();
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(settings.negative_cache_max_entries)
+            .time_to_live(settings.negative_cache_ttl)
+            .build();
+        Arc::new(Verifier {
+            format,
+            hasher,
+            store,
+            argon2: Arc::new(Semaphore::new(settings.argon2_concurrency)),
+            settings,
+            positive,
+            negative,
+            flights: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Verifies a credential and applies the record-only checks.
+    pub async fn verify(&self, cred: &Credential<'_>) -> Result<Identity, AuthError> {
+        let parsed = self.format.parse(cred.key)?;
+        let hash = self.hasher.lookup_hash(parsed.as_str());
+        let entry = match self.positive.get(&hash) {
+            Some(entry) => {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                entry
+            }
+            None => {
+                if self.negative.contains_key(&hash) {
+                    self.metrics.negative_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Err(InvalidKey::Unknown.into());
+                }
+                self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                self.fill(hash, parsed.as_str()).await.map_err(|e| match e {
+                    FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
+                    FillError::Unavailable => AuthError::AuthUnavailable {
+                        retry_after: self.settings.retry_after,
+                    },
+                })?
+            }
+        };
+        self.check(&entry)?;
+        entry.last_used.store(Timestamp::now().unix(), Ordering::Relaxed);
+        Ok(Identity { entry })
+    }
+
+    fn check(&self, entry: &Verified) -> Result<(), AuthError> {
+        let rec = &entry.record;
+        match rec.state(Timestamp::now()) {
+            KeyState::Active => {}
+            KeyState::Expired | KeyState::Revoked => return Err(AuthError::ExpiredKey),
+        }
+        if rec.environment != self.settings.environment {
+            return Err(AuthError::WrongEnvironment {
+                key: rec.environment.as_str(),
+                instance: self.settings.environment.as_str(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Joins (or starts) the flight for `hash`.
+    async fn fill(&self, hash: LookupHash, key: &str) -> Result<Arc<Verified>, FillError> {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(flights.entry(hash).or_default())
+        };
+        // Whoever gets here first runs the fill; the rest wait for its result. If that caller
+        // goes away mid-fill, the next waiter takes over.
+        flight
+            .result
+            .get_or_init(|| self.run_flight(hash, key.to_owned(), &flight))
+            .await
+            .clone()
+    }
+
+    async fn run_flight(&self, hash: LookupHash, key: String, flight: &Flight) -> Result<Arc<Verified>, FillError> {
+        let mut verified_phc: Option<String> = None;
+        // An invalidation during the lookup means the record may be stale: read it again.
+        for _ in 0..3 {
+            let record = match self.store.find_by_hash(hash).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return self.finish(hash, flight, Err(FillError::Unknown)),
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "key store lookup failed");
+                    return self.finish(hash, flight, Err(FillError::Unavailable));
+                }
+            };
+            if verified_phc.as_deref() != Some(record.phc.as_str()) {
+                if !self.argon2_verify(&key, &record.phc).await? {
+                    tracing::warn!(key.id = %record.id, "lookup hash matched but Argon2id did not; pepper changed?");
+                    return self.finish(hash, flight, Err(FillError::Unknown));
+                }
+                verified_phc = Some(record.phc.clone());
+            }
+            let Some(values) = identity_values(&record) else {
+                tracing::error!(key.id = %record.id, "stored record has values that cannot be sent as headers");
+                return self.finish(hash, flight, Err(FillError::Unknown));
+            };
+            let entry = Arc::new(Verified {
+                record,
+                values,
+                last_used: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+            });
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flight.invalidated.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            self.positive.insert(hash, Arc::clone(&entry));
+            flights.remove(&hash);
+            return Ok(entry);
+        }
+        // The record kept changing under us; do not cache, let the next request retry.
+        self.finish(hash, flight, Err(FillError::Unavailable))
+    }
+
+    fn finish(
+        &self,
+        hash: LookupHash,
+        flight: &Flight,
+        result: Result<Arc<Verified>, FillError>,
+    ) -> Result<Arc<Verified>, FillError> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // A key created while we looked it up must not be remembered as unknown.
+        if matches!(result, Err(FillError::Unknown)) && !flight.invalidated.load(Ordering::Acquire) {
+            self.negative.insert(hash, ());
+        }
+        flights.remove(&hash);
+        result
+    }
+
+    /// Argon2id on the blocking pool, at most `argon2_concurrency` at a time.
+    async fn argon2_verify(&self, key: &str, phc: &str) -> Result<bool, FillError> {
+        let _permit = Arc::clone(&self.argon2)
+            .acquire_owned()
+            .await
+            .map_err(|_| FillError::Unavailable)?;
+        self.metrics.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        let hasher = self.hasher.clone();
+        let (key, phc) = (key.to_owned(), phc.to_owned());
+        tokio::task::spawn_blocking(move || hasher.verify(&key, &phc))
+            .await
+            .map_err(|_| FillError::Unavailable)
+    }
+
+    /// Drops whatever is cached for `hash`, and marks a flight for it as stale.
+    pub fn invalidate(&self, inv: Invalidation) {
+        let flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        match inv {
+            Invalidation::Key(hash) => {
+                if let Some(f) = flights.get(&hash) {
+                    f.invalidated.store(true, Ordering::Release);
+                }
+                self.positive.invalidate(&hash);
+                self.negative.invalidate(&hash);
+            }
+            Invalidation::All => {
+                for f in flights.values() {
+                    f.invalidated.store(true, Ordering::Release);
+                }
+                self.positive.invalidate_all();
+                self.negative.invalidate_all();
+            }
+        }
+        self.metrics.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies the store's invalidations until the store goes away.
+    pub fn spawn_invalidation_listener(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let mut rx = self.store.subscribe();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let inv = match rx.recv().await {
+                    Ok(inv) => inv,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "invalidation listener fell behind; clearing the key cache");
+                        Invalidation::All
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(v) = weak.upgrade() else { return };
+                v.invalidate(inv);
+            }
+        })
+    }
+
+    /// Usage seen since the last call, as `(key id, last used)`; marks it as taken.
+    pub fn take_usage(&self) -> Vec<(String, Timestamp)> {
+        let mut out = Vec::new();
+        for (_, entry) in self.positive.iter() {
+            let used = entry.last_used.load(Ordering::Relaxed);
+            if used > entry.flushed.swap(used, Ordering::Relaxed) {
+                out.push((entry.record.id.clone(), Timestamp::from_unix(used)));
+            }
+        }
+        out
+    }
+
+    /// Writes `last_used_at` for keys used since the last flush.
+    pub async fn flush_usage(&self) {
+        let usage = self.take_usage();
+        if usage.is_empty() {
+            return;
+        }
+        let n = usage.len();
+        if let Err(e) = self.store.record_usage(usage).await {
+            tracing::warn!(error = %e, keys = n, "could not record key usage");
+        }
+    }
+
+    pub fn cached_entries(&self) -> u64 {
+        self.positive.entry_count()
+    }
+}
+
+fn identity_values(rec: &KeyRecord) -> Option<IdentityValues> {
+    Some(IdentityValues {
+        key_id: HeaderValue::from_str(&rec.id).ok()?,
+        owner: HeaderValue::from_str(&rec.owner).ok()?,
+        environment: HeaderValue::from_static(rec.environment.as_str()),
+        key_type: HeaderValue::from_static(rec.key_type.as_str()),
+        scopes: HeaderValue::from_str(&rec.scopes.join(",")).ok()?,
+    })
+}

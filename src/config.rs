@@ -1,0 +1,742 @@
+//! `sidecar.toml` → validated, typed settings. The raw structs mirror the file with every field
+//! optional; [`Config::from_toml`] fills defaults, applies `KEYGATE__SECTION__FIELD` environment
+//! overrides, and collects *every* problem (unknown keys, bad addresses, durations, sizes, labels)
+//! into one [`ConfigError`] before anything starts. After load nothing compares config strings.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use crate::key::{Environment, Labels};
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret read from the environment or a file. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// `Authorization: Bearer <key>`
+    Bearer,
+    /// `X-Api-Key: <key>`
+    ApiKeyHeader,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The environment this instance serves; keys of the other one get `wrong_environment`.
+    pub environment: Environment,
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub ops: OpsConfig,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_request_body: u64,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// `http://host:port`; requests keep their own path and query.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Forward the client's `Host` (true) or the upstream's authority (false).
+    pub preserve_host: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpsConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    File {
+        path: PathBuf,
+        read_only: bool,
+        reload_interval: Duration,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct KeysConfig {
+    pub labels: Labels,
+    /// Longest credential accepted; longer ones are rejected before any hashing.
+    pub max_length: usize,
+    pub pepper: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// Accepted credential carriers, in order of precedence.
+    pub carriers: Vec<Carrier>,
+    pub forward_credential: bool,
+    /// Lower-case, e.g. `x-auth-`. Every incoming header in this namespace is stripped.
+    pub identity_prefix: String,
+    pub cache_ttl: Duration,
+    pub cache_max_entries: u64,
+    pub negative_cache_ttl: Duration,
+    pub negative_cache_max_entries: u64,
+    pub argon2_concurrency: usize,
+    pub last_used_flush_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+// ---- raw form: what the file says ----
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Raw {
+    environment: Option<String>,
+    listen: RawListen,
+    upstream: RawUpstream,
+    ops: RawOps,
+    store: RawStore,
+    keys: RawKeys,
+    auth: RawAuth,
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawListen {
+    address: Option<String>,
+    header_read_timeout: Option<String>,
+    max_request_body: Option<Size>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawUpstream {
+    url: Option<String>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+    pool_max_idle_per_host: Option<usize>,
+    preserve_host: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawOps {
+    address: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawStore {
+    backend: Option<String>,
+    path: Option<String>,
+    read_only: Option<bool>,
+    reload_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawKeys {
+    prefix_template: Option<String>,
+    secret_label: Option<String>,
+    publishable_label: Option<String>,
+    live_label: Option<String>,
+    test_label: Option<String>,
+    max_length: Option<usize>,
+    pepper_env: Option<String>,
+    pepper_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAuth {
+    carriers: Option<Vec<String>>,
+    forward_credential: Option<bool>,
+    identity_header_prefix: Option<String>,
+    cache_ttl: Option<String>,
+    cache_max_entries: Option<u64>,
+    negative_cache_ttl: Option<String>,
+    negative_cache_max_entries: Option<u64>,
+    argon2_concurrency: Option<usize>,
+    last_used_flush_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawLog {
+    format: Option<String>,
+    filter: Option<String>,
+}
+
+/// A byte size: an integer, or a string such as `"10MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// The prefix of environment variables that override file settings: `KEYGATE__UPSTREAM__URL`.
+pub const ENV_OVERRIDE_PREFIX: &str = "KEYGATE__";
+
+impl Config {
+    /// Reads and validates a config file, with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("{}: {e}", path.display())],
+        })?;
+        Config::from_toml(&text, std::env::vars(), |name| std::env::var_os(name))
+    }
+
+    /// Validates TOML text. `overrides` are `(name, value)` pairs (normally the environment);
+    /// `getenv` resolves secrets named by `*_env` settings.
+    pub fn from_toml(
+        text: &str,
+        overrides: impl IntoIterator<Item = (String, String)>,
+        getenv: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![format!("not valid TOML: {}", e.to_string().trim())],
+        })?;
+        apply_overrides(&mut table, overrides, &mut problems);
+        let mut unknown = Vec::new();
+        let raw: Raw = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+            unknown.push(path.to_string());
+        })
+        .map_err(|e| ConfigError {
+            problems: vec![e.to_string().trim().to_owned()],
+        })?;
+        problems.extend(unknown.into_iter().map(|p| format!("{p}: unknown setting")));
+        let config = validate(raw, &getenv, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+fn apply_overrides(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<String>,
+) {
+    for (name, value) in vars {
+        let Some(path) = name.strip_prefix(ENV_OVERRIDE_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        if parts.iter().any(String::is_empty) {
+            problems.push(format!("{name}: malformed override name"));
+            continue;
+        }
+        // A value that parses as TOML (number, bool, array) is taken as such; anything else is a string.
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        if let Err(section) = set_path(table, &parts, parsed) {
+            problems.push(format!("{name}: {section} is not a section"));
+        }
+    }
+}
+
+/// Sets `table[parts[0]][parts[1]]… = value`, creating sections; fails naming a non-section.
+fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
+    match parts {
+        [] => Ok(()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => match table
+            .entry(first.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => set_path(t, rest, value),
+            _ => Err(first.clone()),
+        },
+    }
+}
+
+struct Check<'a> {
+    problems: &'a mut Vec<String>,
+}
+
+impl Check<'_> {
+    fn duration(&mut self, field: &str, raw: Option<String>, default: Duration) -> Duration {
+        let Some(s) = raw else { return default };
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problems.push(format!("{field}: must be greater than zero"));
+                default
+            }
+            Err(e) => {
+                self.problems.push(format!(
+                    "{field}: {s:?} is not a duration ({e}); use e.g. \"250ms\", \"30s\", \"5m\""
+                ));
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, field: &str, raw: Option<String>, default: &str) -> SocketAddr {
+        let s = raw.unwrap_or_else(|| default.to_owned());
+        s.parse().unwrap_or_else(|_| {
+            self.problems.push(format!(
+                "{field}: {s:?} is not an address; use ip:port, e.g. \"0.0.0.0:8080\" or \"[::]:8080\""
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn size(&mut self, field: &str, raw: Option<Size>, default: u64) -> u64 {
+        match raw {
+            None => default,
+            Some(Size::Bytes(n)) => n,
+            Some(Size::Text(s)) => parse_size(&s).unwrap_or_else(|| {
+                self.problems.push(format!(
+                    "{field}: {s:?} is not a size; use bytes or e.g. \"512KiB\", \"10MiB\", \"1GiB\""
+                ));
+                default
+            }),
+        }
+    }
+
+    fn positive<T: PartialOrd + Default + Copy>(&mut self, field: &str, raw: Option<T>, default: T) -> T {
+        match raw {
+            Some(v) if v > T::default() => v,
+            Some(_) => {
+                self.problems.push(format!("{field}: must be greater than zero"));
+                default
+            }
+            None => default,
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, problems: &mut Vec<String>) -> Config {
+    let mut c = Check { problems };
+    let secs = Duration::from_secs;
+
+    let environment = match raw.environment.as_deref().unwrap_or("live") {
+        "live" => Environment::Live,
+        "test" => Environment::Test,
+        other => {
+            c.problem(format!("environment: {other:?} is not \"live\" or \"test\""));
+            Environment::Live
+        }
+    };
+
+    let listen = ListenConfig {
+        address: c.addr("listen.address", raw.listen.address, "0.0.0.0:8080"),
+        header_read_timeout: c.duration("listen.header_read_timeout", raw.listen.header_read_timeout, secs(10)),
+        max_request_body: c.size("listen.max_request_body", raw.listen.max_request_body, 10 << 20),
+        drain_timeout: c.duration("listen.drain_timeout", raw.listen.drain_timeout, secs(30)),
+    };
+
+    let url = match raw.upstream.url {
+        None => {
+            c.problem("upstream.url: required, e.g. \"http://127.0.0.1:3000\"".into());
+            Uri::from_static("http://127.0.0.1")
+        }
+        Some(s) => {
+            match s.parse::<Uri>() {
+                Ok(u)
+                    if u.scheme_str() == Some("http")
+                        && u.authority().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none() =>
+                {
+                    u
+                }
+                Ok(u) if u.scheme_str() == Some("https") => {
+                    c.problem(format!("upstream.url: {s:?}: https upstreams are not supported yet; use http:// (e.g. to a localhost app)"));
+                    u
+                }
+                _ => {
+                    c.problem(format!(
+                        "upstream.url: {s:?} must be http://host:port with no path or query"
+                    ));
+                    Uri::from_static("http://127.0.0.1")
+                }
+            }
+        }
+    };
+    let upstream = UpstreamConfig {
+        url,
+        connect_timeout: c.duration("upstream.connect_timeout", raw.upstream.connect_timeout, secs(2)),
+        response_timeout: c.duration("upstream.response_timeout", raw.upstream.response_timeout, secs(30)),
+        pool_idle_timeout: c.duration("upstream.pool_idle_timeout", raw.upstream.pool_idle_timeout, secs(90)),
+        pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host.unwrap_or(256),
+        preserve_host: raw.upstream.preserve_host.unwrap_or(true),
+    };
+
+    let ops = OpsConfig {
+        address: c.addr("ops.address", raw.ops.address, "127.0.0.1:9090"),
+    };
+    if ops.address == listen.address && ops.address.port() != 0 {
+        c.problem("ops.address: must differ from listen.address".into());
+    }
+
+    let store = match raw.store.backend.as_deref().unwrap_or("file") {
+        "file" => StoreConfig::File {
+            path: PathBuf::from(raw.store.path.unwrap_or_else(|| "keys.json".into())),
+            read_only: raw.store.read_only.unwrap_or(false),
+            reload_interval: c.duration(
+                "store.reload_interval",
+                raw.store.reload_interval,
+                Duration::from_millis(250),
+            ),
+        },
+        "redis" => {
+            c.problem("store.backend: \"redis\" is not built yet in this version; use \"file\"".into());
+            StoreConfig::File {
+                path: "keys.json".into(),
+                read_only: true,
+                reload_interval: secs(1),
+            }
+        }
+        other => {
+            c.problem(format!("store.backend: {other:?} is not \"file\""));
+            StoreConfig::File {
+                path: "keys.json".into(),
+                read_only: true,
+                reload_interval: secs(1),
+            }
+        }
+    };
+
+    let d = Labels::default();
+    let labels = Labels {
+        template: raw.keys.prefix_template.unwrap_or(d.template),
+        secret: raw.keys.secret_label.unwrap_or(d.secret),
+        publishable: raw.keys.publishable_label.unwrap_or(d.publishable),
+        live: raw.keys.live_label.unwrap_or(d.live),
+        test: raw.keys.test_label.unwrap_or(d.test),
+    };
+    for p in labels.problems() {
+        c.problem(p);
+    }
+    if let Err(p) = crate::key::KeyFormat::new(&labels)
+        && labels.problems().is_empty()
+    {
+        c.problem(p);
+    }
+    let pepper = read_pepper(&mut c, raw.keys.pepper_env, raw.keys.pepper_file, getenv);
+    let keys = KeysConfig {
+        labels,
+        max_length: c.positive("keys.max_length", raw.keys.max_length, 256),
+        pepper,
+    };
+
+    let mut carriers = Vec::new();
+    for name in raw
+        .auth
+        .carriers
+        .unwrap_or_else(|| vec!["authorization".into(), "x-api-key".into()])
+    {
+        let carrier = match name.to_ascii_lowercase().as_str() {
+            "authorization" | "bearer" => Carrier::Bearer,
+            "x-api-key" => Carrier::ApiKeyHeader,
+            _ => {
+                c.problem(format!(
+                    "auth.carriers: {name:?} is not \"authorization\" or \"x-api-key\""
+                ));
+                continue;
+            }
+        };
+        if carriers.contains(&carrier) {
+            c.problem(format!("auth.carriers: {name:?} listed twice"));
+        }
+        carriers.push(carrier);
+    }
+    if carriers.is_empty() {
+        c.problem("auth.carriers: at least one carrier is required".into());
+    }
+    let identity_prefix = raw.auth.identity_header_prefix.unwrap_or_else(|| "X-Auth-".into());
+    if identity_prefix.len() < 2 || !identity_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        c.problem(format!(
+            "auth.identity_header_prefix: {identity_prefix:?} must be 2+ letters, digits or '-'"
+        ));
+    }
+    let auth = AuthConfig {
+        carriers,
+        forward_credential: raw.auth.forward_credential.unwrap_or(false),
+        identity_prefix: identity_prefix.to_ascii_lowercase(),
+        cache_ttl: c.duration("auth.cache_ttl", raw.auth.cache_ttl, secs(300)),
+        cache_max_entries: c.positive("auth.cache_max_entries", raw.auth.cache_max_entries, 100_000),
+        negative_cache_ttl: c.duration("auth.negative_cache_ttl", raw.auth.negative_cache_ttl, secs(30)),
+        negative_cache_max_entries: c.positive(
+            "auth.negative_cache_max_entries",
+            raw.auth.negative_cache_max_entries,
+            100_000,
+        ),
+        argon2_concurrency: c.positive(
+            "auth.argon2_concurrency",
+            raw.auth.argon2_concurrency,
+            std::thread::available_parallelism().map_or(2, usize::from),
+        ),
+        last_used_flush_interval: c.duration(
+            "auth.last_used_flush_interval",
+            raw.auth.last_used_flush_interval,
+            secs(60),
+        ),
+    };
+
+    let log = LogConfig {
+        format: match raw.log.format.as_deref().unwrap_or("auto") {
+            "auto" => LogFormat::Auto,
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                c.problem(format!("log.format: {other:?} is not \"auto\", \"text\" or \"json\""));
+                LogFormat::Auto
+            }
+        },
+        filter: raw.log.filter.unwrap_or_else(|| "info".into()),
+    };
+    if tracing_subscriber::EnvFilter::try_new(&log.filter).is_err() {
+        c.problem(format!(
+            "log.filter: {:?} is not a valid filter (e.g. \"info\", \"keygate=debug\")",
+            log.filter
+        ));
+    }
+
+    Config {
+        environment,
+        listen,
+        upstream,
+        ops,
+        store,
+        keys,
+        auth,
+        log,
+    }
+}
+
+fn read_pepper(
+    c: &mut Check<'_>,
+    env_name: Option<String>,
+    file: Option<String>,
+    getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<Secret> {
+    let from_env = match &env_name {
+        Some(name) => match getenv(name) {
+            Some(v) => Some(v.into_encoded_bytes()),
+            None => {
+                c.problem(format!("keys.pepper_env: environment variable {name} is not set"));
+                None
+            }
+        },
+        None => getenv("KEYGATE_PEPPER").map(std::ffi::OsString::into_encoded_bytes),
+    };
+    let from_file = file.and_then(|path| match std::fs::read(&path) {
+        Ok(mut bytes) => {
+            while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+        Err(e) => {
+            c.problem(format!("keys.pepper_file: {path}: {e}"));
+            None
+        }
+    });
+    let pepper = match (from_env, from_file) {
+        (Some(_), Some(_)) => {
+            c.problem("keys: the pepper is set both in the environment and in pepper_file; keep one".into());
+            None
+        }
+        (a, b) => a.or(b),
+    };
+    match pepper {
+        Some(p) if p.len() < 16 => {
+            c.problem("keys: the pepper must be at least 16 bytes".into());
+            None
+        }
+        p => p.map(Secret),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Vec::new(), |_| None)
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let text = include_str!("../sidecar.toml.example");
+        let c = load(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstream.url, "http://127.0.0.1:3000/");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load("[upstream]\nurl = \"http://127.0.0.1:3000\"\n").unwrap();
+        assert_eq!(c.environment, Environment::Live);
+        assert_eq!(c.listen.address, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.listen.max_request_body, 10 << 20);
+        assert_eq!(c.auth.carriers, vec![Carrier::Bearer, Carrier::ApiKeyHeader]);
+        assert_eq!(c.auth.identity_prefix, "x-auth-");
+        assert!(c.keys.pepper.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            environment = "prod"
+            colour = "blue"
+            [listen]
+            address = "localhost"
+            drain_timeout = "soon"
+            max_request_body = "ten"
+            [upstream]
+            url = "ftp://x"
+            timeout = "1s"
+            [auth]
+            carriers = ["cookie"]
+        "#;
+        let err = load(text).unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "colour: unknown setting",
+            "upstream.timeout: unknown setting",
+            "environment:",
+            "listen.address:",
+            "listen.drain_timeout:",
+            "listen.max_request_body:",
+            "upstream.url:",
+            "auth.carriers:",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        assert_eq!(err.problems.len(), 9, "{all}");
+    }
+
+    #[test]
+    fn env_overrides_apply_with_types() {
+        let vars = vec![
+            ("KEYGATE__UPSTREAM__URL".to_owned(), "http://10.0.0.1:9000".to_owned()),
+            ("KEYGATE__LISTEN__MAX_REQUEST_BODY".to_owned(), "1024".to_owned()),
+            ("KEYGATE__AUTH__FORWARD_CREDENTIAL".to_owned(), "true".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::from_toml("", vars, |_| None).unwrap();
+        assert_eq!(c.upstream.url, "http://10.0.0.1:9000/");
+        assert_eq!(c.listen.max_request_body, 1024);
+        assert!(c.auth.forward_credential);
+    }
+
+    #[test]
+    fn pepper_from_named_env_var() {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[keys]\npepper_env = \"MY_PEPPER\"\n";
+        let c = Config::from_toml(text, Vec::new(), |n| {
+            (n == "MY_PEPPER").then(|| "0123456789abcdef0123".into())
+        })
+        .unwrap();
+        assert_eq!(
+            c.keys.pepper.as_ref().map(Secret::expose),
+            Some(&b"0123456789abcdef0123"[..])
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let missing = load(text).unwrap_err();
+        assert!(missing.problems[0].contains("MY_PEPPER is not set"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MiB"), Some(10 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("1TiB"), None);
+        assert_eq!(parse_size("99999999999999999999GiB"), None);
+    }
+}

@@ -1,0 +1,23 @@
+//! Keys as strings: the format (generate, parse, checksum, display prefix) and the hashes stored
+//! in place of the key. Parsing runs before anything that costs a store round trip or an Argon2
+//! run, so a malformed or mistyped key is rejected offline.
+
+mod format;
+mod hash;
+
+pub use format::{Environment, KeyFormat, KeyFormatError, KeyType, Labels, NewKey, ParsedKey};
+pub use hash::{KeyHasher, LookupHash, PhcError};
+
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+use rand::rngs::OsRng;
+
+/// `n` base62 characters from the OS CSPRNG (unbiased: `Alphanumeric` samples by rejection).
+pub(crate) fn random_base62(n: usize) -> String {
+    OsRng.sample_iter(&Alphanumeric).take(n).map(char::from).collect()
+}
+
+/// A new key id (`key_…`): non-secret, stable, used in identity headers, the CLI and logs.
+pub fn new_key_id() -> String {
+    format!("key_{}", random_base62(20))
+}

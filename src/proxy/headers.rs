@@ -1,0 +1,258 @@
+//! All header surgery on the way to and from the upstream, in one place: hop-by-hop removal
+//! (including names listed in `Connection`), forwarding headers, the request id, stripping of the
+//! identity namespace and the credential, and injection of the identity.
+//!
+//! Order matters and is fixed by [`HeaderPlan::prepare_request`]: everything a client can name
+//! is removed *before* keygate adds its own headers, so no client header (not even a
+//! `Connection` listing `X-Auth-Key-Id`) can remove or forge what keygate injects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Uri, Version};
+
+use crate::auth::Identity;
+use crate::config::{AuthConfig, Carrier};
+
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy `Proxy-Connection`): never forwarded.
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+];
+
+/// Forwarding headers keygate sets itself; client-sent values are spoofable and dropped.
+static FORWARDING: [&HeaderName; 5] = [
+    &header::FORWARDED,
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REAL_IP,
+];
+
+/// Longest client-sent `X-Request-Id` kept as is.
+const MAX_REQUEST_ID: usize = 128;
+
+/// What the connection tells us about the client, computed once per connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: std::net::SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        let peer_ip = HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { peer, peer_ip }
+    }
+}
+
+/// The identity header names and forwarding choices, resolved from config once.
+#[derive(Clone, Debug)]
+pub struct HeaderPlan {
+    identity_prefix: String,
+    key_id: HeaderName,
+    owner: HeaderName,
+    environment: HeaderName,
+    key_type: HeaderName,
+    scopes: HeaderName,
+    /// Credential headers to remove before forwarding (empty when forwarding is configured).
+    strip_credentials: Vec<HeaderName>,
+    upstream_scheme: Scheme,
+    upstream_authority: Authority,
+    upstream_host: HeaderValue,
+    preserve_host: bool,
+}
+
+impl HeaderPlan {
+    pub fn new(auth: &AuthConfig, upstream: &Uri, preserve_host: bool) -> Result<Self, String> {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{}{suffix}", auth.identity_prefix).as_bytes())
+                .map_err(|e| format!("identity header name {}{suffix}: {e}", auth.identity_prefix))
+        };
+        let authority = upstream.authority().cloned().ok_or("upstream URL has no authority")?;
+        let strip_credentials = if auth.forward_credential {
+            Vec::new()
+        } else {
+            auth.carriers
+                .iter()
+                .map(|c| match c {
+                    Carrier::Bearer => header::AUTHORIZATION,
+                    Carrier::ApiKeyHeader => X_API_KEY.clone(),
+                })
+                .collect()
+        };
+        Ok(HeaderPlan {
+            identity_prefix: auth.identity_prefix.clone(),
+            key_id: name("key-id")?,
+            owner: name("owner")?,
+            environment: name("env")?,
+            key_type: name("key-type")?,
+            scopes: name("scopes")?,
+            strip_credentials,
+            upstream_scheme: upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+            upstream_host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+            upstream_authority: authority,
+            preserve_host,
+        })
+    }
+
+    /// Turns an authenticated client request into the request the upstream receives.
+    pub fn prepare_request<B>(
+        &self,
+        req: &mut Request<B>,
+        conn: &ConnInfo,
+        identity: &Identity,
+        request_id: &HeaderValue,
+    ) {
+        let client_host = host_of(req);
+        let headers = req.headers_mut();
+        remove_hop_by_hop(headers);
+        self.strip_identity_namespace(headers);
+        for name in &self.strip_credentials {
+            headers.remove(name);
+        }
+        for name in FORWARDING {
+            headers.remove(name);
+        }
+
+        headers.insert(X_FORWARDED_FOR.clone(), conn.peer_ip.clone());
+        headers.insert(X_REAL_IP.clone(), conn.peer_ip.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if let Some(host) = &client_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+        let v = identity.values();
+        headers.insert(self.key_id.clone(), v.key_id.clone());
+        headers.insert(self.owner.clone(), v.owner.clone());
+        headers.insert(self.environment.clone(), v.environment.clone());
+        headers.insert(self.key_type.clone(), v.key_type.clone());
+        headers.insert(self.scopes.clone(), v.scopes.clone());
+
+        match (&client_host, self.preserve_host) {
+            (Some(host), true) => headers.insert(header::HOST, host.clone()),
+            _ => headers.insert(header::HOST, self.upstream_host.clone()),
+        };
+
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(self.upstream_scheme.clone());
+        parts.authority = Some(self.upstream_authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path are all set, so this cannot fail; keep the original if it did.
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+    }
+
+    /// Removes every header in the identity namespace, in any spelling a framework might map to
+    /// it (`X-Auth-Owner`, `x_auth_owner`: CGI-style servers treat `_` and `-` alike).
+    fn strip_identity_namespace(&self, headers: &mut HeaderMap) {
+        let prefix = self.identity_prefix.as_bytes();
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let n = name.as_str().as_bytes();
+                n.len() >= prefix.len() && n.iter().zip(prefix).all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+            })
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(&name);
+        }
+    }
+}
+
+/// The request's host: the `Host` header, or the HTTP/2 `:authority`.
+fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Removes hop-by-hop headers, first those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The client's `X-Request-Id` when it is sane, or a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID
+        && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return v.clone();
+    }
+    new_request_id()
+}
+
+/// `<process random>-<counter>`: unique per process without an RNG call per request.
+fn new_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| crate::key::random_base62(10));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix}-{n:x}")).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_go_first() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Foo, bad header"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        let a = request_id(&h);
+        let b = request_id(&h);
+        assert_ne!(a, b);
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_str(&"x".repeat(500)).unwrap());
+        assert_ne!(request_id(&h).len(), 500);
+    }
+}

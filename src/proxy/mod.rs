@@ -1,0 +1,215 @@
+//! Listeners and lifecycle: builds the shared state from config, accepts connections on the
+//! proxy and ops listeners (HTTP/1.1 and h2c prior knowledge), and shuts down gracefully:
+//! stop accepting, report not-ready, let in-flight requests finish up to the drain timeout,
+//! flush key usage.
+
+pub mod headers;
+mod ops;
+mod service;
+mod upstream;
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::auth::{Verifier, VerifierSettings};
+use crate::config::Config;
+use crate::key::{KeyFormat, KeyHasher};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use headers::{ConnInfo, HeaderPlan};
+pub use service::{App, ProxyBody};
+
+/// A configured proxy, ready to serve. Holds the background tasks (store watcher, invalidation
+/// listener, usage flusher) for as long as it lives.
+pub struct Proxy {
+    app: Arc<App>,
+    ops: Arc<ops::Ops>,
+    draining: Arc<AtomicBool>,
+    drain_timeout: Duration,
+    header_read_timeout: Duration,
+    usage_interval: Duration,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Opens the store and builds the request path. Must run inside a tokio runtime.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.store)?;
+        let format = KeyFormat::new(&config.keys.labels).map_err(anyhow::Error::msg)?;
+        let hasher = KeyHasher::new(config.keys.pepper.as_ref().map(|p| p.expose()));
+        let metrics = Arc::new(Metrics::default());
+        let settings = VerifierSettings {
+            environment: config.environment,
+            cache_ttl: config.auth.cache_ttl,
+            cache_max_entries: config.auth.cache_max_entries,
+            negative_cache_ttl: config.auth.negative_cache_ttl,
+            negative_cache_max_entries: config.auth.negative_cache_max_entries,
+            argon2_concurrency: config.auth.argon2_concurrency,
+            retry_after: Duration::from_secs(2),
+        };
+        let verifier = Verifier::new(format, hasher, store.clone(), settings, Arc::clone(&metrics));
+        let mut background = vec![verifier.spawn_invalidation_listener()];
+        background.extend(store.spawn_background_for(&config.store));
+        let plan = HeaderPlan::new(&config.auth, &config.upstream.url, config.upstream.preserve_host)
+            .map_err(anyhow::Error::msg)?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let app = Arc::new(App {
+            verifier: Arc::clone(&verifier),
+            upstream: upstream::Upstream::new(&config.upstream),
+            plan,
+            metrics: Arc::clone(&metrics),
+            carriers: config.auth.carriers.clone(),
+            max_key_length: config.keys.max_length,
+            max_request_body: config.listen.max_request_body,
+        });
+        let ops = Arc::new(ops::Ops {
+            verifier,
+            metrics,
+            draining: Arc::clone(&draining),
+        });
+        Ok(Proxy {
+            app,
+            ops,
+            draining,
+            drain_timeout: config.listen.drain_timeout,
+            header_read_timeout: config.listen.header_read_timeout,
+            usage_interval: config.auth.last_used_flush_interval,
+            background,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.app.metrics)
+    }
+
+    pub fn verifier(&self) -> Arc<Verifier> {
+        Arc::clone(&self.app.verifier)
+    }
+
+    /// Serves until `shutdown` resolves, then drains. Returns once every connection is closed
+    /// or the drain timeout passed.
+    pub async fn serve(
+        mut self,
+        proxy: TcpListener,
+        ops: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+
+        let verifier = Arc::clone(&self.app.verifier);
+        let interval = self.usage_interval;
+        self.background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                verifier.flush_usage().await;
+            }
+        }));
+
+        let ops_graceful = GracefulShutdown::new();
+        let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ops_app = Arc::clone(&self.ops);
+        let ops_task = tokio::spawn(accept_loop(
+            ops,
+            builder.clone(),
+            ops_graceful,
+            ops_stop_rx,
+            move |_peer| {
+                let ops_app = Arc::clone(&ops_app);
+                service_fn(move |req| Arc::clone(&ops_app).handle(req))
+            },
+        ));
+
+        let graceful = GracefulShutdown::new();
+        let app = Arc::clone(&self.app);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let proxy_task = tokio::spawn(accept_loop(proxy, builder, graceful, stop_rx, move |peer| {
+            let app = Arc::clone(&app);
+            let conn = ConnInfo::new(peer);
+            service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+        }));
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(self.drain_timeout, proxy_task).await {
+            Ok(_) => tracing::info!("drained"),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections")
+            }
+        }
+        self.app.verifier.flush_usage().await;
+        let _ = ops_stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(1), ops_task).await;
+        for task in &self.background {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Accepts connections until `stop`, then waits for open ones to finish (the caller bounds the
+/// wait). Accept errors such as EMFILE are logged and retried, never fatal.
+async fn accept_loop<F, S, B>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Typically EMFILE: back off briefly instead of spinning or exiting.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer)).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, client.ip = %peer.ip(), "connection closed with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}

@@ -1,0 +1,496 @@
+//! The embedded backend: one JSON file the process owns. Writes take an exclusive lock on a
+//! sibling `.lock` file (so the CLI and a running proxy can both write), re-read the file, apply
+//! the change and replace the file atomically (temp file, fsync, rename, fsync directory).
+//! A watcher polls the file's identity and reloads it when another writer changed it, or when a
+//! GitOps tool swapped a mounted Secret; a file that fails to parse is logged and the last good
+//! snapshot kept.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{Invalidation, KeyRecord, KeyStore, StoreError};
+use crate::key::LookupHash;
+use crate::time::Timestamp;
+
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileData {
+    version: u32,
+    keys: Vec<KeyRecord>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    by_hash: HashMap<LookupHash, Arc<KeyRecord>>,
+    by_id: HashMap<String, LookupHash>,
+    /// Insertion order, for listings.
+    order: Vec<LookupHash>,
+}
+
+impl Snapshot {
+    fn build(keys: Vec<KeyRecord>) -> Result<Self, StoreError> {
+        let mut s = Snapshot::default();
+        for rec in keys {
+            if s.by_id.insert(rec.id.clone(), rec.lookup_hash).is_some() {
+                return Err(StoreError::Corrupt(format!("duplicate key id {}", rec.id)));
+            }
+            let hash = rec.lookup_hash;
+            if s.by_hash.insert(hash, Arc::new(rec)).is_some() {
+                return Err(StoreError::Corrupt("two records share a lookup hash".into()));
+            }
+            s.order.push(hash);
+        }
+        Ok(s)
+    }
+
+    fn records(&self) -> impl Iterator<Item = &Arc<KeyRecord>> {
+        self.order.iter().filter_map(|h| self.by_hash.get(h))
+    }
+
+    /// Hashes whose authentication-relevant content differs between `self` and `next`.
+    fn changes(&self, next: &Snapshot) -> Vec<LookupHash> {
+        let mut out: Vec<LookupHash> = self
+            .by_hash
+            .iter()
+            .filter(|(h, old)| next.by_hash.get(*h).is_none_or(|new| !old.same_for_auth(new)))
+            .map(|(h, _)| *h)
+            .collect();
+        // New keys too: a negative-cache entry for them must go.
+        out.extend(next.by_hash.keys().filter(|h| !self.by_hash.contains_key(*h)));
+        out
+    }
+}
+
+/// What tells us the file changed under us.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+    dev: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> io::Result<Self> {
+        let m = fs::metadata(path)?;
+        Ok(FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            ino: m.ino(),
+            dev: m.dev(),
+        })
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    lock_path: PathBuf,
+    read_only: bool,
+    snapshot: RwLock<Arc<Snapshot>>,
+    stamp: Mutex<Option<FileStamp>>,
+    changes: broadcast::Sender<Invalidation>,
+}
+
+/// The `file` backend. Cheap to clone; clones share one snapshot.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileStore {
+    /// Opens (and, unless read-only, creates) the store file.
+    pub fn open(path: impl Into<PathBuf>, read_only: bool) -> Result<Self, StoreError> {
+        let path = path.into();
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let (changes, _) = broadcast::channel(1024);
+        let store = FileStore {
+            inner: Arc::new(Inner {
+                lock_path: lock_path.into(),
+                path,
+                read_only,
+                snapshot: RwLock::new(Arc::new(Snapshot::default())),
+                stamp: Mutex::new(None),
+                changes,
+            }),
+        };
+        if !read_only && !store.inner.path.exists() {
+            store.write_locked(|_| Ok(()))?;
+        }
+        store.reload()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Polls the file every `interval` and reloads it when it changed; ends when the last
+    /// clone of the store is dropped.
+    pub fn spawn_watcher(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = FileStore { inner };
+                // Stat and read are blocking file I/O: keep them off the runtime threads.
+                let res = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+                match res {
+                    Ok(Ok(true)) => tracing::info!("key store file changed; reloaded"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "key store file unreadable; keeping the last good copy"),
+                    Err(e) => tracing::error!(error = %e, "key store reload task failed"),
+                }
+            }
+        })
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is intact.
+        Arc::clone(&self.inner.snapshot.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reloads when the file's identity changed since the last load. Returns whether it did.
+    fn reload_if_changed(&self) -> Result<bool, StoreError> {
+        let stamp = FileStamp::of(&self.inner.path).map_err(|e| io_err(&self.inner.path, e))?;
+        if *self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner()) == Some(stamp) {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
+    fn reload(&self) -> Result<(), StoreError> {
+        let path = &self.inner.path;
+        let stamp = FileStamp::of(path).map_err(|e| io_err(path, e))?;
+        let keys = read_file(path)?;
+        self.install(Snapshot::build(keys)?, Some(stamp));
+        Ok(())
+    }
+
+    /// Swaps in a new snapshot and tells subscribers what changed.
+    fn install(&self, next: Snapshot, stamp: Option<FileStamp>) {
+        let next = Arc::new(next);
+        let old = {
+            let mut guard = self.inner.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *guard, Arc::clone(&next))
+        };
+        *self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
+        for hash in old.changes(&next) {
+            // No receivers is fine (e.g. the CLI).
+            let _ = self.inner.changes.send(Invalidation::Key(hash));
+        }
+    }
+
+    /// Runs `change` on the freshest file contents under the writer lock and replaces the file.
+    fn write_locked<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<KeyRecord>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly(self.inner.path.display().to_string()));
+        }
+        let path = &self.inner.path;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.inner.lock_path)
+            .map_err(|e| io_err(&self.inner.lock_path, e))?;
+        lock.lock().map_err(|e| io_err(&self.inner.lock_path, e))?;
+        let mut keys = match read_file(path) {
+            Err(StoreError::Unavailable(_)) if !path.exists() => Vec::new(),
+            other => other?,
+        };
+        let out = change(&mut keys)?;
+        let snapshot = Snapshot::build(keys.clone())?;
+        write_atomically(
+            path,
+            &FileData {
+                version: FORMAT_VERSION,
+                keys,
+            },
+        )?;
+        let stamp = FileStamp::of(path).ok();
+        self.install(snapshot, stamp);
+        drop(lock); // releases the flock
+        Ok(out)
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Vec<KeyRecord>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_locked(change))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store writer task failed: {e}")))?
+    }
+}
+
+fn find_mut<'a>(keys: &'a mut [KeyRecord], id: &str) -> Result<&'a mut KeyRecord, StoreError> {
+    keys.iter_mut()
+        .find(|k| k.id == id)
+        .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+}
+
+fn read_file(path: &Path) -> Result<Vec<KeyRecord>, StoreError> {
+    let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let data: FileData =
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    if data.version != FORMAT_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "{}: format version {} (this keygate reads {FORMAT_VERSION})",
+            path.display(),
+            data.version
+        )));
+    }
+    Ok(data.keys)
+}
+
+fn write_atomically(path: &Path, data: &FileData) -> Result<(), StoreError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let json = serde_json::to_vec_pretty(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io_err(path, e))
+}
+
+fn io_err(path: &Path, e: io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+impl KeyStore for FileStore {
+    async fn find_by_hash(&self, hash: LookupHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        Ok(self.current().by_hash.get(&hash).cloned())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let snap = self.current();
+        Ok(snap.by_id.get(id).and_then(|h| snap.by_hash.get(h)).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        Ok(self.current().records().cloned().collect())
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.write(move |keys| {
+            if keys
+                .iter()
+                .any(|k| k.id == record.id || k.lookup_hash == record.lookup_hash)
+            {
+                return Err(StoreError::Conflict(format!("key {} exists", record.id)));
+            }
+            keys.push(record);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        mut new: KeyRecord,
+        old_expires_at: Option<Timestamp>,
+    ) -> Result<KeyRecord, StoreError> {
+        let old_id = old_id.to_owned();
+        self.write(move |keys| {
+            if keys.iter().any(|k| k.id == new.id || k.lookup_hash == new.lookup_hash) {
+                return Err(StoreError::Conflict(format!("key {} exists", new.id)));
+            }
+            let now = Timestamp::now();
+            let old = find_mut(keys, &old_id)?;
+            if old.state(now) != super::KeyState::Active {
+                return Err(StoreError::Conflict(format!("key {old_id} is not active")));
+            }
+            if old.rotated_to.is_some() {
+                return Err(StoreError::Conflict(format!("key {old_id} was already rotated")));
+            }
+            old.rotated_to = Some(new.id.clone());
+            match old_expires_at {
+                Some(t) => old.expires_at = Some(old.expires_at.map_or(t, |e| e.min(t))),
+                None => old.revoked_at = Some(now),
+            }
+            let updated = old.clone();
+            new.rotated_from = Some(old_id);
+            keys.push(new);
+            Ok(updated)
+        })
+        .await
+    }
+
+    async fn revoke(&self, id: &str, at: Timestamp) -> Result<KeyRecord, StoreError> {
+        let id = id.to_owned();
+        self.write(move |keys| {
+            let rec = find_mut(keys, &id)?;
+            if rec.revoked_at.is_none() {
+                rec.revoked_at = Some(at);
+            }
+            Ok(rec.clone())
+        })
+        .await
+    }
+
+    async fn record_usage(&self, usage: Vec<(String, Timestamp)>) -> Result<(), StoreError> {
+        if self.inner.read_only || usage.is_empty() {
+            return Ok(());
+        }
+        self.write(move |keys| {
+            for (id, at) in usage {
+                if let Some(rec) = keys.iter_mut().find(|k| k.id == id) {
+                    rec.last_used_at = Some(rec.last_used_at.map_or(at, |t| t.max(at)));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
+        self.inner.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{Environment, KeyFormat, KeyHasher, KeyType, Labels};
+    use crate::store::NewRecord;
+
+    fn mint(owner: &str) -> (String, KeyRecord) {
+        let format = KeyFormat::new(&Labels::default()).unwrap();
+        let req = NewRecord {
+            key_type: KeyType::Secret,
+            environment: Environment::Live,
+            owner: owner.into(),
+            name: None,
+            scopes: vec![],
+            expires_in: None,
+            metadata: Default::default(),
+        };
+        let (key, rec) = req.mint(&format, &KeyHasher::new(None), Timestamp::now()).unwrap();
+        (key.key, rec)
+    }
+
+    #[tokio::test]
+    async fn two_handles_on_one_file_see_each_others_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let a = FileStore::open(&path, false).unwrap();
+        let b = FileStore::open(&path, false).unwrap();
+        let (_, r1) = mint("acct_1");
+        let (_, r2) = mint("acct_2");
+        a.insert(r1.clone()).await.unwrap();
+        // b writes without having reloaded: the write re-reads under the lock, losing nothing.
+        b.insert(r2.clone()).await.unwrap();
+        let ids: Vec<_> = b.list().await.unwrap().iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, vec![r1.id.clone(), r2.id.clone()]);
+        assert!(a.reload_if_changed().unwrap());
+        assert!(a.get(&r2.id).await.unwrap().is_some());
+        assert!(!a.reload_if_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn revoke_publishes_an_invalidation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("k.json"), false).unwrap();
+        let (_, rec) = mint("acct_1");
+        store.insert(rec.clone()).await.unwrap();
+        let mut rx = store.subscribe();
+        store.revoke(&rec.id, Timestamp::now()).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), Invalidation::Key(rec.lookup_hash));
+        // Usage bookkeeping is not an auth change: no invalidation.
+        store
+            .record_usage(vec![(rec.id.clone(), Timestamp::now())])
+            .await
+            .unwrap();
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn rotate_is_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("k.json"), false).unwrap();
+        let (_, old) = mint("acct_1");
+        let (_, new) = mint("acct_1");
+        store.insert(old.clone()).await.unwrap();
+        let updated = store.rotate(&old.id, new.clone(), None).await.unwrap();
+        assert!(updated.revoked_at.is_some());
+        assert_eq!(updated.rotated_to.as_deref(), Some(new.id.as_str()));
+        let stored_new = store.get(&new.id).await.unwrap().unwrap();
+        assert_eq!(stored_new.rotated_from.as_deref(), Some(old.id.as_str()));
+        // A second rotation of the retired key fails and changes nothing.
+        let (_, third) = mint("acct_1");
+        assert!(matches!(
+            store.rotate(&old.id, third, None).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.list().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_keeps_last_good_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let store = FileStore::open(&path, false).unwrap();
+        let (_, rec) = mint("acct_1");
+        store.insert(rec.clone()).await.unwrap();
+        fs::write(&path, "{ not json").unwrap();
+        assert!(matches!(store.reload_if_changed(), Err(StoreError::Corrupt(_))));
+        assert!(store.find_by_hash(rec.lookup_hash).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn read_only_store_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        FileStore::open(&path, false).unwrap();
+        let ro = FileStore::open(&path, true).unwrap();
+        let (_, rec) = mint("acct_1");
+        assert!(matches!(ro.insert(rec).await, Err(StoreError::ReadOnly(_))));
+    }
+}

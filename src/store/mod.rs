@@ -1,0 +1,165 @@
+//! Where key records live: [`KeyRecord`], the [`KeyStore`] trait every backend implements, and
+//! [`Store`], the enum the rest of keygate holds. In the request path the verifier calls
+//! [`KeyStore::find_by_hash`] only after the offline checks and both caches missed.
+
+mod file;
+mod record;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+pub use file::FileStore;
+pub use record::{KeyRecord, KeyState, KeyView, NewRecord};
+
+use crate::key::LookupHash;
+use crate::time::Timestamp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no key with id {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("the store is read-only ({0})")]
+    ReadOnly(String),
+    /// The backend cannot be reached or answered with an error: retryable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A change other replicas and caches must hear about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Drop whatever is cached for this lookup hash (positive and negative).
+    Key(LookupHash),
+    /// Drop everything: the listener may have missed changes.
+    All,
+}
+
+/// One backend of key records. Implementations keep no plaintext keys: only lookup hashes and
+/// Argon2id PHC strings.
+pub trait KeyStore: Send + Sync {
+    /// The record whose lookup hash is `hash`, in whatever state (revoked, expired, …).
+    fn find_by_hash(&self, hash: LookupHash)
+    -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send;
+
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send;
+
+    /// Every record, oldest first.
+    fn list(&self) -> impl Future<Output = Result<Vec<Arc<KeyRecord>>, StoreError>> + Send;
+
+    /// Adds a record; fails with `Conflict` if its id or lookup hash exists.
+    fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Atomically adds `new` and retires `old_id`: revoked now, or expiring at `old_expires_at`
+    /// when a grace period applies. Returns the updated old record.
+    fn rotate(
+        &self,
+        old_id: &str,
+        new: KeyRecord,
+        old_expires_at: Option<Timestamp>,
+    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
+
+    /// Revokes `id` for good. Returns the updated record.
+    fn revoke(&self, id: &str, at: Timestamp) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
+
+    /// Raises `last_used_at` for a batch of key ids (coalesced by the caller).
+    fn record_usage(&self, usage: Vec<(String, Timestamp)>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the backend answers now (for `/readyz`).
+    fn health(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Changes made by this process or seen from others.
+    fn subscribe(&self) -> broadcast::Receiver<Invalidation>;
+}
+
+/// The configured backend. An enum rather than `dyn KeyStore` so calls stay static.
+#[derive(Clone, Debug)]
+pub enum Store {
+    File(FileStore),
+}
+
+impl KeyStore for Store {
+    async fn find_by_hash(&self, hash: LookupHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        match self {
+            Store::File(s) => s.find_by_hash(hash).await,
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        match self {
+            Store::File(s) => s.get(id).await,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        match self {
+            Store::File(s) => s.list().await,
+        }
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => s.insert(record).await,
+        }
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: KeyRecord,
+        old_expires_at: Option<Timestamp>,
+    ) -> Result<KeyRecord, StoreError> {
+        match self {
+            Store::File(s) => s.rotate(old_id, new, old_expires_at).await,
+        }
+    }
+
+    async fn revoke(&self, id: &str, at: Timestamp) -> Result<KeyRecord, StoreError> {
+        match self {
+            Store::File(s) => s.revoke(id, at).await,
+        }
+    }
+
+    async fn record_usage(&self, usage: Vec<(String, Timestamp)>) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => s.record_usage(usage).await,
+        }
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => s.health().await,
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
+        match self {
+            Store::File(s) => s.subscribe(),
+        }
+    }
+}
+
+impl Store {
+    /// Opens the configured backend.
+    pub fn open(cfg: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        match cfg {
+            crate::config::StoreConfig::File { path, read_only, .. } => {
+                Ok(Store::File(FileStore::open(path, *read_only)?))
+            }
+        }
+    }
+
+    /// Starts the backend's background work (file watching, subscriptions). Needs a runtime.
+    pub fn spawn_background_for(&self, cfg: &crate::config::StoreConfig) -> Vec<tokio::task::JoinHandle<()>> {
+        match (self, cfg) {
+            (Store::File(s), crate::config::StoreConfig::File { reload_interval, .. }) => {
+                vec![s.spawn_watcher(*reload_interval)]
+            }
+        }
+    }
+}

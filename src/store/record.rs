@@ -1,0 +1,286 @@
+//! The stored form of a key: everything keygate knows about it except the key itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::key::{Environment, KeyFormat, KeyHasher, KeyType, LookupHash, NewKey, PhcError, new_key_id};
+use crate::time::Timestamp;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// `key_…`: non-secret, stable.
+    pub id: String,
+    pub lookup_hash: LookupHash,
+    /// Argon2id PHC string.
+    pub phc: String,
+    /// `sk_live_Ab12`: what logs and listings show.
+    pub display_prefix: String,
+    pub key_type: KeyType,
+    pub environment: Environment,
+    /// The account the key acts for.
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allowlist: Vec<IpNet>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl KeyState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Expired => "expired",
+            KeyState::Revoked => "revoked",
+        }
+    }
+}
+
+impl KeyRecord {
+    pub fn state(&self, now: Timestamp) -> KeyState {
+        if self.revoked_at.is_some_and(|t| t <= now) {
+            KeyState::Revoked
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+
+    /// Equal in everything that decides an authentication (all but `last_used_at`), so that
+    /// usage bookkeeping never evicts a verified key from the caches.
+    pub fn same_for_auth(&self, other: &KeyRecord) -> bool {
+        let mut a = self.clone();
+        a.last_used_at = other.last_used_at;
+        a == *other
+    }
+}
+
+/// A record as shown to operators (CLI, admin API): metadata only, no hashes.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyView<'a> {
+    pub id: &'a str,
+    pub display_prefix: String,
+    pub owner: &'a str,
+    pub environment: Environment,
+    #[serde(rename = "type")]
+    pub key_type: KeyType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub scopes: &'a [String],
+    #[serde(skip_serializing_if = "<[IpNet]>::is_empty")]
+    pub ip_allowlist: &'a [IpNet],
+    pub state: KeyState,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+impl KeyRecord {
+    pub fn view(&self, now: Timestamp) -> KeyView<'_> {
+        KeyView {
+            id: &self.id,
+            display_prefix: format!("{}…", self.display_prefix),
+            owner: &self.owner,
+            environment: self.environment,
+            key_type: self.key_type,
+            name: self.name.as_deref(),
+            scopes: &self.scopes,
+            ip_allowlist: &self.ip_allowlist,
+            state: self.state(now),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            last_used_at: self.last_used_at,
+            rotated_from: self.rotated_from.as_deref(),
+            rotated_to: self.rotated_to.as_deref(),
+            metadata: &self.metadata,
+        }
+    }
+}
+
+/// What an operator asks for when creating a key.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    pub key_type: KeyType,
+    pub environment: Environment,
+    pub owner: String,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub expires_in: Option<Duration>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NewRecord {
+    /// Every problem with the request, naming the field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !is_token(&self.owner, 128) {
+            out.push(format!(
+                "owner: 1–128 characters from A-Z a-z 0-9 _ - . : @, got {:?}",
+                self.owner
+            ));
+        }
+        for s in &self.scopes {
+            if !is_token(s, 64) {
+                out.push(format!("scopes: 1–64 characters from A-Z a-z 0-9 _ - . : @, got {s:?}"));
+            }
+        }
+        if let Some(name) = &self.name
+            && (name.chars().count() > 200 || name.chars().any(char::is_control))
+        {
+            out.push("name: at most 200 characters, no control characters".into());
+        }
+        out
+    }
+
+    /// Generates the key and the record that stands for it. The returned [`NewKey`] is the
+    /// only copy of the key: show it once and drop it.
+    pub fn mint(self, format: &KeyFormat, hasher: &KeyHasher, now: Timestamp) -> Result<(NewKey, KeyRecord), PhcError> {
+        let key = format.generate(self.key_type, self.environment);
+        let record = KeyRecord {
+            id: new_key_id(),
+            lookup_hash: hasher.lookup_hash(&key.key),
+            phc: hasher.phc(&key.key)?,
+            display_prefix: key.display_prefix.clone(),
+            key_type: self.key_type,
+            environment: self.environment,
+            owner: self.owner,
+            name: self.name,
+            scopes: self.scopes,
+            ip_allowlist: Vec::new(),
+            created_at: now,
+            expires_at: self.expires_in.map(|d| now.saturating_add(d)),
+            revoked_at: None,
+            last_used_at: None,
+            rotated_from: None,
+            rotated_to: None,
+            metadata: self.metadata,
+        };
+        Ok((key, record))
+    }
+
+    /// The request that creates a successor of `old` with the same attributes.
+    pub fn successor_of(old: &KeyRecord, now: Timestamp) -> NewRecord {
+        NewRecord {
+            key_type: old.key_type,
+            environment: old.environment,
+            owner: old.owner.clone(),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            expires_in: old
+                .expires_at
+                .map(|t| Duration::from_secs(t.unix().saturating_sub(now.unix()))),
+            metadata: old.metadata.clone(),
+        }
+    }
+}
+
+/// Values that end up in identity headers: a closed alphabet keeps them valid and unambiguous.
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Labels;
+
+    fn request() -> NewRecord {
+        NewRecord {
+            key_type: KeyType::Secret,
+            environment: Environment::Live,
+            owner: "acct_1".into(),
+            name: Some("billing".into()),
+            scopes: vec!["payments:read".into()],
+            expires_in: Some(Duration::from_secs(3600)),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn mint_stores_no_plaintext() {
+        let format = KeyFormat::new(&Labels::default()).unwrap();
+        let hasher = KeyHasher::new(None);
+        let now = Timestamp::from_unix(1_000);
+        let (key, rec) = request().mint(&format, &hasher, now).unwrap();
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains(&key.key));
+        assert!(!json.contains(&key.key["sk_live_".len()..]));
+        assert_eq!(rec.lookup_hash, hasher.lookup_hash(&key.key));
+        assert!(hasher.verify(&key.key, &rec.phc));
+        assert_eq!(rec.expires_at, Some(Timestamp::from_unix(4_600)));
+        assert_eq!(rec.state(now), KeyState::Active);
+        assert_eq!(rec.state(Timestamp::from_unix(4_600)), KeyState::Expired);
+        let back: KeyRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn revoked_wins_over_expired() {
+        let format = KeyFormat::new(&Labels::default()).unwrap();
+        let (_, mut rec) = request()
+            .mint(&format, &KeyHasher::new(None), Timestamp::from_unix(0))
+            .unwrap();
+        rec.revoked_at = Some(Timestamp::from_unix(10));
+        assert_eq!(rec.state(Timestamp::from_unix(5_000)), KeyState::Revoked);
+        assert_eq!(rec.state(Timestamp::from_unix(9)), KeyState::Active);
+    }
+
+    #[test]
+    fn usage_is_not_an_auth_change() {
+        let format = KeyFormat::new(&Labels::default()).unwrap();
+        let (_, rec) = request()
+            .mint(&format, &KeyHasher::new(None), Timestamp::from_unix(0))
+            .unwrap();
+        let mut used = rec.clone();
+        used.last_used_at = Some(Timestamp::from_unix(7));
+        assert!(rec.same_for_auth(&used));
+        used.scopes.push("x".into());
+        assert!(!rec.same_for_auth(&used));
+    }
+
+    #[test]
+    fn rejects_header_unsafe_values() {
+        let mut r = request();
+        r.owner = "acct 1\r\nX-Auth-Owner: admin".into();
+        r.scopes.push("a,b".into());
+        assert_eq!(r.problems().len(), 2);
+    }
+}

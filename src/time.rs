@@ -1,0 +1,70 @@
+//! Wall-clock timestamps as stored in key records: whole seconds since the Unix epoch, written
+//! as RFC 3339 so a store file stays readable.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Seconds since the Unix epoch (UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Timestamp(secs)
+    }
+
+    pub const fn from_unix(secs: u64) -> Self {
+        Timestamp(secs)
+    }
+
+    pub const fn unix(self) -> u64 {
+        self.0
+    }
+
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(d.as_secs()))
+    }
+
+    fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.to_system_time()))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)?;
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| serde::de::Error::custom("timestamp before 1970"))?;
+        Ok(Timestamp(secs.as_secs()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_rfc3339() {
+        let t = Timestamp::from_unix(1_790_000_000);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2026-09-21T14:13:20Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+}
