@@ -21,7 +21,11 @@ pub struct KeyTool {
 
 impl KeyTool {
     pub fn new(store: Store, format: KeyFormat, hasher: KeyHasher) -> Self {
-        KeyTool { store, format, hasher }
+        KeyTool {
+            store,
+            format,
+            hasher,
+        }
     }
 
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
@@ -42,7 +46,11 @@ impl KeyTool {
     }
 
     /// Issues a successor with the same attributes and retires `id`: at once, or after `grace`.
-    pub async fn rotate(&self, id: &str, grace: Option<Duration>) -> anyhow::Result<(NewKey, KeyRecord, KeyRecord)> {
+    pub async fn rotate(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> anyhow::Result<(NewKey, KeyRecord, KeyRecord)> {
         let now = Timestamp::now();
         let old = self
             .store
@@ -50,7 +58,9 @@ impl KeyTool {
             .await?
             .with_context(|| format!("no key with id {id}"))?;
         let (key, new) = self.mint(NewRecord::successor_of(&old, now)).await?;
-        let old_expires = grace.filter(|g| !g.is_zero()).map(|g| now.saturating_add(g));
+        let old_expires = grace
+            .filter(|g| !g.is_zero())
+            .map(|g| now.saturating_add(g));
         let old = self.store.rotate(id, new.clone(), old_expires).await?;
         Ok((key, new, old))
     }
@@ -77,7 +87,9 @@ impl KeyTool {
     /// Argon2id hashing is slow by design: off the runtime threads.
     async fn mint(&self, req: NewRecord) -> anyhow::Result<(NewKey, KeyRecord)> {
         let (format, hasher) = (self.format.clone(), self.hasher.clone());
-        let minted = tokio::task::spawn_blocking(move || req.mint(&format, &hasher, Timestamp::now())).await??;
+        let minted =
+            tokio::task::spawn_blocking(move || req.mint(&format, &hasher, Timestamp::now()))
+                .await??;
         Ok(minted)
     }
 }
@@ -138,7 +150,8 @@ pub fn render_table(records: &[Arc<KeyRecord>]) -> String {
                     r.scopes.join(",")
                 },
                 r.created_at.to_string(),
-                r.last_used_at.map_or_else(|| "never".into(), |t| t.to_string()),
+                r.last_used_at
+                    .map_or_else(|| "never".into(), |t| t.to_string()),
             ]
         })
         .collect();

@@ -330,7 +330,8 @@ impl Check<'_> {
         match humantime::parse_duration(&s) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                self.problems.push(format!("{field}: must be greater than zero"));
+                self.problems
+                    .push(format!("{field}: must be greater than zero"));
                 default
             }
             Err(e) => {
@@ -365,11 +366,17 @@ impl Check<'_> {
         }
     }
 
-    fn positive<T: PartialOrd + Default + Copy>(&mut self, field: &str, raw: Option<T>, default: T) -> T {
+    fn positive<T: PartialOrd + Default + Copy>(
+        &mut self,
+        field: &str,
+        raw: Option<T>,
+        default: T,
+    ) -> T {
         match raw {
             Some(v) if v > T::default() => v,
             Some(_) => {
-                self.problems.push(format!("{field}: must be greater than zero"));
+                self.problems
+                    .push(format!("{field}: must be greater than zero"));
                 default
             }
             None => default,
@@ -399,7 +406,11 @@ fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, problems: &mut Vec<String>) -> Config {
+fn validate(
+    raw: Raw,
+    getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    problems: &mut Vec<String>,
+) -> Config {
     let mut c = Check { problems };
     let secs = Duration::from_secs;
 
@@ -407,15 +418,25 @@ fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, probl
         "live" => Environment::Live,
         "test" => Environment::Test,
         other => {
-            c.problem(format!("environment: {other:?} is not \"live\" or \"test\""));
+            c.problem(format!(
+                "environment: {other:?} is not \"live\" or \"test\""
+            ));
             Environment::Live
         }
     };
 
     let listen = ListenConfig {
         address: c.addr("listen.address", raw.listen.address, "0.0.0.0:8080"),
-        header_read_timeout: c.duration("listen.header_read_timeout", raw.listen.header_read_timeout, secs(10)),
-        max_request_body: c.size("listen.max_request_body", raw.listen.max_request_body, 10 << 20),
+        header_read_timeout: c.duration(
+            "listen.header_read_timeout",
+            raw.listen.header_read_timeout,
+            secs(10),
+        ),
+        max_request_body: c.size(
+            "listen.max_request_body",
+            raw.listen.max_request_body,
+            10 << 20,
+        ),
         drain_timeout: c.duration("listen.drain_timeout", raw.listen.drain_timeout, secs(30)),
     };
 
@@ -424,34 +445,44 @@ fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, probl
             c.problem("upstream.url: required, e.g. \"http://127.0.0.1:3000\"".into());
             Uri::from_static("http://127.0.0.1")
         }
-        Some(s) => {
-            match s.parse::<Uri>() {
-                Ok(u)
-                    if u.scheme_str() == Some("http")
-                        && u.authority().is_some()
-                        && u.path() == "/"
-                        && u.query().is_none() =>
-                {
-                    u
-                }
-                Ok(u) if u.scheme_str() == Some("https") => {
-                    c.problem(format!("upstream.url: {s:?}: https upstreams are not supported yet; use http:// (e.g. to a localhost app)"));
-                    u
-                }
-                _ => {
-                    c.problem(format!(
-                        "upstream.url: {s:?} must be http://host:port with no path or query"
-                    ));
-                    Uri::from_static("http://127.0.0.1")
-                }
+        Some(s) => match s.parse::<Uri>() {
+            Ok(u)
+                if u.scheme_str() == Some("http")
+                    && u.authority().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none() =>
+            {
+                u
             }
-        }
+            Ok(u) if u.scheme_str() == Some("https") => {
+                c.problem(format!("upstream.url: {s:?}: https upstreams are not supported yet; use http:// (e.g. to a localhost app)"));
+                u
+            }
+            _ => {
+                c.problem(format!(
+                    "upstream.url: {s:?} must be http://host:port with no path or query"
+                ));
+                Uri::from_static("http://127.0.0.1")
+            }
+        },
     };
     let upstream = UpstreamConfig {
         url,
-        connect_timeout: c.duration("upstream.connect_timeout", raw.upstream.connect_timeout, secs(2)),
-        response_timeout: c.duration("upstream.response_timeout", raw.upstream.response_timeout, secs(30)),
-        pool_idle_timeout: c.duration("upstream.pool_idle_timeout", raw.upstream.pool_idle_timeout, secs(90)),
+        connect_timeout: c.duration(
+            "upstream.connect_timeout",
+            raw.upstream.connect_timeout,
+            secs(2),
+        ),
+        response_timeout: c.duration(
+            "upstream.response_timeout",
+            raw.upstream.response_timeout,
+            secs(30),
+        ),
+        pool_idle_timeout: c.duration(
+            "upstream.pool_idle_timeout",
+            raw.upstream.pool_idle_timeout,
+            secs(90),
+        ),
         pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host.unwrap_or(256),
         preserve_host: raw.upstream.preserve_host.unwrap_or(true),
     };
@@ -474,7 +505,9 @@ fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, probl
             ),
         },
         "redis" => {
-            c.problem("store.backend: \"redis\" is not built yet in this version; use \"file\"".into());
+            c.problem(
+                "store.backend: \"redis\" is not built yet in this version; use \"file\"".into(),
+            );
             StoreConfig::File {
                 path: "keys.json".into(),
                 read_only: true,
@@ -538,8 +571,15 @@ fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, probl
     if carriers.is_empty() {
         c.problem("auth.carriers: at least one carrier is required".into());
     }
-    let identity_prefix = raw.auth.identity_header_prefix.unwrap_or_else(|| "X-Auth-".into());
-    if identity_prefix.len() < 2 || !identity_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    let identity_prefix = raw
+        .auth
+        .identity_header_prefix
+        .unwrap_or_else(|| "X-Auth-".into());
+    if identity_prefix.len() < 2
+        || !identity_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         c.problem(format!(
             "auth.identity_header_prefix: {identity_prefix:?} must be 2+ letters, digits or '-'"
         ));
@@ -549,8 +589,16 @@ fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, probl
         forward_credential: raw.auth.forward_credential.unwrap_or(false),
         identity_prefix: identity_prefix.to_ascii_lowercase(),
         cache_ttl: c.duration("auth.cache_ttl", raw.auth.cache_ttl, secs(300)),
-        cache_max_entries: c.positive("auth.cache_max_entries", raw.auth.cache_max_entries, 100_000),
-        negative_cache_ttl: c.duration("auth.negative_cache_ttl", raw.auth.negative_cache_ttl, secs(30)),
+        cache_max_entries: c.positive(
+            "auth.cache_max_entries",
+            raw.auth.cache_max_entries,
+            100_000,
+        ),
+        negative_cache_ttl: c.duration(
+            "auth.negative_cache_ttl",
+            raw.auth.negative_cache_ttl,
+            secs(30),
+        ),
         negative_cache_max_entries: c.positive(
             "auth.negative_cache_max_entries",
             raw.auth.negative_cache_max_entries,
@@ -574,7 +622,9 @@ fn validate(raw: Raw, getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>, probl
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                c.problem(format!("log.format: {other:?} is not \"auto\", \"text\" or \"json\""));
+                c.problem(format!(
+                    "log.format: {other:?} is not \"auto\", \"text\" or \"json\""
+                ));
                 LogFormat::Auto
             }
         },
@@ -609,7 +659,9 @@ fn read_pepper(
         Some(name) => match getenv(name) {
             Some(v) => Some(v.into_encoded_bytes()),
             None => {
-                c.problem(format!("keys.pepper_env: environment variable {name} is not set"));
+                c.problem(format!(
+                    "keys.pepper_env: environment variable {name} is not set"
+                ));
                 None
             }
         },
@@ -629,7 +681,10 @@ fn read_pepper(
     });
     let pepper = match (from_env, from_file) {
         (Some(_), Some(_)) => {
-            c.problem("keys: the pepper is set both in the environment and in pepper_file; keep one".into());
+            c.problem(
+                "keys: the pepper is set both in the environment and in pepper_file; keep one"
+                    .into(),
+            );
             None
         }
         (a, b) => a.or(b),
@@ -664,7 +719,10 @@ mod tests {
         assert_eq!(c.environment, Environment::Live);
         assert_eq!(c.listen.address, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.listen.max_request_body, 10 << 20);
-        assert_eq!(c.auth.carriers, vec![Carrier::Bearer, Carrier::ApiKeyHeader]);
+        assert_eq!(
+            c.auth.carriers,
+            vec![Carrier::Bearer, Carrier::ApiKeyHeader]
+        );
         assert_eq!(c.auth.identity_prefix, "x-auth-");
         assert!(c.keys.pepper.is_none());
     }
@@ -704,9 +762,18 @@ mod tests {
     #[test]
     fn env_overrides_apply_with_types() {
         let vars = vec![
-            ("KEYGATE__UPSTREAM__URL".to_owned(), "http://10.0.0.1:9000".to_owned()),
-            ("KEYGATE__LISTEN__MAX_REQUEST_BODY".to_owned(), "1024".to_owned()),
-            ("KEYGATE__AUTH__FORWARD_CREDENTIAL".to_owned(), "true".to_owned()),
+            (
+                "KEYGATE__UPSTREAM__URL".to_owned(),
+                "http://10.0.0.1:9000".to_owned(),
+            ),
+            (
+                "KEYGATE__LISTEN__MAX_REQUEST_BODY".to_owned(),
+                "1024".to_owned(),
+            ),
+            (
+                "KEYGATE__AUTH__FORWARD_CREDENTIAL".to_owned(),
+                "true".to_owned(),
+            ),
             ("UNRELATED".to_owned(), "x".to_owned()),
         ];
         let c = Config::from_toml("", vars, |_| None).unwrap();

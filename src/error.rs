@@ -24,7 +24,10 @@ pub enum AuthError {
     #[error("API key has expired or been revoked")]
     ExpiredKey,
     #[error("API key is for the {key} environment; this endpoint serves {instance}")]
-    WrongEnvironment { key: &'static str, instance: &'static str },
+    WrongEnvironment {
+        key: &'static str,
+        instance: &'static str,
+    },
     #[error("API key lacks the scope `{0}`")]
     InsufficientScope(String),
     #[error("requests from {0} are not allowed for this API key")]
@@ -84,9 +87,9 @@ impl AuthError {
             | AuthError::InvalidKey(_)
             | AuthError::ExpiredKey
             | AuthError::WrongEnvironment { .. } => StatusCode::UNAUTHORIZED,
-            AuthError::InsufficientScope(_) | AuthError::IpNotAllowed(_) | AuthError::KeyTypeNotAllowed => {
-                StatusCode::FORBIDDEN
-            }
+            AuthError::InsufficientScope(_)
+            | AuthError::IpNotAllowed(_)
+            | AuthError::KeyTypeNotAllowed => StatusCode::FORBIDDEN,
             AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -129,7 +132,10 @@ impl AuthError {
             | AuthError::InvalidKey(_)
             | AuthError::ExpiredKey
             | AuthError::WrongEnvironment { .. } => {
-                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"api\""));
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"api\""),
+                );
             }
             AuthError::RateLimited { retry_after } | AuthError::AuthUnavailable { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
@@ -176,15 +182,31 @@ mod tests {
             ),
             (AuthError::IpNotAllowed(ip), 403, "ip_not_allowed"),
             (AuthError::KeyTypeNotAllowed, 403, "key_type_not_allowed"),
-            (AuthError::RateLimited { retry_after: s }, 429, "rate_limited"),
-            (AuthError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (
+                AuthError::RateLimited { retry_after: s },
+                429,
+                "rate_limited",
+            ),
+            (
+                AuthError::PayloadTooLarge { limit: 10 },
+                413,
+                "payload_too_large",
+            ),
             (AuthError::BadRequest("x"), 400, "bad_request"),
             (AuthError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (AuthError::UpstreamTimeout, 504, "upstream_timeout"),
-            (AuthError::AuthUnavailable { retry_after: s }, 503, "auth_unavailable"),
+            (
+                AuthError::AuthUnavailable { retry_after: s },
+                503,
+                "auth_unavailable",
+            ),
         ];
         for (err, status, code) in table {
-            assert_eq!((err.status().as_u16(), err.code()), (status, code), "{err:?}");
+            assert_eq!(
+                (err.status().as_u16(), err.code()),
+                (status, code),
+                "{err:?}"
+            );
         }
     }
 
@@ -197,7 +219,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "insufficient_scope");
         assert_eq!(v["error"]["request_id"], "req_1");
-        assert!(v["error"]["message"].as_str().unwrap().contains("payments:write"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("payments:write")
+        );
 
         let resp = AuthError::Unauthorized.into_response("r");
         assert_eq!(resp.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");

@@ -15,7 +15,11 @@ use keygate::store::NewRecord;
 use keygate::time::Timestamp;
 
 #[derive(Parser)]
-#[command(name = "keygate", version, about = "An API-key authenticating reverse proxy")]
+#[command(
+    name = "keygate",
+    version,
+    about = "An API-key authenticating reverse proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -182,7 +186,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         upstream = %cfg.upstream.url, environment = %cfg.environment, "keygate serving"
     );
     let proxy = Proxy::new(&cfg)?;
-    proxy.serve(proxy_listener, ops_listener, shutdown_signal()).await
+    proxy
+        .serve(proxy_listener, ops_listener, shutdown_signal())
+        .await
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -277,7 +283,10 @@ async fn keys(cfg: &Config, command: KeysCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rec.view(now))?);
             } else {
-                println!("Revoked {} ({}…) of {}.", rec.id, rec.display_prefix, rec.owner);
+                println!(
+                    "Revoked {} ({}…) of {}.",
+                    rec.id, rec.display_prefix, rec.owner
+                );
             }
         }
     }

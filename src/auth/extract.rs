@@ -139,7 +139,10 @@ mod tests {
             Ok(("sk_2".into(), Carrier::ApiKeyHeader))
         );
         assert_eq!(
-            code(&headers(&[("authorization", b"Bearer sk_1"), ("x-api-key", b"sk_1")])),
+            code(&headers(&[
+                ("authorization", b"Bearer sk_1"),
+                ("x-api-key", b"sk_1")
+            ])),
             Ok(("sk_1".into(), Carrier::Bearer))
         );
     }
@@ -148,10 +151,16 @@ mod tests {
     fn refuses_ambiguity_and_junk() {
         let cases: &[(&[(&str, &[u8])], &str)] = &[
             (&[], "Unauthorized"),
-            (&[("authorization", b"Bearer a"), ("x-api-key", b"b")], "Ambiguous"),
+            (
+                &[("authorization", b"Bearer a"), ("x-api-key", b"b")],
+                "Ambiguous",
+            ),
             (&[("x-api-key", b"a"), ("x-api-key", b"a")], "Ambiguous"),
             (
-                &[("authorization", b"Bearer a"), ("authorization", b"Bearer a")],
+                &[
+                    ("authorization", b"Bearer a"),
+                    ("authorization", b"Bearer a"),
+                ],
                 "Ambiguous",
             ),
             (&[("authorization", b"Basic dXNlcjpwYXNz")], "NotBearer"),
@@ -167,7 +176,11 @@ mod tests {
             assert!(got.contains(want), "{h:?}: {got}");
         }
         let long = vec![b'a'; 65];
-        assert!(code(&headers(&[("x-api-key", &long)])).unwrap_err().contains("TooLong"));
+        assert!(
+            code(&headers(&[("x-api-key", &long)]))
+                .unwrap_err()
+                .contains("TooLong")
+        );
         let mut huge = b"Bearer ".to_vec();
         huge.extend(vec![b'a'; 10_000]);
         assert!(
@@ -181,7 +194,10 @@ mod tests {
     fn wrong_carrier_for_route() {
         let h = headers(&[("authorization", b"Bearer sk_1")]);
         let err = extract(&h, BOTH, &[Carrier::ApiKeyHeader], 64).unwrap_err();
-        assert!(matches!(err, AuthError::InvalidKey(InvalidKey::WrongCarrier)));
+        assert!(matches!(
+            err,
+            AuthError::InvalidKey(InvalidKey::WrongCarrier)
+        ));
         // A carrier keygate is not configured to read is the upstream's business.
         let only_api_key = [Carrier::ApiKeyHeader];
         assert!(matches!(

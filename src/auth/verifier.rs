@@ -140,20 +140,26 @@ impl Verifier {
             }
             None => {
                 if self.negative.contains_key(&hash) {
-                    self.metrics.negative_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .negative_cache_hits
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(InvalidKey::Unknown.into());
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                self.fill(hash, parsed.as_str()).await.map_err(|e| match e {
-                    FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
-                    FillError::Unavailable => AuthError::AuthUnavailable {
-                        retry_after: self.settings.retry_after,
-                    },
-                })?
+                self.fill(hash, parsed.as_str())
+                    .await
+                    .map_err(|e| match e {
+                        FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
+                        FillError::Unavailable => AuthError::AuthUnavailable {
+                            retry_after: self.settings.retry_after,
+                        },
+                    })?
             }
         };
         self.check(&entry)?;
-        entry.last_used.store(Timestamp::now().unix(), Ordering::Relaxed);
+        entry
+            .last_used
+            .store(Timestamp::now().unix(), Ordering::Relaxed);
         Ok(Identity { entry })
     }
 
@@ -187,7 +193,12 @@ impl Verifier {
             .clone()
     }
 
-    async fn run_flight(&self, hash: LookupHash, key: String, flight: &Flight) -> Result<Arc<Verified>, FillError> {
+    async fn run_flight(
+        &self,
+        hash: LookupHash,
+        key: String,
+        flight: &Flight,
+    ) -> Result<Arc<Verified>, FillError> {
         let mut verified_phc: Option<String> = None;
         // An invalidation during the lookup means the record may be stale: read it again.
         for _ in 0..3 {
@@ -237,7 +248,8 @@ impl Verifier {
     ) -> Result<Arc<Verified>, FillError> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         // A key created while we looked it up must not be remembered as unknown.
-        if matches!(result, Err(FillError::Unknown)) && !flight.invalidated.load(Ordering::Acquire) {
+        if matches!(result, Err(FillError::Unknown)) && !flight.invalidated.load(Ordering::Acquire)
+        {
             self.negative.insert(hash, ());
         }
         flights.remove(&hash);
@@ -289,7 +301,10 @@ impl Verifier {
                 let inv = match rx.recv().await {
                     Ok(inv) => inv,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "invalidation listener fell behind; clearing the key cache");
+                        tracing::warn!(
+                            missed = n,
+                            "invalidation listener fell behind; clearing the key cache"
+                        );
                         Invalidation::All
                     }
                     Err(broadcast::error::RecvError::Closed) => return,

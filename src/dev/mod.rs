@@ -23,7 +23,11 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
     result
 }
 
-async fn run_in(dir: &std::path::Path, listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+async fn run_in(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let echo = echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("starting the echo upstream")?;
@@ -37,12 +41,15 @@ async fn run_in(dir: &std::path::Path, listen: SocketAddr, shutdown: impl Future
          [log]\nformat = \"text\"\n",
         path = store_path.display().to_string(),
     );
-    let config = Config::from_toml(&toml, Vec::new(), |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config =
+        Config::from_toml(&toml, Vec::new(), |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::telemetry::init_logging(&config.log);
 
     let proxy_listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}; pick another with --listen 127.0.0.1:PORT"))?;
+        .with_context(|| {
+            format!("cannot listen on {listen}; pick another with --listen 127.0.0.1:PORT")
+        })?;
     let ops_listener = tokio::net::TcpListener::bind(config.ops.address).await?;
     let (addr, ops) = (proxy_listener.local_addr()?, ops_listener.local_addr()?);
     let proxy = Proxy::new(&config)?;

@@ -189,7 +189,10 @@ impl KeyFormat {
             (KeyType::Secret, &labels.secret),
             (KeyType::Publishable, &labels.publishable),
         ] {
-            for (env, el) in [(Environment::Live, &labels.live), (Environment::Test, &labels.test)] {
+            for (env, el) in [
+                (Environment::Live, &labels.live),
+                (Environment::Test, &labels.test),
+            ] {
                 let p = labels.template.replace("{type}", tl).replace("{env}", el);
                 prefixes.push((p, kt, env));
             }
@@ -221,7 +224,8 @@ impl KeyFormat {
         key.push_str(&random_base62(RANDOM_LEN));
         let sum = checksum(&key);
         key.push_str(&sum);
-        let display_prefix = key[..key.len() - RANDOM_LEN - CHECKSUM_LEN + DISPLAY_CHARS].to_owned();
+        let display_prefix =
+            key[..key.len() - RANDOM_LEN - CHECKSUM_LEN + DISPLAY_CHARS].to_owned();
         NewKey {
             key,
             key_type,
@@ -310,7 +314,11 @@ mod tests {
             let mut b = k.clone().into_bytes();
             b[i] = if b[i] == b'a' { b'b' } else { b'a' };
             let typo = String::from_utf8(b).unwrap();
-            assert_eq!(f.parse(&typo).unwrap_err(), KeyFormatError::BadChecksum, "position {i}");
+            assert_eq!(
+                f.parse(&typo).unwrap_err(),
+                KeyFormatError::BadChecksum,
+                "position {i}"
+            );
         }
     }
 
@@ -327,7 +335,11 @@ mod tests {
             &k.replace("sk_live_", "sk_prod_"),
             &format!("{}-{}", &k[..10], &k[11..]),
         ] {
-            assert_eq!(f.parse(bad).unwrap_err(), KeyFormatError::Malformed, "{bad:?}");
+            assert_eq!(
+                f.parse(bad).unwrap_err(),
+                KeyFormatError::Malformed,
+                "{bad:?}"
+            );
         }
     }
 

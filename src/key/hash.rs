@@ -107,7 +107,8 @@ impl KeyHasher {
     pub fn new(pepper: Option<&[u8]>) -> Self {
         let peppered = pepper.map(|p| {
             // HMAC accepts keys of any length; the error type exists only for fixed-size MACs.
-            <Hmac<Sha256> as Mac>::new_from_slice(p).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+            <Hmac<Sha256> as Mac>::new_from_slice(p)
+                .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
         });
         let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None)
             .unwrap_or_else(|_| unreachable!("constant Argon2 parameters are valid"));
@@ -169,7 +170,10 @@ mod tests {
         let b = KeyHasher::new(Some(b"pepper-b")).lookup_hash("sk_live_x");
         assert_ne!(plain, a);
         assert_ne!(a, b);
-        assert_eq!(a, KeyHasher::new(Some(b"pepper-a")).lookup_hash("sk_live_x"));
+        assert_eq!(
+            a,
+            KeyHasher::new(Some(b"pepper-a")).lookup_hash("sk_live_x")
+        );
     }
 
     #[test]

@@ -14,7 +14,11 @@ use rand::rngs::OsRng;
 
 /// `n` base62 characters from the OS CSPRNG (unbiased: `Alphanumeric` samples by rejection).
 pub(crate) fn random_base62(n: usize) -> String {
-    OsRng.sample_iter(&Alphanumeric).take(n).map(char::from).collect()
+    OsRng
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
 }
 
 /// A new key id (`key_…`): non-secret, stable, used in identity headers, the CLI and logs.

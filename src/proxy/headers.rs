@@ -58,7 +58,8 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(peer: std::net::SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
-        let peer_ip = HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let peer_ip = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo { peer, peer_ip }
     }
 }
@@ -86,7 +87,10 @@ impl HeaderPlan {
             HeaderName::from_bytes(format!("{}{suffix}", auth.identity_prefix).as_bytes())
                 .map_err(|e| format!("identity header name {}{suffix}: {e}", auth.identity_prefix))
         };
-        let authority = upstream.authority().cloned().ok_or("upstream URL has no authority")?;
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or("upstream URL has no authority")?;
         let strip_credentials = if auth.forward_credential {
             Vec::new()
         } else {
@@ -172,7 +176,10 @@ impl HeaderPlan {
             .keys()
             .filter(|name| {
                 let n = name.as_str().as_bytes();
-                n.len() >= prefix.len() && n.iter().zip(prefix).all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+                n.len() >= prefix.len()
+                    && n.iter()
+                        .zip(prefix)
+                        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
             })
             .cloned()
             .collect();
@@ -226,7 +233,8 @@ fn new_request_id() -> HeaderValue {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(|| crate::key::random_base62(10));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix}-{n:x}")).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    HeaderValue::from_str(&format!("{prefix}-{n:x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -236,12 +244,18 @@ mod tests {
     #[test]
     fn connection_named_headers_go_first() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Foo, bad header"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Foo, bad header"),
+        );
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-kept"]
+        );
     }
 
     #[test]
@@ -252,7 +266,10 @@ mod tests {
         assert_ne!(a, b);
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
-        h.insert(&X_REQUEST_ID, HeaderValue::from_str(&"x".repeat(500)).unwrap());
+        h.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(500)).unwrap(),
+        );
         assert_ne!(request_id(&h).len(), 500);
     }
 }

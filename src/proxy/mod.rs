@@ -60,11 +60,21 @@ impl Proxy {
             argon2_concurrency: config.auth.argon2_concurrency,
             retry_after: Duration::from_secs(2),
         };
-        let verifier = Verifier::new(format, hasher, store.clone(), settings, Arc::clone(&metrics));
+        let verifier = Verifier::new(
+            format,
+            hasher,
+            store.clone(),
+            settings,
+            Arc::clone(&metrics),
+        );
         let mut background = vec![verifier.spawn_invalidation_listener()];
         background.extend(store.spawn_background_for(&config.store));
-        let plan = HeaderPlan::new(&config.auth, &config.upstream.url, config.upstream.preserve_host)
-            .map_err(anyhow::Error::msg)?;
+        let plan = HeaderPlan::new(
+            &config.auth,
+            &config.upstream.url,
+            config.upstream.preserve_host,
+        )
+        .map_err(anyhow::Error::msg)?;
         let draining = Arc::new(AtomicBool::new(false));
         let app = Arc::new(App {
             verifier: Arc::clone(&verifier),
@@ -113,7 +123,10 @@ impl Proxy {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256);
 
         let verifier = Arc::clone(&self.app.verifier);
         let interval = self.usage_interval;
@@ -143,11 +156,17 @@ impl Proxy {
         let graceful = GracefulShutdown::new();
         let app = Arc::clone(&self.app);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let proxy_task = tokio::spawn(accept_loop(proxy, builder, graceful, stop_rx, move |peer| {
-            let app = Arc::clone(&app);
-            let conn = ConnInfo::new(peer);
-            service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
-        }));
+        let proxy_task = tokio::spawn(accept_loop(
+            proxy,
+            builder,
+            graceful,
+            stop_rx,
+            move |peer| {
+                let app = Arc::clone(&app);
+                let conn = ConnInfo::new(peer);
+                service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+            },
+        ));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");

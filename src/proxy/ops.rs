@@ -22,7 +22,10 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -33,12 +36,16 @@ impl Ops {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             "/readyz" => {
                 if self.draining.load(Ordering::Relaxed) {
-                    json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into())
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"status":"draining"}"#.into(),
+                    )
                 } else {
                     match self.verifier.store().health().await {
                         Ok(()) => json(StatusCode::OK, r#"{"status":"ready","store":"ok"}"#.into()),
                         Err(e) => {
-                            let body = serde_json::json!({"status": "not ready", "store": e.to_string()});
+                            let body =
+                                serde_json::json!({"status": "not ready", "store": e.to_string()});
                             json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
                         }
                     }
@@ -48,8 +55,10 @@ impl Ops {
                 let mut r = Response::new(Full::new(Bytes::from(
                     self.metrics.render(self.verifier.cached_entries()),
                 )));
-                r.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
                 r
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"status":"not found"}"#.into()),

@@ -64,7 +64,8 @@ impl App {
                     .into_response(request_id.to_str().unwrap_or_default())
                     .map(Either::Right);
                 if unread_body {
-                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 resp
             }
@@ -81,12 +82,23 @@ impl App {
         request_id: &HeaderValue,
     ) -> Result<Response<Incoming>, AuthError> {
         let identity = {
-            let cred = auth::extract(req.headers(), &self.carriers, &self.carriers, self.max_key_length)?; // 401
+            let cred = auth::extract(
+                req.headers(),
+                &self.carriers,
+                &self.carriers,
+                self.max_key_length,
+            )?; // 401
             self.verifier.verify(&cred).await? // 401 / 503
         };
         self.check_declared_length(&req)?; // 413
-        let mut req = req.map(|body| Limited::new(body, usize::try_from(self.max_request_body).unwrap_or(usize::MAX)));
-        self.plan.prepare_request(&mut req, conn, &identity, request_id);
+        let mut req = req.map(|body| {
+            Limited::new(
+                body,
+                usize::try_from(self.max_request_body).unwrap_or(usize::MAX),
+            )
+        });
+        self.plan
+            .prepare_request(&mut req, conn, &identity, request_id);
         self.upstream.send(req, self.max_request_body).await // 502 / 504 / 413 while streaming
     }
 

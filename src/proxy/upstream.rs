@@ -40,12 +40,17 @@ impl Upstream {
     }
 
     /// Sends a prepared request; the response body streams back untouched.
-    pub async fn send(&self, req: Request<UpstreamBody>, body_limit: u64) -> Result<Response<Incoming>, AuthError> {
-        let mut resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => return Err(AuthError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(classify(&e, body_limit)),
-            Ok(Ok(resp)) => resp,
-        };
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        body_limit: u64,
+    ) -> Result<Response<Incoming>, AuthError> {
+        let mut resp =
+            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+                Err(_) => return Err(AuthError::UpstreamTimeout),
+                Ok(Err(e)) => return Err(classify(&e, body_limit)),
+                Ok(Ok(resp)) => resp,
+            };
         remove_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }

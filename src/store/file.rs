@@ -46,7 +46,9 @@ impl Snapshot {
             }
             let hash = rec.lookup_hash;
             if s.by_hash.insert(hash, Arc::new(rec)).is_some() {
-                return Err(StoreError::Corrupt("two records share a lookup hash".into()));
+                return Err(StoreError::Corrupt(
+                    "two records share a lookup hash".into(),
+                ));
             }
             s.order.push(hash);
         }
@@ -62,11 +64,19 @@ impl Snapshot {
         let mut out: Vec<LookupHash> = self
             .by_hash
             .iter()
-            .filter(|(h, old)| next.by_hash.get(*h).is_none_or(|new| !old.same_for_auth(new)))
+            .filter(|(h, old)| {
+                next.by_hash
+                    .get(*h)
+                    .is_none_or(|new| !old.same_for_auth(new))
+            })
             .map(|(h, _)| *h)
             .collect();
         // New keys too: a negative-cache entry for them must go.
-        out.extend(next.by_hash.keys().filter(|h| !self.by_hash.contains_key(*h)));
+        out.extend(
+            next.by_hash
+                .keys()
+                .filter(|h| !self.by_hash.contains_key(*h)),
+        );
         out
     }
 }
@@ -159,7 +169,9 @@ impl FileStore {
                 match res {
                     Ok(Ok(true)) => tracing::info!("key store file changed; reloaded"),
                     Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "key store file unreadable; keeping the last good copy"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "key store file unreadable; keeping the last good copy")
+                    }
                     Err(e) => tracing::error!(error = %e, "key store reload task failed"),
                 }
             }
@@ -168,7 +180,13 @@ impl FileStore {
 
     fn current(&self) -> Arc<Snapshot> {
         // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is intact.
-        Arc::clone(&self.inner.snapshot.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(
+            &self
+                .inner
+                .snapshot
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Reloads when the file's identity changed since the last load. Returns whether it did.
@@ -193,7 +211,11 @@ impl FileStore {
     fn install(&self, next: Snapshot, stamp: Option<FileStamp>) {
         let next = Arc::new(next);
         let old = {
-            let mut guard = self.inner.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self
+                .inner
+                .snapshot
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *guard, Arc::clone(&next))
         };
         *self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
@@ -260,8 +282,8 @@ fn read_file(path: &Path) -> Result<Vec<KeyRecord>, StoreError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let data: FileData =
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    let data: FileData = serde_json::from_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
     if data.version != FORMAT_VERSION {
         return Err(StoreError::Corrupt(format!(
             "{}: format version {} (this keygate reads {FORMAT_VERSION})",
@@ -306,7 +328,11 @@ impl KeyStore for FileStore {
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let snap = self.current();
-        Ok(snap.by_id.get(id).and_then(|h| snap.by_hash.get(h)).cloned())
+        Ok(snap
+            .by_id
+            .get(id)
+            .and_then(|h| snap.by_hash.get(h))
+            .cloned())
     }
 
     async fn list(&self) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
@@ -335,7 +361,10 @@ impl KeyStore for FileStore {
     ) -> Result<KeyRecord, StoreError> {
         let old_id = old_id.to_owned();
         self.write(move |keys| {
-            if keys.iter().any(|k| k.id == new.id || k.lookup_hash == new.lookup_hash) {
+            if keys
+                .iter()
+                .any(|k| k.id == new.id || k.lookup_hash == new.lookup_hash)
+            {
                 return Err(StoreError::Conflict(format!("key {} exists", new.id)));
             }
             let now = Timestamp::now();
@@ -344,7 +373,9 @@ impl KeyStore for FileStore {
                 return Err(StoreError::Conflict(format!("key {old_id} is not active")));
             }
             if old.rotated_to.is_some() {
-                return Err(StoreError::Conflict(format!("key {old_id} was already rotated")));
+                return Err(StoreError::Conflict(format!(
+                    "key {old_id} was already rotated"
+                )));
             }
             old.rotated_to = Some(new.id.clone());
             match old_expires_at {
@@ -412,7 +443,9 @@ mod tests {
             expires_in: None,
             metadata: Default::default(),
         };
-        let (key, rec) = req.mint(&format, &KeyHasher::new(None), Timestamp::now()).unwrap();
+        let (key, rec) = req
+            .mint(&format, &KeyHasher::new(None), Timestamp::now())
+            .unwrap();
         (key.key, rec)
     }
 
@@ -427,7 +460,13 @@ mod tests {
         a.insert(r1.clone()).await.unwrap();
         // b writes without having reloaded: the write re-reads under the lock, losing nothing.
         b.insert(r2.clone()).await.unwrap();
-        let ids: Vec<_> = b.list().await.unwrap().iter().map(|r| r.id.clone()).collect();
+        let ids: Vec<_> = b
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
         assert_eq!(ids, vec![r1.id.clone(), r2.id.clone()]);
         assert!(a.reload_if_changed().unwrap());
         assert!(a.get(&r2.id).await.unwrap().is_some());
@@ -480,7 +519,10 @@ mod tests {
         let (_, rec) = mint("acct_1");
         store.insert(rec.clone()).await.unwrap();
         fs::write(&path, "{ not json").unwrap();
-        assert!(matches!(store.reload_if_changed(), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            store.reload_if_changed(),
+            Err(StoreError::Corrupt(_))
+        ));
         assert!(store.find_by_hash(rec.lookup_hash).await.unwrap().is_some());
     }
 

@@ -44,10 +44,15 @@ pub enum Invalidation {
 /// Argon2id PHC strings.
 pub trait KeyStore: Send + Sync {
     /// The record whose lookup hash is `hash`, in whatever state (revoked, expired, …).
-    fn find_by_hash(&self, hash: LookupHash)
-    -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send;
+    fn find_by_hash(
+        &self,
+        hash: LookupHash,
+    ) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send;
 
-    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send;
+    fn get(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send;
 
     /// Every record, oldest first.
     fn list(&self) -> impl Future<Output = Result<Vec<Arc<KeyRecord>>, StoreError>> + Send;
@@ -65,10 +70,17 @@ pub trait KeyStore: Send + Sync {
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
 
     /// Revokes `id` for good. Returns the updated record.
-    fn revoke(&self, id: &str, at: Timestamp) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
+    fn revoke(
+        &self,
+        id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
 
     /// Raises `last_used_at` for a batch of key ids (coalesced by the caller).
-    fn record_usage(&self, usage: Vec<(String, Timestamp)>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_usage(
+        &self,
+        usage: Vec<(String, Timestamp)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether the backend answers now (for `/readyz`).
     fn health(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -148,16 +160,24 @@ impl Store {
     /// Opens the configured backend.
     pub fn open(cfg: &crate::config::StoreConfig) -> Result<Store, StoreError> {
         match cfg {
-            crate::config::StoreConfig::File { path, read_only, .. } => {
-                Ok(Store::File(FileStore::open(path, *read_only)?))
-            }
+            crate::config::StoreConfig::File {
+                path, read_only, ..
+            } => Ok(Store::File(FileStore::open(path, *read_only)?)),
         }
     }
 
     /// Starts the backend's background work (file watching, subscriptions). Needs a runtime.
-    pub fn spawn_background_for(&self, cfg: &crate::config::StoreConfig) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_background_for(
+        &self,
+        cfg: &crate::config::StoreConfig,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         match (self, cfg) {
-            (Store::File(s), crate::config::StoreConfig::File { reload_interval, .. }) => {
+            (
+                Store::File(s),
+                crate::config::StoreConfig::File {
+                    reload_interval, ..
+                },
+            ) => {
                 vec![s.spawn_watcher(*reload_interval)]
             }
         }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::key::{Environment, KeyFormat, KeyHasher, KeyType, LookupHash, NewKey, PhcError, new_key_id};
+use crate::key::{
+    Environment, KeyFormat, KeyHasher, KeyType, LookupHash, NewKey, PhcError, new_key_id,
+};
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +158,9 @@ impl NewRecord {
         }
         for s in &self.scopes {
             if !is_token(s, 64) {
-                out.push(format!("scopes: 1–64 characters from A-Z a-z 0-9 _ - . : @, got {s:?}"));
+                out.push(format!(
+                    "scopes: 1–64 characters from A-Z a-z 0-9 _ - . : @, got {s:?}"
+                ));
             }
         }
         if let Some(name) = &self.name
@@ -169,7 +173,12 @@ impl NewRecord {
 
     /// Generates the key and the record that stands for it. The returned [`NewKey`] is the
     /// only copy of the key: show it once and drop it.
-    pub fn mint(self, format: &KeyFormat, hasher: &KeyHasher, now: Timestamp) -> Result<(NewKey, KeyRecord), PhcError> {
+    pub fn mint(
+        self,
+        format: &KeyFormat,
+        hasher: &KeyHasher,
+        now: Timestamp,
+    ) -> Result<(NewKey, KeyRecord), PhcError> {
         let key = format.generate(self.key_type, self.environment);
         let record = KeyRecord {
             id: new_key_id(),
