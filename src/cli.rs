@@ -30,6 +30,11 @@ impl KeyTool {
 
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
         let store = Store::open(&cfg.store).context("opening the key store")?;
+        KeyTool::with_store(store, cfg)
+    }
+
+    /// Key management over an already open store (e.g. a running proxy's).
+    pub fn with_store(store: Store, cfg: &Config) -> anyhow::Result<Self> {
         let format = KeyFormat::new(&cfg.keys.labels).map_err(anyhow::Error::msg)?;
         let hasher = KeyHasher::new(cfg.keys.pepper.as_ref().map(|p| p.expose()));
         Ok(KeyTool::new(store, format, hasher))
@@ -57,7 +62,8 @@ impl KeyTool {
             .get(id)
             .await?
             .with_context(|| format!("no key with id {id}"))?;
-        let (key, new) = self.mint(NewRecord::successor_of(&old, now)).await?;
+        let (key, mut new) = self.mint(NewRecord::successor_of(&old, now)).await?;
+        new.rotated_from = Some(old.id.clone());
         let old_expires = grace
             .filter(|g| !g.is_zero())
             .map(|g| now.saturating_add(g));

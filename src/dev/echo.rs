@@ -23,7 +23,7 @@ pub async fn serve(listener: TcpListener) {
         };
         tokio::spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service_fn(echo))
+                .serve_connection(TokioIo::new(stream), service_fn(respond))
                 .await;
         });
     }
@@ -37,7 +37,8 @@ pub async fn spawn(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Answers one request with the JSON description of what it received.
+pub async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut len: u64 = 0;

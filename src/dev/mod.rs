@@ -54,7 +54,7 @@ async fn run_in(
     let (addr, ops) = (proxy_listener.local_addr()?, ops_listener.local_addr()?);
     let proxy = Proxy::new(&config)?;
 
-    let tool = KeyTool::from_config(&config)?;
+    let tool = KeyTool::with_store(proxy.store(), &config)?;
     let (key, rec) = tool
         .create(NewRecord {
             key_type: KeyType::Secret,

@@ -105,6 +105,11 @@ impl Proxy {
         Arc::clone(&self.app.metrics)
     }
 
+    /// The store this proxy reads; writes through it are visible to the proxy at once.
+    pub fn store(&self) -> Store {
+        self.app.verifier.store().clone()
+    }
+
     pub fn verifier(&self) -> Arc<Verifier> {
         Arc::clone(&self.app.verifier)
     }

@@ -1,0 +1,337 @@
+//! Test harness: a real upstream, a real keygate on ephemeral ports, a real HTTP client.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate::auth::Verifier;
+use keygate::cli::KeyTool;
+use keygate::config::Config;
+use keygate::key::{Environment, KeyType};
+use keygate::proxy::Proxy;
+use keygate::store::NewRecord;
+use keygate::telemetry::Metrics;
+use tokio::net::TcpListener;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Polls `cond` until it holds or `timeout` passes. For eventual effects, instead of sleeps.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $timeout:expr, $($msg:tt)+) => {{
+        let deadline = tokio::time::Instant::now() + $timeout;
+        loop {
+            if $cond { break; }
+            if tokio::time::Instant::now() > deadline { panic!($($msg)+); }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// A real upstream server on an ephemeral port. Echoes what it received as JSON (see
+/// `keygate::dev::echo`), counts hits, and has a few special paths:
+/// `/download/<bytes>` streams that many bytes, `/slow/<ms>` answers after a delay.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&hits);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        upstream_handler(req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream_handler(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if let Some(n) = path
+        .strip_prefix("/download/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return Ok(Response::new(pattern_body(n)));
+    }
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let resp = keygate::dev::echo::respond(req).await?;
+    Ok(resp.map(|b| b.map_err(|never| match never {}).boxed()))
+}
+
+/// A streamed body of `n` bytes of a repeating pattern, produced 64 KiB at a time.
+pub fn pattern_body(n: u64) -> Body {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let stream = futures_stream(n, CHUNK, chunk);
+    StreamBody::new(stream).boxed()
+}
+
+fn futures_stream(
+    total: u64,
+    chunk_len: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>
++ Send {
+    let mut sent = 0u64;
+    futures_util::stream::poll_fn(move |_| {
+        if sent >= total {
+            return std::task::Poll::Ready(None);
+        }
+        let n = chunk_len.min(total - sent);
+        sent += n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n as usize)))))
+    })
+}
+
+/// SHA-256 hex of the pattern body of `n` bytes, computed the same way the echo does.
+pub fn pattern_sha256(n: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let chunk: Vec<u8> = (0..64 * 1024u64).map(|i| (i % 251) as u8).collect();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        h.update(&chunk[..k]);
+        left -= k as u64;
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A keygate running in this process on ephemeral ports, with its own store file.
+pub struct Keygate {
+    pub addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub store_path: PathBuf,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub verifier: Arc<Verifier>,
+    pub tool: KeyTool,
+    /// The proxy's own store handle: writes are visible to it at once.
+    pub store: keygate::store::Store,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Keygate {
+    /// Starts keygate in front of `upstream_url`. `extra` is TOML appended to the base config
+    /// (sections may be repeated only if the base does not define them: base defines none but
+    /// the ones below).
+    pub async fn start(upstream_url: &str, extra: &str) -> Keygate {
+        let dir = tempfile::tempdir().unwrap();
+        let store_path = dir.path().join("keys.json");
+        let toml = Keygate::config_text(upstream_url, &store_path, extra);
+        let config = Config::from_toml(&toml, Vec::new(), |_| None)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = proxy_listener.local_addr().unwrap();
+        let ops_addr = ops_listener.local_addr().unwrap();
+        let proxy = Proxy::new(&config).unwrap();
+        let metrics = proxy.metrics();
+        let verifier = proxy.verifier();
+        let proxy_store = proxy.store();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.serve(proxy_listener, ops_listener, async {
+            let _ = rx.await;
+        }));
+        let tool = KeyTool::with_store(proxy_store.clone(), &config).unwrap();
+        Keygate {
+            addr,
+            ops_addr,
+            store_path,
+            config,
+            metrics,
+            verifier,
+            tool,
+            store: proxy_store,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// The base config; `extra` may add top-level keys and sections other than those here.
+    pub fn config_text(upstream_url: &str, store_path: &std::path::Path, extra: &str) -> String {
+        let (top, sections) = split_top_level(extra);
+        format!(
+            "{top}\n[upstream]\nurl = \"{upstream_url}\"\nconnect_timeout = \"1s\"\nresponse_timeout = \"2s\"\n\
+             [store]\npath = {:?}\nreload_interval = \"50ms\"\n{sections}\n",
+            store_path.display().to_string()
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Creates a key in this instance's store and returns it.
+    pub async fn mint(
+        &self,
+        env: Environment,
+        key_type: KeyType,
+        scopes: &[&str],
+    ) -> (String, String) {
+        let (key, rec) = self
+            .tool
+            .create(NewRecord {
+                key_type,
+                environment: env,
+                owner: "acct_1".into(),
+                name: None,
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                expires_in: None,
+                metadata: Default::default(),
+            })
+            .await
+            .unwrap();
+        (key.key.clone(), rec.id)
+    }
+
+    pub async fn live_key(&self) -> (String, String) {
+        self.mint(Environment::Live, KeyType::Secret, &["all"])
+            .await
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Keygate {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Splits TOML into its top-level assignments and its sections, so the base config can put
+/// `environment = …` before its own sections.
+fn split_top_level(extra: &str) -> (String, String) {
+    match extra
+        .find("\n[")
+        .or_else(|| extra.starts_with('[').then_some(0))
+    {
+        Some(i) => (extra[..i].to_owned(), extra[i..].to_owned()),
+        None => (extra.to_owned(), String::new()),
+    }
+}
+
+/// A response read whole.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The error code of a keygate error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A header the upstream received, from the echo body.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Body) -> Resp {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(body).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
+    send(Method::GET, url, headers, empty()).await
+}
+
+pub fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}

@@ -1,0 +1,561 @@
+//! The authenticating proxy end to end: real upstream, real keygate, real HTTP over sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use keygate::key::{Environment, KeyType};
+use keygate::store::{KeyStore, NewRecord};
+use keygate::time::Timestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn valid_key_reaches_upstream_with_identity_and_without_credential() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (key, id) = kg
+        .mint(
+            Environment::Live,
+            KeyType::Secret,
+            &["payments:read", "payments:write"],
+        )
+        .await;
+
+    for carrier in [("authorization", bearer(&key)), ("x-api-key", key.clone())] {
+        let r = get(
+            &kg.url("/v1/payments?limit=3&x=%2F"),
+            &[(carrier.0, &carrier.1)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let echo = r.json();
+        assert_eq!(echo["method"], "GET");
+        assert_eq!(echo["path"], "/v1/payments");
+        assert_eq!(echo["query"], "limit=3&x=%2F");
+        assert_eq!(
+            r.upstream_header("x-auth-key-id").as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(r.upstream_header("x-auth-owner").as_deref(), Some("acct_1"));
+        assert_eq!(r.upstream_header("x-auth-env").as_deref(), Some("live"));
+        assert_eq!(
+            r.upstream_header("x-auth-key-type").as_deref(),
+            Some("secret")
+        );
+        assert_eq!(
+            r.upstream_header("x-auth-scopes").as_deref(),
+            Some("payments:read,payments:write")
+        );
+        assert_eq!(r.upstream_header("authorization"), None);
+        assert_eq!(r.upstream_header("x-api-key"), None);
+        assert_eq!(
+            r.upstream_header("x-forwarded-for").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            r.upstream_header("x-forwarded-proto").as_deref(),
+            Some("http")
+        );
+        assert_eq!(
+            r.upstream_header("x-forwarded-host"),
+            Some(kg.addr.to_string())
+        );
+        // The request id the upstream saw is the one the client gets back.
+        let rid = r.headers["x-request-id"].to_str().unwrap();
+        assert_eq!(r.upstream_header("x-request-id").as_deref(), Some(rid));
+        assert!(!String::from_utf8_lossy(&r.body).contains(&key));
+    }
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn spoofed_identity_and_forwarding_headers_never_reach_upstream() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (key, id) = kg.live_key().await;
+    let auth = bearer(&key);
+    let r = get(
+        &kg.url("/x"),
+        &[
+            ("authorization", &auth),
+            ("x-auth-key-id", "key_forged"),
+            ("X-AUTH-OWNER", "acct_admin"),
+            ("x_auth_owner", "acct_admin"),
+            ("x-auth-scopes", "all"),
+            ("x-auth-anything", "1"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9"),
+            ("x-real-ip", "10.9.9.9"),
+            // Naming our injected headers in Connection must not make keygate drop them.
+            (
+                "connection",
+                "x-auth-key-id, x-forwarded-for, x-request-id, keep-alive",
+            ),
+            ("x-request-id", "req-from-client"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let echo = r.json();
+    let headers = echo["headers"].as_object().unwrap();
+    let auth_headers: Vec<_> = headers
+        .keys()
+        .filter(|k| k.starts_with("x-auth") || k.starts_with("x_auth"))
+        .collect();
+    assert_eq!(auth_headers.len(), 5, "{auth_headers:?}");
+    assert_eq!(
+        r.upstream_header("x-auth-key-id").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(r.upstream_header("x-auth-owner").as_deref(), Some("acct_1"));
+    assert_eq!(r.upstream_header("x-auth-scopes").as_deref(), Some("all"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.upstream_header("forwarded"), None);
+    assert_eq!(r.upstream_header("connection"), None);
+    // A sane client request id is kept end to end.
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("req-from-client")
+    );
+    assert_eq!(r.headers["x-request-id"], "req-from-client");
+}
+
+#[tokio::test]
+async fn every_rejection_has_its_code() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (live, live_id) = kg.live_key().await;
+    let (test_key, _) = kg.mint(Environment::Test, KeyType::Secret, &[]).await;
+    let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
+    let unknown = format.generate(KeyType::Secret, Environment::Live).key;
+    let mut typo = live.clone().into_bytes();
+    let last = typo.len() - 10;
+    typo[last] = if typo[last] == b'A' { b'B' } else { b'A' };
+    let typo = String::from_utf8(typo).unwrap();
+
+    // An expired key, written straight into the store.
+    let hasher = keygate::key::KeyHasher::new(None);
+    let (expired, mut rec) = NewRecord {
+        key_type: KeyType::Secret,
+        environment: Environment::Live,
+        owner: "acct_1".into(),
+        name: None,
+        scopes: vec![],
+        expires_in: None,
+        metadata: Default::default(),
+    }
+    .mint(&format, &hasher, Timestamp::from_unix(1_000))
+    .unwrap();
+    rec.expires_at = Some(Timestamp::from_unix(2_000));
+    kg.store.insert(rec).await.unwrap();
+
+    let b = |k: &str| bearer(k);
+    let long = "a".repeat(300);
+    let cases: Vec<(Vec<(&str, String)>, u16, &str)> = vec![
+        (vec![], 401, "unauthorized"),
+        (
+            vec![("authorization", "Basic dXNlcjpwYXNz".into())],
+            401,
+            "invalid_key",
+        ),
+        (
+            vec![("authorization", b("sk_live_short"))],
+            401,
+            "invalid_key",
+        ),
+        (vec![("authorization", b(&typo))], 401, "invalid_key"),
+        (vec![("authorization", b(&unknown))], 401, "invalid_key"),
+        (vec![("x-api-key", long)], 401, "invalid_key"),
+        (
+            vec![("authorization", b(&live)), ("x-api-key", unknown.clone())],
+            401,
+            "invalid_key",
+        ),
+        (
+            vec![("authorization", b(&test_key))],
+            401,
+            "wrong_environment",
+        ),
+        (vec![("authorization", b(&expired.key))], 401, "expired_key"),
+    ];
+    for (headers, status, code) in cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = get(&kg.url("/v1/x"), &h).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (status, code),
+            "{headers:?}"
+        );
+        let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(r.json()["error"]["request_id"], rid.as_str());
+        assert!(r.headers.contains_key("www-authenticate"));
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(&live[8..]),
+            "key material in an error body"
+        );
+    }
+    assert_eq!(up.hits(), 0, "no rejected request may reach the upstream");
+
+    // Revoked keys are expired_key too.
+    kg.tool.revoke(&live_id).await.unwrap();
+    assert_eventually!(
+        get(&kg.url("/"), &[("authorization", &b(&live))])
+            .await
+            .code()
+            == "expired_key",
+        Duration::from_secs(5),
+        "revoked key still accepted"
+    );
+}
+
+#[tokio::test]
+async fn body_limit_answers_413_both_declared_and_streamed() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "[listen]\nmax_request_body = 1024\n").await;
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let r = send(
+        Method::POST,
+        &kg.url("/upload"),
+        &[("authorization", &auth)],
+        full(vec![b'x'; 2048]),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (413, "payload_too_large")
+    );
+    assert_eq!(up.hits(), 0);
+    // Chunked, no declared length: cut while streaming.
+    let r = send(
+        Method::POST,
+        &kg.url("/upload"),
+        &[("authorization", &auth)],
+        pattern_body(64 * 1024),
+    )
+    .await;
+    assert_eq!(
+        r.status.as_u16(),
+        413,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // Within the limit passes.
+    let r = send(
+        Method::POST,
+        &kg.url("/upload"),
+        &[("authorization", &auth)],
+        full(vec![b'x'; 1024]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_bytes"], 1024);
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    const SIZE: u64 = 64 << 20;
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "[listen]\nmax_request_body = \"1GiB\"\n").await;
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let r = send(
+        Method::PUT,
+        &kg.url("/upload"),
+        &[("authorization", &auth)],
+        pattern_body(SIZE),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_bytes"], SIZE);
+    assert_eq!(r.json()["body_sha256"], pattern_sha256(SIZE));
+
+    let r = get(
+        &kg.url(&format!("/download/{SIZE}")),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, SIZE);
+    use sha2::{Digest, Sha256};
+    let got: String = Sha256::digest(&r.body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, pattern_sha256(SIZE));
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_is_504() {
+    // A port nothing listens on: bind, note, drop.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let kg = Keygate::start(&format!("http://{dead}"), "").await;
+    let (key, _) = kg.live_key().await;
+    let r = get(&kg.url("/"), &[("authorization", &bearer(&key))]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (502, "upstream_unavailable")
+    );
+
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await; // response_timeout = 2s in the harness
+    let (key, _) = kg.live_key().await;
+    let r = get(&kg.url("/slow/10000"), &[("authorization", &bearer(&key))]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (504, "upstream_timeout")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_share_one_argon2_run() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let before = kg
+        .metrics
+        .argon2_runs
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (url, auth) = (kg.url("/"), auth.clone());
+        tasks.push(tokio::spawn(async move {
+            get(&url, &[("authorization", &auth)]).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let runs = kg
+        .metrics
+        .argon2_runs
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert_eq!(
+        runs, 1,
+        "100 concurrent first requests must share one Argon2id verification"
+    );
+    assert_eq!(up.hits(), 100);
+
+    // The metric is exported on the ops listener.
+    let m = get(&format!("http://{}/metrics", kg.ops_addr), &[]).await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains("keygate_argon2_verifications_total 1"),
+        "{text}"
+    );
+    assert!(!text.contains(&key));
+}
+
+#[tokio::test]
+async fn bogus_keys_are_answered_from_the_negative_cache() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
+    let bogus = format.generate(KeyType::Secret, Environment::Live).key;
+    for _ in 0..5 {
+        let r = get(&kg.url("/"), &[("authorization", &bearer(&bogus))]).await;
+        assert_eq!(r.code(), "invalid_key");
+    }
+    let m = &kg.metrics;
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        m.cache_misses.load(SeqCst),
+        1,
+        "only the first bogus request may reach the store"
+    );
+    assert_eq!(m.negative_cache_hits.load(SeqCst), 4);
+    assert_eq!(m.argon2_runs.load(SeqCst), 0);
+    // A key created afterwards with a never-seen hash works at once.
+    let (key, _) = kg.live_key().await;
+    assert_eventually!(
+        get(&kg.url("/"), &[("authorization", &bearer(&key))])
+            .await
+            .status
+            == 200,
+        Duration::from_secs(5),
+        "new key not usable"
+    );
+}
+
+#[tokio::test]
+async fn rejected_body_never_becomes_a_second_request() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    // The connection must be closed by keygate after the 401 (read to EOF, bounded).
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "a second response means the body was parsed: {text}"
+    );
+    assert!(text.to_ascii_lowercase().contains("connection: close"));
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (key, id) = kg.live_key().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let req = http::Request::get(kg.url("/h2?q=1"))
+        .header("authorization", bearer(&key))
+        .header("x-auth-owner", "forged")
+        .body(empty())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["headers"]["x-auth-key-id"], id.as_str());
+    assert_eq!(body["headers"]["x-auth-owner"], "acct_1");
+    assert_eq!(body["headers"]["host"], kg.addr.to_string().as_str());
+    assert_eq!(body["query"], "q=1");
+}
+
+#[tokio::test]
+async fn store_changes_by_another_writer_reach_the_running_proxy() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    // A second handle on the same file stands in for the CLI in another process.
+    let other = keygate::cli::KeyTool::from_config(&kg.config).unwrap();
+    let (key, rec) = other
+        .create(NewRecord {
+            key_type: KeyType::Secret,
+            environment: Environment::Live,
+            owner: "acct_9".into(),
+            name: None,
+            scopes: vec![],
+            expires_in: None,
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap();
+    let auth = bearer(&key.key);
+    assert_eventually!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.status == 200,
+        Duration::from_secs(2),
+        "key created by another writer not picked up"
+    );
+    other.revoke(&rec.id).await.unwrap();
+    assert_eventually!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.code() == "expired_key",
+        Duration::from_secs(2),
+        "revocation by another writer not picked up"
+    );
+}
+
+#[tokio::test]
+async fn rotation_retires_the_old_key_and_grace_keeps_it_alive() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (old, old_id) = kg.live_key().await;
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &bearer(&old))])
+            .await
+            .status,
+        200
+    );
+
+    let (new, new_rec, _) = kg.tool.rotate(&old_id, None).await.unwrap();
+    assert_eq!(new_rec.rotated_from.as_deref(), Some(old_id.as_str()));
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &bearer(&new.key))])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &bearer(&old))])
+            .await
+            .code(),
+        "expired_key"
+    );
+
+    let (new2, _, prev) = kg
+        .tool
+        .rotate(&new_rec.id, Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(prev.revoked_at.is_none() && prev.expires_at.is_some());
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &bearer(&new.key))])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &bearer(&new2.key))])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn slow_header_senders_are_cut_off() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "[listen]\nheader_read_timeout = \"500ms\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // Bounded: keygate must close (with or without a 408) well before this.
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(
+        n.is_ok(),
+        "connection with an unfinished request head was kept open"
+    );
+    // Meanwhile a normal client is served.
+    let (key, _) = kg.live_key().await;
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &bearer(&key))])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn readyz_and_healthz_on_the_ops_listener() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let ops = kg.ops_addr;
+    assert_eq!(get(&format!("http://{ops}/healthz"), &[]).await.status, 200);
+    let r = get(&format!("http://{ops}/readyz"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ready");
+    // The proxied port does not answer these itself: they are the upstream's paths.
+    let r = get(&kg.url("/healthz"), &[]).await;
+    assert_eq!(r.code(), "unauthorized");
+    kg.stop().await.unwrap();
+}
