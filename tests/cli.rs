@@ -1,0 +1,312 @@
+//! The `keygate` binary as a user runs it: config checking, key management, serving, signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn keygate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env_remove("KEYGATE_PEPPER")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn write_config(dir: &Path, upstream: &str, extra: &str) -> String {
+    let path = dir.join("sidecar.toml");
+    let store = dir.join("keys.json");
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[ops]\naddress = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{upstream}\"\n[store]\npath = {:?}\nreload_interval = \"50ms\"\n\
+         [log]\nformat = \"json\"\n{extra}",
+        store.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "environment = \"staging\"\nbogus = 1\n[listen]\naddress = \"nowhere\"\ndrain_timeout = \"forever\"\n[upstream]\nurl = \"http://127.0.0.1:3000\"\n",
+    )
+    .unwrap();
+    let out = keygate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "4 problems",
+        "environment:",
+        "bogus: unknown setting",
+        "listen.address:",
+        "listen.drain_timeout:",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in {err}");
+    }
+    // serve refuses the same file with the same exit code, before binding anything.
+    let out = keygate(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar.toml.example");
+    let out = keygate(&["check-config", "--config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = keygate(&["check-config", "--config", "/nonexistent/keygate.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn key_lifecycle_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "http://127.0.0.1:9", "");
+    let out = keygate(&[
+        "keys",
+        "--config",
+        &cfg,
+        "create",
+        "--owner",
+        "acct_42",
+        "--env",
+        "live",
+        "--scopes",
+        "payments:read,refunds:write",
+        "--name",
+        "billing",
+        "--expires-in",
+        "30d",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk_live_"));
+    assert_eq!(
+        created["record"]["scopes"],
+        serde_json::json!(["payments:read", "refunds:write"])
+    );
+    assert!(created["record"]["expires_at"].is_string());
+
+    // Human output prints the key once too, with a warning.
+    let out = keygate(&[
+        "keys",
+        "--config",
+        &cfg,
+        "create",
+        "--owner",
+        "acct_42",
+        "--type",
+        "publishable",
+        "--env",
+        "test",
+    ]);
+    let human = stdout(&out);
+    assert!(
+        human.contains("only time the key is shown") && human.contains("pk_test_"),
+        "{human}"
+    );
+
+    // Nothing after creation shows the key: not list, not show, not the store file.
+    let list = stdout(&keygate(&["keys", "--config", &cfg, "list"]));
+    assert!(
+        list.contains(&id) && list.contains("acct_42") && list.contains("active"),
+        "{list}"
+    );
+    let list_json = stdout(&keygate(&[
+        "keys", "--config", &cfg, "list", "--json", "--owner", "acct_42",
+    ]));
+    let show = stdout(&keygate(&["keys", "--config", &cfg, "show", &id]));
+    let store = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
+    let secret_part = &key["sk_live_".len()..];
+    for (what, text) in [
+        ("list", &list),
+        ("list --json", &list_json),
+        ("show", &show),
+        ("store file", &store),
+    ] {
+        assert!(!text.contains(secret_part), "key material in {what}");
+    }
+    assert!(!list_json.contains("phc") && !list_json.contains("lookup_hash"));
+
+    let out = keygate(&[
+        "keys", "--config", &cfg, "rotate", &id, "--grace", "1h", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(rotated["key"].as_str().unwrap(), key);
+    assert_eq!(rotated["previous"]["rotated_to"], rotated["record"]["id"]);
+    assert_eq!(rotated["record"]["rotated_from"], id.as_str());
+    assert_eq!(
+        rotated["previous"]["state"], "active",
+        "grace keeps the old key active"
+    );
+
+    let out = keygate(&["keys", "--config", &cfg, "revoke", &id, "--json"]);
+    let revoked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(revoked["state"], "revoked");
+
+    let out = keygate(&["keys", "--config", &cfg, "show", "key_doesnotexist"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key with id"));
+    let out = keygate(&["keys", "--config", &cfg, "create", "--owner", "bad owner!"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// A `keygate serve` child process; killed on drop.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Served {
+    fn start(cfg: &str) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["serve", "--config", cfg])
+            .env_remove("KEYGATE_PEPPER")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(listen) = v["fields"]["listen"].as_str()
+                {
+                    let _ = tx.send(listen.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("keygate serve did not log its address");
+        Served { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn cli_revocation_reaches_a_running_proxy() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let served = Served::start(&cfg);
+    let url = format!("http://{}/v1/charges", served.addr);
+
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_7", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let auth = bearer(created["key"].as_str().unwrap());
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    assert_eventually!(
+        get(&url, &[("authorization", &auth)]).await.status == 200,
+        Duration::from_secs(2),
+        "new key not picked up"
+    );
+    assert!(
+        keygate(&["keys", "--config", &cfg, "revoke", &id])
+            .status
+            .success()
+    );
+    // Within a second: the store file is polled every 50 ms here (250 ms by default).
+    assert_eventually!(
+        get(&url, &[("authorization", &auth)]).await.code() == "expired_key",
+        Duration::from_secs(1),
+        "revocation not honoured within a second"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_7", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let auth = bearer(created["key"].as_str().unwrap());
+    let mut served = Served::start(&cfg);
+    let addr = served.addr;
+
+    let slow = tokio::spawn({
+        let auth = auth.clone();
+        async move {
+            get(
+                &format!("http://{addr}/slow/1500"),
+                &[("authorization", &auth)],
+            )
+            .await
+            .status
+        }
+    });
+    assert_eventually!(
+        up.hits() == 1,
+        Duration::from_secs(5),
+        "slow request never reached the upstream"
+    );
+    served.signal("-TERM");
+    assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "in-flight request was cut by shutdown"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = served.child.wait();
+        (s, served)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // Usage was flushed on the way out.
+    let list = stdout(&keygate(&["keys", "--config", &cfg, "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        v[0]["last_used_at"].is_string(),
+        "last_used_at not flushed on shutdown: {list}"
+    );
+}
