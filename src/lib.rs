@@ -22,6 +22,9 @@
 //!
 //! `main.rs` only parses the command line and calls into these modules.
 
+// Tests may unwrap: a panic there is a failed test, not a crashed proxy.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -1,4 +1,5 @@
 //! The `keygate` binary as a user runs it: config checking, key management, serving, signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

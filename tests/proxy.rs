@@ -1,4 +1,5 @@
 //! The authenticating proxy end to end: real upstream, real keygate, real HTTP over sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -157,7 +158,8 @@ async fn every_rejection_has_its_code() {
 
     let b = |k: &str| bearer(k);
     let long = "a".repeat(300);
-    let cases: Vec<(Vec<(&str, String)>, u16, &str)> = vec![
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let cases: Vec<(Headers, u16, &str)> = vec![
         (vec![], 401, "unauthorized"),
         (
             vec![("authorization", "Basic dXNlcjpwYXNz".into())],

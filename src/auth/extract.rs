@@ -149,7 +149,8 @@ mod tests {
 
     #[test]
     fn refuses_ambiguity_and_junk() {
-        let cases: &[(&[(&str, &[u8])], &str)] = &[
+        type Headers<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: &[(Headers, &str)] = &[
             (&[], "Unauthorized"),
             (
                 &[("authorization", b"Bearer a"), ("x-api-key", b"b")],
