@@ -42,7 +42,7 @@ impl App {
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&self.metrics);
         let request_id = request_id(req.headers());
         // An HTTP/1 request whose body we never read leaves unread bytes on the connection;
         // closing it is the only way those bytes can never be parsed as another request.
@@ -71,7 +71,6 @@ impl App {
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         Ok(resp)
     }
 
@@ -115,5 +114,21 @@ impl App {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+/// Counts a request as in flight until dropped, including when the client goes away mid-request.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
