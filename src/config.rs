@@ -113,6 +113,31 @@ pub enum StoreConfig {
         read_only: bool,
         reload_interval: Duration,
     },
+    Redis(RedisConfig),
+}
+
+/// Where Redis runs and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (or a managed endpoint): `redis://host:port/db`.
+    Standalone { url: String },
+    /// Seed nodes of a Redis Cluster.
+    Cluster { nodes: Vec<String> },
+    /// Sentinels that know the current master named `master`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub topology: RedisTopology,
+    pub password: Option<Secret>,
+    /// Every key keygate writes starts with `{<prefix>}:`; the braces are a Cluster hash tag.
+    pub key_prefix: String,
+    /// Connect and command timeout: slower counts as unreachable.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +161,8 @@ pub struct AuthConfig {
     pub negative_cache_max_entries: u64,
     pub argon2_concurrency: usize,
     pub last_used_flush_interval: Duration,
+    /// While the store is unreachable, cached keys verified this recently keep working.
+    pub stale_limit: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -192,6 +219,14 @@ struct RawStore {
     path: Option<String>,
     read_only: Option<bool>,
     reload_interval: Option<String>,
+    url: Option<String>,
+    cluster_nodes: Option<Vec<String>>,
+    sentinels: Option<Vec<String>>,
+    sentinel_master: Option<String>,
+    key_prefix: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,6 +254,7 @@ struct RawAuth {
     negative_cache_max_entries: Option<u64>,
     argon2_concurrency: Option<usize>,
     last_used_flush_interval: Option<String>,
+    stale_limit: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -494,35 +530,7 @@ fn validate(
         c.problem("ops.address: must differ from listen.address".into());
     }
 
-    let store = match raw.store.backend.as_deref().unwrap_or("file") {
-        "file" => StoreConfig::File {
-            path: PathBuf::from(raw.store.path.unwrap_or_else(|| "keys.json".into())),
-            read_only: raw.store.read_only.unwrap_or(false),
-            reload_interval: c.duration(
-                "store.reload_interval",
-                raw.store.reload_interval,
-                Duration::from_millis(250),
-            ),
-        },
-        "redis" => {
-            c.problem(
-                "store.backend: \"redis\" is not built yet in this version; use \"file\"".into(),
-            );
-            StoreConfig::File {
-                path: "keys.json".into(),
-                read_only: true,
-                reload_interval: secs(1),
-            }
-        }
-        other => {
-            c.problem(format!("store.backend: {other:?} is not \"file\""));
-            StoreConfig::File {
-                path: "keys.json".into(),
-                read_only: true,
-                reload_interval: secs(1),
-            }
-        }
-    };
+    let store = validate_store(&mut c, raw.store, getenv);
 
     let d = Labels::default();
     let labels = Labels {
@@ -614,7 +622,11 @@ fn validate(
             raw.auth.last_used_flush_interval,
             secs(60),
         ),
+        stale_limit: c.duration("auth.stale_limit", raw.auth.stale_limit, secs(900)),
     };
+    if auth.stale_limit < auth.cache_ttl {
+        c.problem("auth.stale_limit: must be at least auth.cache_ttl".into());
+    }
 
     let log = LogConfig {
         format: match raw.log.format.as_deref().unwrap_or("auto") {
@@ -649,23 +661,153 @@ fn validate(
     }
 }
 
-fn read_pepper(
+fn validate_store(
     c: &mut Check<'_>,
+    raw: RawStore,
+    getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> StoreConfig {
+    let backend = raw.backend.as_deref().unwrap_or("file");
+    let file_only = [
+        ("path", raw.path.is_some()),
+        ("read_only", raw.read_only.is_some()),
+        ("reload_interval", raw.reload_interval.is_some()),
+    ];
+    let redis_only = [
+        ("url", raw.url.is_some()),
+        ("cluster_nodes", raw.cluster_nodes.is_some()),
+        ("sentinels", raw.sentinels.is_some()),
+        ("sentinel_master", raw.sentinel_master.is_some()),
+        ("key_prefix", raw.key_prefix.is_some()),
+        ("password_env", raw.password_env.is_some()),
+        ("password_file", raw.password_file.is_some()),
+        ("timeout", raw.timeout.is_some()),
+    ];
+    let misplaced = |c: &mut Check<'_>, fields: &[(&str, bool)], other: &str| {
+        for (name, set) in fields {
+            if *set {
+                c.problem(format!(
+                    "store.{name}: only applies to backend = \"{other}\""
+                ));
+            }
+        }
+    };
+    match backend {
+        "file" => {
+            misplaced(c, &redis_only, "redis");
+            StoreConfig::File {
+                path: PathBuf::from(raw.path.unwrap_or_else(|| "keys.json".into())),
+                read_only: raw.read_only.unwrap_or(false),
+                reload_interval: c.duration(
+                    "store.reload_interval",
+                    raw.reload_interval,
+                    Duration::from_millis(250),
+                ),
+            }
+        }
+        "redis" => {
+            misplaced(c, &file_only, "file");
+            let check_url = |c: &mut Check<'_>, field: &str, u: &str| {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    c.problem(format!(
+                        "store.{field}: {u:?} must start with redis:// or rediss://"
+                    ));
+                }
+            };
+            let topology = match (raw.url, raw.cluster_nodes, raw.sentinels) {
+                (Some(url), None, None) => {
+                    check_url(c, "url", &url);
+                    RedisTopology::Standalone { url }
+                }
+                (None, Some(nodes), None) if !nodes.is_empty() => {
+                    for n in &nodes {
+                        check_url(c, "cluster_nodes", n);
+                    }
+                    RedisTopology::Cluster { nodes }
+                }
+                (None, None, Some(sentinels)) if !sentinels.is_empty() => {
+                    for n in &sentinels {
+                        check_url(c, "sentinels", n);
+                    }
+                    let master = raw.sentinel_master.unwrap_or_else(|| {
+                        c.problem("store.sentinel_master: required with sentinels".into());
+                        String::new()
+                    });
+                    RedisTopology::Sentinel { sentinels, master }
+                }
+                _ => {
+                    c.problem(
+                        "store: backend = \"redis\" needs exactly one of url, cluster_nodes or sentinels".into(),
+                    );
+                    RedisTopology::Standalone { url: String::new() }
+                }
+            };
+            let key_prefix = raw.key_prefix.unwrap_or_else(|| "keygate".into());
+            if key_prefix.is_empty()
+                || !key_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+            {
+                c.problem(format!(
+                    "store.key_prefix: {key_prefix:?} must be letters, digits, '_', '-', '.', ':'"
+                ));
+            }
+            let password = read_secret(
+                c,
+                "store.password",
+                raw.password_env,
+                "KEYGATE_REDIS_PASSWORD",
+                raw.password_file,
+                getenv,
+            )
+            .map(Secret);
+            RedisConfig {
+                topology,
+                password,
+                key_prefix,
+                timeout: c.duration("store.timeout", raw.timeout, Duration::from_millis(500)),
+            }
+            .into()
+        }
+        other => {
+            c.problem(format!(
+                "store.backend: {other:?} is not \"file\" or \"redis\""
+            ));
+            StoreConfig::File {
+                path: "keys.json".into(),
+                read_only: true,
+                reload_interval: Duration::from_secs(1),
+            }
+        }
+    }
+}
+
+impl From<RedisConfig> for StoreConfig {
+    fn from(r: RedisConfig) -> Self {
+        StoreConfig::Redis(r)
+    }
+}
+
+/// A secret from the variable named by `<field>_env` (or `default_env` when set), or from
+/// `<field>_file` (trailing whitespace trimmed). Both set is a problem.
+fn read_secret(
+    c: &mut Check<'_>,
+    field: &str,
     env_name: Option<String>,
+    default_env: &str,
     file: Option<String>,
     getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
-) -> Option<Secret> {
+) -> Option<Vec<u8>> {
     let from_env = match &env_name {
         Some(name) => match getenv(name) {
             Some(v) => Some(v.into_encoded_bytes()),
             None => {
                 c.problem(format!(
-                    "keys.pepper_env: environment variable {name} is not set"
+                    "{field}_env: environment variable {name} is not set"
                 ));
                 None
             }
         },
-        None => getenv("KEYGATE_PEPPER").map(std::ffi::OsString::into_encoded_bytes),
+        None => getenv(default_env).map(std::ffi::OsString::into_encoded_bytes),
     };
     let from_file = file.and_then(|path| match std::fs::read(&path) {
         Ok(mut bytes) => {
@@ -675,21 +817,28 @@ fn read_pepper(
             Some(bytes)
         }
         Err(e) => {
-            c.problem(format!("keys.pepper_file: {path}: {e}"));
+            c.problem(format!("{field}_file: {path}: {e}"));
             None
         }
     });
-    let pepper = match (from_env, from_file) {
+    match (from_env, from_file) {
         (Some(_), Some(_)) => {
-            c.problem(
-                "keys: the pepper is set both in the environment and in pepper_file; keep one"
-                    .into(),
-            );
+            c.problem(format!(
+                "{field}: set both in the environment and in a file; keep one"
+            ));
             None
         }
         (a, b) => a.or(b),
-    };
-    match pepper {
+    }
+}
+
+fn read_pepper(
+    c: &mut Check<'_>,
+    env_name: Option<String>,
+    file: Option<String>,
+    getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<Secret> {
+    match read_secret(c, "keys.pepper", env_name, "KEYGATE_PEPPER", file, getenv) {
         Some(p) if p.len() < 16 => {
             c.problem("keys: the pepper must be at least 16 bytes".into());
             None

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub negative_cache_hits: AtomicU64,
     pub argon2_runs: AtomicU64,
     pub store_errors: AtomicU64,
+    pub stale_served: AtomicU64,
     pub invalidations: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub in_flight: AtomicU64,
@@ -28,7 +29,7 @@ impl Metrics {
     /// Prometheus text exposition. `cached_keys` is sampled by the caller.
     pub fn render(&self, cached_keys: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "keygate_requests_total",
                 "Requests received on the proxy listener.",
@@ -68,6 +69,11 @@ impl Metrics {
                 "keygate_store_errors_total",
                 "Failed key store lookups.",
                 &self.store_errors,
+            ),
+            (
+                "keygate_stale_auth_total",
+                "Requests authorised from a cached key while the store was unreachable.",
+                &self.stale_served,
             ),
             (
                 "keygate_cache_invalidations_total",

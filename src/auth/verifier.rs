@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use tokio::sync::{OnceCell, Semaphore, broadcast};
@@ -40,6 +40,8 @@ struct Verified {
     last_used: AtomicU64,
     /// Unix seconds of the last `last_used` value written to the store.
     flushed: AtomicU64,
+    /// When the record was read from the store; after `cache_ttl` it is refreshed.
+    fetched_at: Instant,
 }
 
 /// Proof that a request carries a genuine, active key of this environment.
@@ -74,7 +76,10 @@ struct Flight {
 #[derive(Clone, Debug)]
 pub struct VerifierSettings {
     pub environment: Environment,
+    /// How long a verified record is used before it is read from the store again.
     pub cache_ttl: Duration,
+    /// While the store is unreachable, records read this recently keep working.
+    pub stale_limit: Duration,
     pub cache_max_entries: u64,
     pub negative_cache_ttl: Duration,
     pub negative_cache_max_entries: u64,
@@ -106,7 +111,8 @@ impl Verifier {
     ) -> Arc<Self> {
         let positive = moka::sync::Cache::builder()
             .max_capacity(settings.cache_max_entries)
-            .time_to_live(settings.cache_ttl)
+            // Entries stay past `cache_ttl` so they can be served while the store is down.
+            .time_to_live(settings.stale_limit.max(settings.cache_ttl))
             .build();
         let negative = moka::sync::Cache::builder()
             .max_capacity(settings.negative_cache_max_entries)
@@ -134,10 +140,21 @@ impl Verifier {
         let parsed = self.format.parse(cred.key)?;
         let hash = self.hasher.lookup_hash(parsed.as_str());
         let entry = match self.positive.get(&hash) {
-            Some(entry) => {
+            Some(entry) if entry.fetched_at.elapsed() < self.settings.cache_ttl => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 entry
             }
+            Some(stale) => match self.fill(hash, parsed.as_str(), Some(&stale)).await {
+                Ok(fresh) => fresh,
+                // The store is down: a recently verified key keeps working up to the stale limit.
+                Err(FillError::Unavailable)
+                    if stale.fetched_at.elapsed() < self.settings.stale_limit =>
+                {
+                    self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+                    stale
+                }
+                Err(e) => return Err(self.fill_error(e)),
+            },
             None => {
                 if self.negative.contains_key(&hash) {
                     self.metrics
@@ -146,14 +163,9 @@ impl Verifier {
                     return Err(InvalidKey::Unknown.into());
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                self.fill(hash, parsed.as_str())
+                self.fill(hash, parsed.as_str(), None)
                     .await
-                    .map_err(|e| match e {
-                        FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
-                        FillError::Unavailable => AuthError::AuthUnavailable {
-                            retry_after: self.settings.retry_after,
-                        },
-                    })?
+                    .map_err(|e| self.fill_error(e))?
             }
         };
         self.check(&entry)?;
@@ -161,6 +173,15 @@ impl Verifier {
             .last_used
             .store(Timestamp::now().unix(), Ordering::Relaxed);
         Ok(Identity { entry })
+    }
+
+    fn fill_error(&self, e: FillError) -> AuthError {
+        match e {
+            FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
+            FillError::Unavailable => AuthError::AuthUnavailable {
+                retry_after: self.settings.retry_after,
+            },
+        }
     }
 
     fn check(&self, entry: &Verified) -> Result<(), AuthError> {
@@ -178,8 +199,14 @@ impl Verifier {
         Ok(())
     }
 
-    /// Joins (or starts) the flight for `hash`.
-    async fn fill(&self, hash: LookupHash, key: &str) -> Result<Arc<Verified>, FillError> {
+    /// Joins (or starts) the flight for `hash`. `previous` is a stale entry being refreshed:
+    /// if the stored PHC string is unchanged, Argon2id is not run again.
+    async fn fill(
+        &self,
+        hash: LookupHash,
+        key: &str,
+        previous: Option<&Arc<Verified>>,
+    ) -> Result<Arc<Verified>, FillError> {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(flights.entry(hash).or_default())
@@ -188,7 +215,14 @@ impl Verifier {
         // goes away mid-fill, the next waiter takes over.
         flight
             .result
-            .get_or_init(|| self.run_flight(hash, key.to_owned(), &flight))
+            .get_or_init(|| {
+                self.run_flight(
+                    hash,
+                    key.to_owned(),
+                    &flight,
+                    previous.map(|p| p.record.phc.clone()),
+                )
+            })
             .await
             .clone()
     }
@@ -198,8 +232,8 @@ impl Verifier {
         hash: LookupHash,
         key: String,
         flight: &Flight,
+        mut verified_phc: Option<String>,
     ) -> Result<Arc<Verified>, FillError> {
-        let mut verified_phc: Option<String> = None;
         // An invalidation during the lookup means the record may be stale: read it again.
         for _ in 0..3 {
             let record = match self.store.find_by_hash(hash).await {
@@ -227,6 +261,7 @@ impl Verifier {
                 values,
                 last_used: AtomicU64::new(0),
                 flushed: AtomicU64::new(0),
+                fetched_at: Instant::now(),
             });
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
             if flight.invalidated.swap(false, Ordering::AcqRel) {

@@ -54,6 +54,7 @@ impl Proxy {
         let settings = VerifierSettings {
             environment: config.environment,
             cache_ttl: config.auth.cache_ttl,
+            stale_limit: config.auth.stale_limit,
             cache_max_entries: config.auth.cache_max_entries,
             negative_cache_ttl: config.auth.negative_cache_ttl,
             negative_cache_max_entries: config.auth.negative_cache_max_entries,
@@ -68,7 +69,7 @@ impl Proxy {
             Arc::clone(&metrics),
         );
         let mut background = vec![verifier.spawn_invalidation_listener()];
-        background.extend(store.spawn_background_for(&config.store));
+        background.extend(store.spawn_background(&config.store));
         let plan = HeaderPlan::new(
             &config.auth,
             &config.upstream.url,

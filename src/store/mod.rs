@@ -4,6 +4,7 @@
 
 mod file;
 mod record;
+mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::sync::broadcast;
 
 pub use file::FileStore;
 pub use record::{KeyRecord, KeyState, KeyView, NewRecord};
+pub use redis::RedisStore;
 
 use crate::key::LookupHash;
 use crate::time::Timestamp;
@@ -93,30 +95,35 @@ pub trait KeyStore: Send + Sync {
 #[derive(Clone, Debug)]
 pub enum Store {
     File(FileStore),
+    Redis(RedisStore),
 }
 
 impl KeyStore for Store {
     async fn find_by_hash(&self, hash: LookupHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         match self {
             Store::File(s) => s.find_by_hash(hash).await,
+            Store::Redis(s) => s.find_by_hash(hash).await,
         }
     }
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         match self {
             Store::File(s) => s.get(id).await,
+            Store::Redis(s) => s.get(id).await,
         }
     }
 
     async fn list(&self) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
         match self {
             Store::File(s) => s.list().await,
+            Store::Redis(s) => s.list().await,
         }
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
         match self {
             Store::File(s) => s.insert(record).await,
+            Store::Redis(s) => s.insert(record).await,
         }
     }
 
@@ -128,58 +135,66 @@ impl KeyStore for Store {
     ) -> Result<KeyRecord, StoreError> {
         match self {
             Store::File(s) => s.rotate(old_id, new, old_expires_at).await,
+            Store::Redis(s) => s.rotate(old_id, new, old_expires_at).await,
         }
     }
 
     async fn revoke(&self, id: &str, at: Timestamp) -> Result<KeyRecord, StoreError> {
         match self {
             Store::File(s) => s.revoke(id, at).await,
+            Store::Redis(s) => s.revoke(id, at).await,
         }
     }
 
     async fn record_usage(&self, usage: Vec<(String, Timestamp)>) -> Result<(), StoreError> {
         match self {
             Store::File(s) => s.record_usage(usage).await,
+            Store::Redis(s) => s.record_usage(usage).await,
         }
     }
 
     async fn health(&self) -> Result<(), StoreError> {
         match self {
             Store::File(s) => s.health().await,
+            Store::Redis(s) => s.health().await,
         }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
         match self {
             Store::File(s) => s.subscribe(),
+            Store::Redis(s) => s.subscribe(),
         }
     }
 }
 
 impl Store {
-    /// Opens the configured backend.
+    /// Opens the configured backend. Redis connections are made lazily.
     pub fn open(cfg: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        use crate::config::StoreConfig;
         match cfg {
-            crate::config::StoreConfig::File {
+            StoreConfig::File {
                 path, read_only, ..
             } => Ok(Store::File(FileStore::open(path, *read_only)?)),
+            StoreConfig::Redis(r) => Ok(Store::Redis(RedisStore::open(r)?)),
         }
     }
 
-    /// Starts the backend's background work (file watching, subscriptions). Needs a runtime.
-    pub fn spawn_background_for(
+    /// Starts the backend's background work: file watching, or the invalidation subscription.
+    pub fn spawn_background(
         &self,
         cfg: &crate::config::StoreConfig,
     ) -> Vec<tokio::task::JoinHandle<()>> {
+        use crate::config::StoreConfig;
         match (self, cfg) {
             (
                 Store::File(s),
-                crate::config::StoreConfig::File {
+                StoreConfig::File {
                     reload_interval, ..
                 },
-            ) => {
-                vec![s.spawn_watcher(*reload_interval)]
-            }
+            ) => vec![s.spawn_watcher(*reload_interval)],
+            (Store::Redis(s), _) => vec![s.spawn_subscriber()],
+            (Store::File(_), StoreConfig::Redis(_)) => Vec::new(),
         }
     }
 }

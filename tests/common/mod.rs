@@ -1,6 +1,8 @@
 //! Test harness: a real upstream, a real keygate on ephemeral ports, a real HTTP client.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,279 @@
+//! Real `redis-server` processes for tests: standalone, a 3-master cluster, master + sentinel.
+//! Each runs on its own ephemeral port with no persistence and is killed on drop. A missing
+//! binary is a loud failure, never a skip.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago (the kernel does not hand it out again right away).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends one inline command and returns the raw reply, or None if the server is not answering.
+pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .args([
+        "--dir",
+        dir.to_str().unwrap(),
+        "--logfile",
+        "",
+        "--daemonize",
+        "no",
+    ])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot start redis-server (is it installed? `apt-get install redis-server`): {e}")
+    })
+}
+
+/// Waits for PING on `port`; false if the process exits first (e.g. the port was taken).
+fn wait_ready(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            return true;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// One standalone redis-server.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = spawn_redis(port, dir.path(), &[]);
+            if wait_ready(port, &mut child) {
+                return Redis {
+                    port,
+                    child: Some(child),
+                    dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, like a crashed server or a lost node. Data is gone (no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: nothing persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut child = spawn_redis(self.port, self.dir.path(), &[]);
+        assert!(
+            wait_ready(self.port, &mut child),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+        self.child = Some(child);
+    }
+
+    pub fn cmd(&self, cmd: &str) -> String {
+        raw_command(self.port, cmd).unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three masters forming a Redis Cluster, all slots covered.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let children: Vec<Child> = ports
+            .iter()
+            .map(|p| {
+                let conf = format!("nodes-{p}.conf");
+                spawn_redis(
+                    *p,
+                    dir.path(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let cluster = RedisCluster {
+            ports,
+            children,
+            _dir: dir,
+        };
+        for p in &cluster.ports {
+            wait_until("cluster node PING", Duration::from_secs(10), || {
+                raw_command(*p, "PING").is_some_and(|r| r.starts_with("+PONG"))
+            });
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every node must know every other node and agree the cluster is up before use.
+        for p in &cluster.ports {
+            wait_until("cluster state ok", Duration::from_secs(20), || {
+                raw_command(*p, "CLUSTER INFO").is_some_and(|i| {
+                    i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:3")
+                })
+            });
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A master and one sentinel watching it as `mymaster`.
+pub struct RedisSentinel {
+    pub master: Redis,
+    pub sentinel_port: u16,
+    sentinel: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let master = Redis::start();
+        let dir = tempfile::tempdir().unwrap();
+        let sentinel_port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel: {e}"));
+        let s = RedisSentinel {
+            master,
+            sentinel_port,
+            sentinel,
+            _dir: dir,
+        };
+        wait_until("sentinel knows the master", Duration::from_secs(10), || {
+            raw_command(sentinel_port, "SENTINEL get-master-addr-by-name mymaster")
+                .is_some_and(|r| r.contains(&s.master.port.to_string()))
+        });
+        s
+    }
+
+    pub fn sentinel_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel_port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}

@@ -1,0 +1,275 @@
+//! One store test suite, run against every backend: the embedded file, standalone Redis, a
+//! 3-master Redis Cluster, and Redis behind a sentinel — all real processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{Redis, RedisCluster, RedisSentinel};
+use keygate::config::{RedisConfig, RedisTopology, StoreConfig};
+use keygate::key::{Environment, KeyFormat, KeyHasher, KeyType};
+use keygate::store::{Invalidation, KeyRecord, KeyState, KeyStore, NewRecord, Store, StoreError};
+use keygate::time::Timestamp;
+
+fn mint(owner: &str) -> KeyRecord {
+    let format = KeyFormat::new(&Default::default()).unwrap();
+    let req = NewRecord {
+        key_type: KeyType::Secret,
+        environment: Environment::Live,
+        owner: owner.into(),
+        name: Some("n".into()),
+        scopes: vec!["payments:read".into()],
+        expires_in: None,
+        metadata: [("team".to_owned(), "billing".to_owned())].into(),
+    };
+    req.mint(&format, &KeyHasher::new(None), Timestamp::now())
+        .unwrap()
+        .1
+}
+
+fn redis_store(topology: RedisTopology) -> Store {
+    Store::open(&StoreConfig::Redis(RedisConfig {
+        topology,
+        password: None,
+        key_prefix: "kgtest".into(),
+        timeout: Duration::from_secs(2),
+    }))
+    .unwrap()
+}
+
+/// What every backend must do.
+async fn suite(store: Store) {
+    store.health().await.unwrap();
+    let a = mint("acct_a");
+    let b = mint("acct_b");
+    store.insert(a.clone()).await.unwrap();
+    store.insert(b.clone()).await.unwrap();
+
+    // Lookup by hash and by id return the record as inserted.
+    let found = store.find_by_hash(a.lookup_hash).await.unwrap().unwrap();
+    assert_eq!(*found, a);
+    assert_eq!(*store.get(&b.id).await.unwrap().unwrap(), b);
+    assert!(
+        store
+            .find_by_hash(mint("x").lookup_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.get("key_nope").await.unwrap().is_none());
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![a.id.clone(), b.id.clone()],
+        "listing is in creation order"
+    );
+
+    // Same id or same hash again: conflict, nothing changes.
+    assert!(matches!(
+        store.insert(a.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.list().await.unwrap().len(), 2);
+
+    // Revocation is visible and announced.
+    let mut rx = store.subscribe();
+    let revoked = store.revoke(&a.id, Timestamp::now()).await.unwrap();
+    assert_eq!(revoked.state(Timestamp::now()), KeyState::Revoked);
+    assert_eq!(
+        store
+            .find_by_hash(a.lookup_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(Timestamp::now()),
+        KeyState::Revoked
+    );
+    let inv = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Invalidation::Key(h)) = rx.recv().await
+                && h == a.lookup_hash
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(inv.is_ok(), "revocation was not announced");
+    assert!(matches!(
+        store.revoke("key_nope", Timestamp::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Rotation without grace: one atomic step, old revoked, links both ways.
+    let c = mint("acct_b");
+    let old = store.rotate(&b.id, c.clone(), None).await.unwrap();
+    assert!(old.revoked_at.is_some());
+    assert_eq!(old.rotated_to.as_deref(), Some(c.id.as_str()));
+    let stored_c = store.get(&c.id).await.unwrap().unwrap();
+    assert_eq!(stored_c.rotated_from.as_deref(), Some(b.id.as_str()));
+    assert_eq!(
+        store
+            .find_by_hash(b.lookup_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(Timestamp::now()),
+        KeyState::Revoked
+    );
+    // A retired key cannot be rotated again, and the failed attempt leaves nothing behind.
+    let d = mint("acct_b");
+    assert!(matches!(
+        store.rotate(&b.id, d.clone(), None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.find_by_hash(d.lookup_hash).await.unwrap().is_none());
+
+    // Rotation with grace: the old key stays active until the grace ends.
+    let e = mint("acct_b");
+    let later = Timestamp::now().saturating_add(Duration::from_secs(3600));
+    let old = store.rotate(&c.id, e.clone(), Some(later)).await.unwrap();
+    assert_eq!(old.expires_at, Some(later));
+    assert_eq!(old.state(Timestamp::now()), KeyState::Active);
+    assert_eq!(
+        store
+            .find_by_hash(e.lookup_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(Timestamp::now()),
+        KeyState::Active
+    );
+
+    // Usage: the latest time wins; an older report does not move it back.
+    store
+        .record_usage(vec![(e.id.clone(), Timestamp::from_unix(2_000_000_000))])
+        .await
+        .unwrap();
+    store
+        .record_usage(vec![(e.id.clone(), Timestamp::from_unix(1_000_000_000))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&e.id).await.unwrap().unwrap().last_used_at,
+        Some(Timestamp::from_unix(2_000_000_000))
+    );
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 4);
+    assert_eq!(
+        listed.iter().find(|r| r.id == e.id).unwrap().last_used_at,
+        Some(Timestamp::from_unix(2_000_000_000))
+    );
+    // Usage is not an auth change: the record found by hash is otherwise unchanged.
+    assert!(
+        store
+            .find_by_hash(e.lookup_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .same_for_auth(&e_with_link(&e, &c))
+    );
+}
+
+fn e_with_link(e: &KeyRecord, from: &KeyRecord) -> KeyRecord {
+    let mut e = e.clone();
+    e.rotated_from = Some(from.id.clone());
+    e
+}
+
+#[tokio::test]
+async fn file_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig::File {
+        path: dir.path().join("keys.json"),
+        read_only: false,
+        reload_interval: Duration::from_millis(50),
+    })
+    .unwrap();
+    suite(store).await;
+}
+
+#[tokio::test]
+async fn redis_standalone_backend() {
+    let redis = Redis::start();
+    suite(redis_store(RedisTopology::Standalone { url: redis.url() })).await;
+    // Everything lives under the configured prefix's hash tag.
+    let keys = redis.cmd("KEYS *");
+    assert!(
+        keys.contains("{kgtest}:rec:") && keys.contains("{kgtest}:ids"),
+        "{keys}"
+    );
+    assert!(
+        !keys
+            .lines()
+            .any(|l| l.starts_with("kg") || (l.contains(':') && !l.contains("{kgtest}"))),
+        "{keys}"
+    );
+}
+
+#[tokio::test]
+async fn redis_cluster_backend() {
+    let cluster = RedisCluster::start();
+    suite(redis_store(RedisTopology::Cluster {
+        nodes: cluster.urls(),
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_backend() {
+    let s = RedisSentinel::start();
+    suite(redis_store(RedisTopology::Sentinel {
+        sentinels: vec![s.sentinel_url()],
+        master: "mymaster".into(),
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn redis_changes_reach_other_replicas_over_pubsub() {
+    let redis = Redis::start();
+    let a = redis_store(RedisTopology::Standalone { url: redis.url() });
+    let b = redis_store(RedisTopology::Standalone { url: redis.url() });
+    let _sub = b.spawn_background(&StoreConfig::Redis(RedisConfig {
+        topology: RedisTopology::Standalone { url: redis.url() },
+        password: None,
+        key_prefix: "kgtest".into(),
+        timeout: Duration::from_secs(2),
+    }));
+    let mut rx = b.subscribe();
+    // The first message after subscribing is a full clear.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Invalidation::All
+    );
+    let rec = mint("acct_1");
+    a.insert(rec.clone()).await.unwrap();
+    a.revoke(&rec.id, Timestamp::now()).await.unwrap();
+    for _ in 0..2 {
+        let got = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Invalidation::Key(rec.lookup_hash));
+    }
+    // A dropped subscription is re-established and announced as a full clear.
+    let killed = redis.cmd("CLIENT KILL TYPE pubsub");
+    assert!(killed.starts_with(":1"), "{killed}");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Invalidation::All
+    );
+}
