@@ -171,9 +171,27 @@ impl Keygate {
     /// (sections may be repeated only if the base does not define them: base defines none but
     /// the ones below).
     pub async fn start(upstream_url: &str, extra: &str) -> Keygate {
+        Keygate::start_with_store(upstream_url, None, extra).await
+    }
+
+    /// Starts keygate on the Redis store at `redis_url` (key prefix `keygate`).
+    pub async fn start_redis(upstream_url: &str, redis_url: &str, extra: &str) -> Keygate {
+        Keygate::start_with_store(upstream_url, Some(redis_url), extra).await
+    }
+
+    async fn start_with_store(upstream_url: &str, redis_url: Option<&str>, extra: &str) -> Keygate {
         let dir = tempfile::tempdir().unwrap();
         let store_path = dir.path().join("keys.json");
-        let toml = Keygate::config_text(upstream_url, &store_path, extra);
+        let store = match redis_url {
+            None => format!(
+                "[store]\npath = {:?}\nreload_interval = \"50ms\"\n",
+                store_path.display().to_string()
+            ),
+            Some(url) => {
+                format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\ntimeout = \"300ms\"\n")
+            }
+        };
+        let toml = Keygate::config_text(upstream_url, &store, extra);
         let config = Config::from_toml(&toml, Vec::new(), |_| None)
             .unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -205,12 +223,11 @@ impl Keygate {
     }
 
     /// The base config; `extra` may add top-level keys and sections other than those here.
-    pub fn config_text(upstream_url: &str, store_path: &std::path::Path, extra: &str) -> String {
+    pub fn config_text(upstream_url: &str, store_section: &str, extra: &str) -> String {
         let (top, sections) = split_top_level(extra);
         format!(
             "{top}\n[upstream]\nurl = \"{upstream_url}\"\nconnect_timeout = \"1s\"\nresponse_timeout = \"2s\"\n\
-             [store]\npath = {:?}\nreload_interval = \"50ms\"\n{sections}\n",
-            store_path.display().to_string()
+             {store_section}{sections}\n"
         )
     }
 

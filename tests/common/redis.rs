@@ -111,6 +111,11 @@ impl Redis {
     /// SIGKILL, like a crashed server or a lost node. Data is gone (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused process cannot die of SIGKILL until continued on some kernels' accounting;
+            // continue it first so `wait` returns promptly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -126,6 +131,32 @@ impl Redis {
             self.port
         );
         self.child = Some(child);
+    }
+
+    /// SIGSTOP / SIGCONT: a server that accepts nothing and answers nothing (a hang, or a
+    /// network black hole), then recovers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis is not running")
+            .id()
+            .to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     pub fn cmd(&self, cmd: &str) -> String {
