@@ -311,3 +311,41 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         "last_used_at not flushed on shutdown: {list}"
     );
 }
+
+#[test]
+fn keys_commands_work_against_redis() {
+    let redis = common::redis::Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis.toml");
+    std::fs::write(
+        &path,
+        format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"cli\"\n", redis.url()),
+    )
+    .unwrap();
+    let cfg = path.to_str().unwrap();
+    let out = keygate(&[
+        "keys", "--config", cfg, "create", "--owner", "acct_r", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        redis
+            .cmd(&format!("EXISTS {{cli}}:id:{id}"))
+            .starts_with(":1"),
+        "record not in Redis"
+    );
+    let list = stdout(&keygate(&["keys", "--config", cfg, "list"]));
+    assert!(list.contains(&id));
+    assert!(
+        keygate(&["keys", "--config", cfg, "revoke", &id])
+            .status
+            .success()
+    );
+    let shown = stdout(&keygate(&["keys", "--config", cfg, "show", &id, "--json"]));
+    assert!(shown.contains("\"revoked\""), "{shown}");
+}

@@ -95,6 +95,8 @@ pub struct Verifier {
     settings: VerifierSettings,
     positive: moka::sync::Cache<LookupHash, Arc<Verified>>,
     negative: moka::sync::Cache<LookupHash, ()>,
+    /// PHC strings that passed Argon2id for a lookup hash; outlives positive entries.
+    verified_phc: moka::sync::Cache<LookupHash, Arc<str>>,
     /// Fills in progress. Invalidations take this lock too; see the module docs.
     flights: Mutex<HashMap<LookupHash, Arc<Flight>>>,
     argon2: Arc<Semaphore>,
@@ -118,8 +120,13 @@ impl Verifier {
             .max_capacity(settings.negative_cache_max_entries)
             .time_to_live(settings.negative_cache_ttl)
             .build();
+        let verified_phc = moka::sync::Cache::builder()
+            .max_capacity(settings.cache_max_entries)
+            .time_to_live(settings.stale_limit.max(settings.cache_ttl))
+            .build();
         Arc::new(Verifier {
             format,
+            verified_phc,
             hasher,
             store,
             argon2: Arc::new(Semaphore::new(settings.argon2_concurrency)),
@@ -144,7 +151,7 @@ impl Verifier {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 entry
             }
-            Some(stale) => match self.fill(hash, parsed.as_str(), Some(&stale)).await {
+            Some(stale) => match self.fill(hash, parsed.as_str()).await {
                 Ok(fresh) => fresh,
                 // The store is down: a recently verified key keeps working up to the stale limit.
                 Err(FillError::Unavailable)
@@ -163,7 +170,7 @@ impl Verifier {
                     return Err(InvalidKey::Unknown.into());
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                self.fill(hash, parsed.as_str(), None)
+                self.fill(hash, parsed.as_str())
                     .await
                     .map_err(|e| self.fill_error(e))?
             }
@@ -199,14 +206,8 @@ impl Verifier {
         Ok(())
     }
 
-    /// Joins (or starts) the flight for `hash`. `previous` is a stale entry being refreshed:
-    /// if the stored PHC string is unchanged, Argon2id is not run again.
-    async fn fill(
-        &self,
-        hash: LookupHash,
-        key: &str,
-        previous: Option<&Arc<Verified>>,
-    ) -> Result<Arc<Verified>, FillError> {
+    /// Joins (or starts) the flight for `hash`.
+    async fn fill(&self, hash: LookupHash, key: &str) -> Result<Arc<Verified>, FillError> {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(flights.entry(hash).or_default())
@@ -215,14 +216,7 @@ impl Verifier {
         // goes away mid-fill, the next waiter takes over.
         flight
             .result
-            .get_or_init(|| {
-                self.run_flight(
-                    hash,
-                    key.to_owned(),
-                    &flight,
-                    previous.map(|p| p.record.phc.clone()),
-                )
-            })
+            .get_or_init(|| self.run_flight(hash, key.to_owned(), &flight))
             .await
             .clone()
     }
@@ -232,8 +226,11 @@ impl Verifier {
         hash: LookupHash,
         key: String,
         flight: &Flight,
-        mut verified_phc: Option<String>,
     ) -> Result<Arc<Verified>, FillError> {
+        // Argon2id is deterministic for a given key and PHC string, and the lookup hash pins
+        // the key: a PHC string already verified for this hash need not be verified again
+        // (refreshes, and refills after an edit or revocation elsewhere).
+        let mut verified_phc = self.verified_phc.get(&hash);
         // An invalidation during the lookup means the record may be stale: read it again.
         for _ in 0..3 {
             let record = match self.store.find_by_hash(hash).await {
@@ -250,7 +247,9 @@ impl Verifier {
                     tracing::warn!(key.id = %record.id, "lookup hash matched but Argon2id did not; pepper changed?");
                     return self.finish(hash, flight, Err(FillError::Unknown));
                 }
-                verified_phc = Some(record.phc.clone());
+                let phc: Arc<str> = Arc::from(record.phc.as_str());
+                self.verified_phc.insert(hash, Arc::clone(&phc));
+                verified_phc = Some(phc);
             }
             let Some(values) = identity_values(&record) else {
                 tracing::error!(key.id = %record.id, "stored record has values that cannot be sent as headers");
