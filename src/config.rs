@@ -948,6 +948,58 @@ mod tests {
     }
 
     #[test]
+    fn redis_store_settings() {
+        let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[store]\nbackend = \"redis\"\n";
+        let c = load(&format!("{base}url = \"redis://10.0.0.1:6379/2\"\n")).unwrap();
+        match c.store {
+            StoreConfig::Redis(r) => {
+                assert_eq!(
+                    r.topology,
+                    RedisTopology::Standalone {
+                        url: "redis://10.0.0.1:6379/2".into()
+                    }
+                );
+                assert_eq!(r.key_prefix, "keygate");
+                assert_eq!(r.timeout, Duration::from_millis(500));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Config::from_toml(
+            &format!("{base}sentinels = [\"redis://s:26379\"]\nsentinel_master = \"m\"\n"),
+            Vec::new(),
+            |n| (n == "KEYGATE_REDIS_PASSWORD").then(|| "hunter2".into()),
+        )
+        .unwrap();
+        let StoreConfig::Redis(r) = c.store else {
+            panic!()
+        };
+        assert_eq!(
+            r.password.as_ref().map(Secret::expose),
+            Some(&b"hunter2"[..])
+        );
+        assert!(matches!(r.topology, RedisTopology::Sentinel { .. }));
+
+        let err = load(&format!(
+            "{base}url = \"http://x\"\ncluster_nodes = [\"redis://a:1\"]\npath = \"k.json\"\nkey_prefix = \"a b\"\n"
+        ))
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "store.path: only applies",
+            "exactly one of url, cluster_nodes or sentinels",
+            "store.key_prefix",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        let err = load("[upstream]\nurl = \"http://127.0.0.1:1\"\n[store]\nurl = \"redis://a\"\n")
+            .unwrap_err();
+        assert!(
+            err.problems[0].contains("store.url: only applies to backend = \"redis\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("10MiB"), Some(10 << 20));
         assert_eq!(parse_size("512"), Some(512));

@@ -273,3 +273,54 @@ async fn redis_changes_reach_other_replicas_over_pubsub() {
         Invalidation::All
     );
 }
+
+#[tokio::test]
+async fn redis_sentinel_failover_moves_writes_to_the_new_master() {
+    let s = RedisSentinel::start_with_replica();
+    let store = redis_store(RedisTopology::Sentinel {
+        sentinels: vec![s.sentinel_url()],
+        master: "mymaster".into(),
+    });
+    let before = mint("acct_a");
+    store.insert(before.clone()).await.unwrap();
+
+    let promoted = s.failover();
+    // The first command after the failover may hit the demoted master (READONLY) or a closed
+    // connection; keygate re-resolves the master through the sentinel and goes on.
+    let after = mint("acct_a");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.insert(after.clone()).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => break,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "store never recovered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(
+        store
+            .find_by_hash(before.lookup_hash)
+            .await
+            .unwrap()
+            .is_some(),
+        "replicated data lost"
+    );
+    assert!(
+        store
+            .find_by_hash(after.lookup_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let on_new_master =
+        common::redis::raw_command(promoted, &format!("EXISTS {{kgtest}}:id:{}", after.id))
+            .unwrap();
+    assert!(
+        on_new_master.starts_with(":1"),
+        "write did not land on the promoted master: {on_new_master}"
+    );
+}

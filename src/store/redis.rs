@@ -156,7 +156,8 @@ impl LazyCluster {
 /// `READONLY` answer (the old master was demoted by a failover).
 struct SentinelConn {
     client: tokio::sync::Mutex<SentinelClient>,
-    current: RwLock<Option<MultiplexedConnection>>,
+    /// The master's address (as the sentinel named it) and a connection to it.
+    current: RwLock<Option<(String, MultiplexedConnection)>>,
     config: AsyncConnectionConfig,
 }
 
@@ -166,7 +167,7 @@ impl SentinelConn {
     }
 
     async fn get(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self
+        if let Some((_, c)) = self
             .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -174,13 +175,39 @@ impl SentinelConn {
         {
             return Ok(c);
         }
-        let conn = self
-            .master()
-            .await?
+        self.connect_to_master().await
+    }
+
+    async fn connect_to_master(&self) -> RedisResult<MultiplexedConnection> {
+        let master = self.master().await?;
+        let addr = format!("{:?}", master.get_connection_info().addr());
+        let conn = master
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((addr, conn.clone()));
         Ok(conn)
+    }
+
+    /// Before a write: ask the sentinel who the master is now, and move if it changed. During
+    /// a failover the old master keeps accepting writes until it is demoted, and those writes
+    /// are lost when it resyncs; writes are rare (key management), so one sentinel round trip
+    /// each is cheap insurance.
+    async fn ensure_master(&self) -> RedisResult<()> {
+        let master = self.master().await?;
+        let addr = format!("{:?}", master.get_connection_info().addr());
+        let same = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(current, _)| *current == addr);
+        if !same {
+            let conn = master
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((addr, conn));
+        }
+        Ok(())
     }
 
     fn observe<T>(&self, result: &RedisResult<T>) {
@@ -453,12 +480,18 @@ impl RedisStore {
         .await
     }
 
+    /// Runs a write script (on the current master: see [`SentinelConn::ensure_master`]).
     async fn script(
         &self,
         invocation: redis::ScriptInvocation<'static>,
     ) -> Result<String, StoreError> {
-        self.run(|mut c| async move { invocation.invoke_async::<String>(&mut c).await })
-            .await
+        self.run(|mut c| async move {
+            if let Conn::Sentinel(s) = &c {
+                s.ensure_master().await?;
+            }
+            invocation.invoke_async::<String>(&mut c).await
+        })
+        .await
     }
 
     /// Keeps a subscription to the invalidation channel, reconnecting with backoff. After every

@@ -253,9 +253,10 @@ impl Drop for RedisCluster {
     }
 }
 
-/// A master and one sentinel watching it as `mymaster`.
+/// A master (optionally with one replica) and one sentinel watching it as `mymaster`.
 pub struct RedisSentinel {
     pub master: Redis,
+    pub replica: Option<Redis>,
     pub sentinel_port: u16,
     sentinel: Child,
     _dir: tempfile::TempDir,
@@ -263,7 +264,37 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start() -> RedisSentinel {
+        RedisSentinel::start_inner(false)
+    }
+
+    /// With a replica that has completed its first sync, so a failover can promote it.
+    pub fn start_with_replica() -> RedisSentinel {
+        RedisSentinel::start_inner(true)
+    }
+
+    fn start_inner(with_replica: bool) -> RedisSentinel {
         let master = Redis::start();
+        // Without this the master waits 5 s before a replica's first (diskless) sync.
+        assert!(
+            master
+                .cmd("CONFIG SET repl-diskless-sync-delay 0")
+                .starts_with("+OK")
+        );
+        let replica = with_replica.then(|| {
+            let r = Redis::start();
+            assert!(
+                r.cmd("CONFIG SET repl-diskless-sync-delay 0")
+                    .starts_with("+OK")
+            );
+            assert!(
+                r.cmd(&format!("REPLICAOF 127.0.0.1 {}", master.port))
+                    .starts_with("+OK")
+            );
+            wait_until("replica sync", Duration::from_secs(20), || {
+                r.cmd("INFO replication").contains("master_link_status:up")
+            });
+            r
+        });
         let dir = tempfile::tempdir().unwrap();
         let sentinel_port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -286,6 +317,7 @@ impl RedisSentinel {
             .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel: {e}"));
         let s = RedisSentinel {
             master,
+            replica,
             sentinel_port,
             sentinel,
             _dir: dir,
@@ -295,6 +327,35 @@ impl RedisSentinel {
                 .is_some_and(|r| r.contains(&s.master.port.to_string()))
         });
         s
+    }
+
+    /// Promotes the replica. Retries while the sentinel answers -NOGOODSLAVE (it has not heard
+    /// from the replica itself yet), then waits until the sentinel reports the new master.
+    pub fn failover(&self) -> u16 {
+        let replica = self
+            .replica
+            .as_ref()
+            .expect("started without a replica")
+            .port;
+        wait_until(
+            "sentinel accepts the failover",
+            Duration::from_secs(30),
+            || {
+                raw_command(self.sentinel_port, "SENTINEL FAILOVER mymaster")
+                    .is_some_and(|r| r.starts_with("+OK"))
+            },
+        );
+        // get-master-addr-by-name names the promoted replica as soon as the failover starts;
+        // the failover is over when the master entry itself switched (+switch-master).
+        wait_until("the failover to complete", Duration::from_secs(30), || {
+            raw_command(self.sentinel_port, "SENTINEL MASTER mymaster").is_some_and(|r| {
+                r.contains(&format!(
+                    "\r\nport\r\n${}\r\n{replica}\r\n",
+                    replica.to_string().len()
+                )) && !r.contains("failover_in_progress")
+            })
+        });
+        replica
     }
 
     pub fn sentinel_url(&self) -> String {
