@@ -108,6 +108,8 @@ async fn run(rounds: usize) {
                 scopes: vec![],
                 expires_in: None,
                 metadata: Default::default(),
+                ip_allowlist: Vec::new(),
+                rate_limit: None,
             })
             .await
             .unwrap();

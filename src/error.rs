@@ -40,6 +40,8 @@ pub enum AuthError {
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
     BadRequest(&'static str),
+    #[error("{0}")]
+    BadPath(crate::policy::PathError),
     #[error("the upstream service is unavailable")]
     UpstreamUnavailable,
     #[error("the upstream service did not answer in time")]
@@ -92,7 +94,7 @@ impl AuthError {
             | AuthError::KeyTypeNotAllowed => StatusCode::FORBIDDEN,
             AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::BadRequest(_) | AuthError::BadPath(_) => StatusCode::BAD_REQUEST,
             AuthError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             AuthError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             AuthError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -111,7 +113,7 @@ impl AuthError {
             AuthError::KeyTypeNotAllowed => "key_type_not_allowed",
             AuthError::RateLimited { .. } => "rate_limited",
             AuthError::PayloadTooLarge { .. } => "payload_too_large",
-            AuthError::BadRequest(_) => "bad_request",
+            AuthError::BadRequest(_) | AuthError::BadPath(_) => "bad_request",
             AuthError::UpstreamUnavailable => "upstream_unavailable",
             AuthError::UpstreamTimeout => "upstream_timeout",
             AuthError::AuthUnavailable { .. } => "auth_unavailable",
@@ -145,6 +147,7 @@ impl AuthError {
             | AuthError::KeyTypeNotAllowed
             | AuthError::PayloadTooLarge { .. }
             | AuthError::BadRequest(_)
+            | AuthError::BadPath(_)
             | AuthError::UpstreamUnavailable
             | AuthError::UpstreamTimeout => {}
         }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod key;
+pub mod policy;
 pub mod proxy;
 pub mod store;
 pub mod telemetry;

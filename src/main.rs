@@ -11,7 +11,7 @@ use keygate::cli::{KeyTool, render_json_new_key, render_new_key, render_table};
 use keygate::config::Config;
 use keygate::key::{Environment, KeyType};
 use keygate::proxy::Proxy;
-use keygate::store::NewRecord;
+use keygate::store::{KeyRateLimit, NewRecord};
 use keygate::time::Timestamp;
 
 #[derive(Parser)]
@@ -74,6 +74,15 @@ enum KeysCommand {
         /// Free metadata, `key=value`; repeatable.
         #[arg(long = "meta", value_parser = parse_meta)]
         metadata: Vec<(String, String)>,
+        /// Client addresses allowed to use the key (IP or CIDR); repeatable. Default: any.
+        #[arg(long = "allow-ip", value_parser = parse_net_arg)]
+        allow_ip: Vec<ipnet::IpNet>,
+        /// A rate-limit tier from `[rate_limits.tiers]`, e.g. `pro`.
+        #[arg(long, conflicts_with = "rate_limit")]
+        tier: Option<String>,
+        /// The key's own rate limit, e.g. `100/1m`.
+        #[arg(long = "rate-limit", value_parser = parse_rate)]
+        rate_limit: Option<(u64, Duration)>,
         #[arg(long)]
         json: bool,
     },
@@ -117,6 +126,25 @@ enum EnvArg {
 enum TypeArg {
     Secret,
     Publishable,
+}
+
+fn parse_net_arg(s: &str) -> Result<ipnet::IpNet, String> {
+    keygate::config::parse_net(s).ok_or_else(|| format!("{s:?} is not an IP address or CIDR"))
+}
+
+fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
+    let (n, w) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not LIMIT/WINDOW, e.g. 100/1m"))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number"))?;
+    let w = humantime::parse_duration(w.trim()).map_err(|e| format!("{w:?}: {e}"))?;
+    if n == 0 || w.as_secs() == 0 {
+        return Err("limit and window (whole seconds) must be greater than zero".into());
+    }
+    Ok((n, w))
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
@@ -219,8 +247,20 @@ async fn keys(cfg: &Config, command: KeysCommand) -> anyhow::Result<()> {
             scopes,
             expires_in,
             metadata,
+            allow_ip,
+            tier,
+            rate_limit,
             json,
         } => {
+            let ip_allowlist = allow_ip;
+            let rate_limit = match (tier, rate_limit) {
+                (Some(tier), _) => Some(KeyRateLimit::Tier { tier }),
+                (None, Some((limit, window))) => Some(KeyRateLimit::Explicit {
+                    limit,
+                    window_secs: window.as_secs(),
+                }),
+                (None, None) => None,
+            };
             let req = NewRecord {
                 key_type: match key_type {
                     TypeArg::Secret => KeyType::Secret,
@@ -235,6 +275,8 @@ async fn keys(cfg: &Config, command: KeysCommand) -> anyhow::Result<()> {
                 scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
                 expires_in,
                 metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                ip_allowlist,
+                rate_limit,
             };
             let (key, rec) = tool.create(req).await?;
             print!(

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub argon2_runs: AtomicU64,
     pub store_errors: AtomicU64,
     pub stale_served: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub report_only_denials: AtomicU64,
     pub invalidations: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub in_flight: AtomicU64,
@@ -29,7 +31,7 @@ impl Metrics {
     /// Prometheus text exposition. `cached_keys` is sampled by the caller.
     pub fn render(&self, cached_keys: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "keygate_requests_total",
                 "Requests received on the proxy listener.",
@@ -69,6 +71,16 @@ impl Metrics {
                 "keygate_store_errors_total",
                 "Failed key store lookups.",
                 &self.store_errors,
+            ),
+            (
+                "keygate_rate_limited_total",
+                "Requests rejected by a rate limit (including report-only).",
+                &self.rate_limited,
+            ),
+            (
+                "keygate_report_only_denials_total",
+                "Requests a report-only rule would have denied.",
+                &self.report_only_denials,
             ),
             (
                 "keygate_stale_auth_total",

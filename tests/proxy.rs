@@ -150,6 +150,8 @@ async fn every_rejection_has_its_code() {
         scopes: vec![],
         expires_in: None,
         metadata: Default::default(),
+        ip_allowlist: Vec::new(),
+        rate_limit: None,
     }
     .mint(&format, &hasher, Timestamp::from_unix(1_000))
     .unwrap();
@@ -458,6 +460,8 @@ async fn store_changes_by_another_writer_reach_the_running_proxy() {
             scopes: vec![],
             expires_in: None,
             metadata: Default::default(),
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
         })
         .await
         .unwrap();

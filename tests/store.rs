@@ -22,6 +22,8 @@ fn mint(owner: &str) -> KeyRecord {
         scopes: vec!["payments:read".into()],
         expires_in: None,
         metadata: [("team".to_owned(), "billing".to_owned())].into(),
+        ip_allowlist: vec!["10.0.0.0/8".parse().unwrap()],
+        rate_limit: Some(keygate::store::KeyRateLimit::Tier { tier: "pro".into() }),
     };
     req.mint(&format, &KeyHasher::new(None), Timestamp::now())
         .unwrap()

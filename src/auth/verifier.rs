@@ -1,5 +1,5 @@
 //! The verifier: parse (offline) → positive cache → negative cache → store lookup by hash →
-//! Argon2id, then the key checks that need only the record (revoked, expired, environment).
+//! Argon2id, then the check that needs only the record: revoked or expired.
 //!
 //! Concurrent first requests for one key share a single *flight*: one store lookup and one
 //! Argon2id run, however many requests wait. Invalidations (revocation, rotation, edits) and
@@ -16,7 +16,7 @@ use tokio::sync::{OnceCell, Semaphore, broadcast};
 
 use super::Credential;
 use crate::error::{AuthError, InvalidKey};
-use crate::key::{Environment, KeyFormat, KeyHasher, LookupHash};
+use crate::key::{KeyFormat, KeyHasher, LookupHash};
 use crate::store::{Invalidation, KeyRecord, KeyState, KeyStore, Store};
 use crate::telemetry::Metrics;
 use crate::time::Timestamp;
@@ -44,7 +44,7 @@ struct Verified {
     fetched_at: Instant,
 }
 
-/// Proof that a request carries a genuine, active key of this environment.
+/// Proof that a request carries a genuine key that is neither revoked nor expired.
 #[derive(Debug, Clone)]
 pub struct Identity {
     entry: Arc<Verified>,
@@ -57,6 +57,11 @@ impl Identity {
 
     pub fn values(&self) -> &IdentityValues {
         &self.entry.values
+    }
+
+    /// The subject of this key's rate-limit counters.
+    pub fn limit_subject(&self) -> String {
+        format!("k:{}", self.entry.record.id)
     }
 }
 
@@ -75,7 +80,6 @@ struct Flight {
 
 #[derive(Clone, Debug)]
 pub struct VerifierSettings {
-    pub environment: Environment,
     /// How long a verified record is used before it is read from the store again.
     pub cache_ttl: Duration,
     /// While the store is unreachable, records read this recently keep working.
@@ -196,12 +200,6 @@ impl Verifier {
         match rec.state(Timestamp::now()) {
             KeyState::Active => {}
             KeyState::Expired | KeyState::Revoked => return Err(AuthError::ExpiredKey),
-        }
-        if rec.environment != self.settings.environment {
-            return Err(AuthError::WrongEnvironment {
-                key: rec.environment.as_str(),
-                instance: self.settings.environment.as_str(),
-            });
         }
         Ok(())
     }

@@ -64,6 +64,8 @@ async fn run_in(
             scopes: vec!["all".into()],
             expires_in: None,
             metadata: Default::default(),
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
         })
         .await?;
 

@@ -13,7 +13,8 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 
 use crate::auth::Identity;
-use crate::config::{AuthConfig, Carrier};
+use crate::config::{AuthConfig, Carrier, HeaderStyles};
+use crate::policy::ratelimit::Decision;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +46,65 @@ static FORWARDING: [&HeaderName; 5] = [
     &X_REAL_IP,
 ];
 
+/// Method-override headers: stripped unless configured to be honoured (and then the scope is
+/// checked against the overridden method).
+pub static METHOD_OVERRIDES: [&HeaderName; 3] =
+    [&X_HTTP_METHOD_OVERRIDE, &X_HTTP_METHOD, &X_METHOD_OVERRIDE];
+static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
+static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
+static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
+
+/// What the forwarded request carries besides the client's own headers.
+pub struct Forward<'a> {
+    /// The client address (after trusted-proxy resolution), for `X-Forwarded-For`.
+    pub client_ip: &'a HeaderValue,
+    /// `None` on public routes: no identity is injected (and spoofed identity still stripped).
+    pub identity: Option<&'a Identity>,
+    pub request_id: &'a HeaderValue,
+    /// The normalised path when it differs from the client's.
+    pub normalized_path: Option<&'a str>,
+    pub keep_method_override: bool,
+}
+
+/// Sets the rate-limit headers of one decision in the configured styles.
+pub fn set_rate_limit_headers(headers: &mut HeaderMap, d: &Decision, styles: HeaderStyles) {
+    let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    if styles.x_ratelimit {
+        let reset_at = crate::time::Timestamp::now().unix() + reset_secs;
+        headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
+        headers.insert(
+            X_RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(d.remaining),
+        );
+        headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_at));
+    }
+    if styles.ratelimit {
+        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
+        headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
+        headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset_secs));
+    }
+    if styles.structured {
+        let policy = format!("\"default\";q={};w={}", d.limit, d.window.as_secs().max(1));
+        let state = format!("\"default\";r={};t={reset_secs}", d.remaining);
+        if let (Ok(p), Ok(s)) = (
+            HeaderValue::from_str(&policy),
+            HeaderValue::from_str(&state),
+        ) {
+            headers.insert(RATELIMIT_POLICY.clone(), p);
+            headers.insert(RATELIMIT.clone(), s);
+        }
+    }
+}
+
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// Longest client-sent `X-Request-Id` kept as is.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -56,6 +116,15 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The header value for `ip`: the precomputed one when it is the peer itself.
+    pub fn ip_value(&self, ip: std::net::IpAddr) -> HeaderValue {
+        if ip == self.peer.ip().to_canonical() {
+            return self.peer_ip.clone();
+        }
+        HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+
     pub fn new(peer: std::net::SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
         let peer_ip = HeaderValue::from_str(&ip.to_string())
@@ -118,13 +187,7 @@ impl HeaderPlan {
     }
 
     /// Turns an authenticated client request into the request the upstream receives.
-    pub fn prepare_request<B>(
-        &self,
-        req: &mut Request<B>,
-        conn: &ConnInfo,
-        identity: &Identity,
-        request_id: &HeaderValue,
-    ) {
+    pub fn prepare_request<B>(&self, req: &mut Request<B>, fwd: &Forward<'_>) {
         let client_host = host_of(req);
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
@@ -135,21 +198,28 @@ impl HeaderPlan {
         for name in FORWARDING {
             headers.remove(name);
         }
+        if !fwd.keep_method_override {
+            for name in METHOD_OVERRIDES {
+                headers.remove(name);
+            }
+        }
 
-        headers.insert(X_FORWARDED_FOR.clone(), conn.peer_ip.clone());
-        headers.insert(X_REAL_IP.clone(), conn.peer_ip.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), fwd.client_ip.clone());
+        headers.insert(X_REAL_IP.clone(), fwd.client_ip.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(host) = &client_host {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
 
-        let v = identity.values();
-        headers.insert(self.key_id.clone(), v.key_id.clone());
-        headers.insert(self.owner.clone(), v.owner.clone());
-        headers.insert(self.environment.clone(), v.environment.clone());
-        headers.insert(self.key_type.clone(), v.key_type.clone());
-        headers.insert(self.scopes.clone(), v.scopes.clone());
+        if let Some(identity) = fwd.identity {
+            let v = identity.values();
+            headers.insert(self.key_id.clone(), v.key_id.clone());
+            headers.insert(self.owner.clone(), v.owner.clone());
+            headers.insert(self.environment.clone(), v.environment.clone());
+            headers.insert(self.key_type.clone(), v.key_type.clone());
+            headers.insert(self.scopes.clone(), v.scopes.clone());
+        }
 
         match (&client_host, self.preserve_host) {
             (Some(host), true) => headers.insert(header::HOST, host.clone()),
@@ -159,10 +229,19 @@ impl HeaderPlan {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(self.upstream_scheme.clone());
         parts.authority = Some(self.upstream_authority.clone());
+        // The normalised path replaces the client's, so the upstream sees what routing saw.
+        if let Some(path) = fwd.normalized_path {
+            let query = parts.path_and_query.as_ref().and_then(|pq| pq.query());
+            let pq = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            parts.path_and_query = PathAndQuery::try_from(pq).ok();
+        }
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));
         }
-        // Scheme, authority and path are all set, so this cannot fail; keep the original if it did.
+        // Scheme, authority and path are all set, so this cannot fail.
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;

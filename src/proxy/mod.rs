@@ -25,8 +25,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Verifier, VerifierSettings};
-use crate::config::Config;
+use crate::config::{Config, MethodOverride};
 use crate::key::{KeyFormat, KeyHasher};
+use crate::policy::Policy;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use headers::{ConnInfo, HeaderPlan};
@@ -52,7 +53,6 @@ impl Proxy {
         let hasher = KeyHasher::new(config.keys.pepper.as_ref().map(|p| p.expose()));
         let metrics = Arc::new(Metrics::default());
         let settings = VerifierSettings {
-            environment: config.environment,
             cache_ttl: config.auth.cache_ttl,
             stale_limit: config.auth.stale_limit,
             cache_max_entries: config.auth.cache_max_entries,
@@ -77,8 +77,16 @@ impl Proxy {
         )
         .map_err(anyhow::Error::msg)?;
         let draining = Arc::new(AtomicBool::new(false));
+        let policy = Policy::new(
+            &config.policy,
+            config.environment,
+            &store,
+            Arc::clone(&metrics),
+        );
         let app = Arc::new(App {
             verifier: Arc::clone(&verifier),
+            policy,
+            honor_method_override: config.auth.method_override == MethodOverride::Honor,
             upstream: upstream::Upstream::new(&config.upstream),
             plan,
             metrics: Arc::clone(&metrics),
@@ -142,6 +150,16 @@ impl Proxy {
             loop {
                 tick.tick().await;
                 verifier.flush_usage().await;
+            }
+        }));
+
+        let app = Arc::clone(&self.app);
+        self.background.push(tokio::spawn(async move {
+            // In-process rate-limit counters that hold nothing any more are dropped.
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                app.policy.limiter().sweep();
             }
         }));
 

@@ -2,6 +2,7 @@
 //! rejection leaves through [`App::handle`], the single rescue point that turns an
 //! [`AuthError`] into a response and logs it.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,11 +14,13 @@ use http_body::Body as _;
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 
-use super::headers::{ConnInfo, HeaderPlan, X_REQUEST_ID, request_id};
+use super::headers::{self, ConnInfo, Forward, HeaderPlan, X_REQUEST_ID, request_id};
 use super::upstream::Upstream;
 use crate::auth::{self, Verifier};
 use crate::config::Carrier;
 use crate::error::AuthError;
+use crate::policy::ratelimit::Decision;
+use crate::policy::{self, PathError, Permit, Policy};
 use crate::telemetry::Metrics;
 
 /// What the client receives: the upstream's streamed body, or keygate's JSON error.
@@ -26,12 +29,41 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// Everything a request needs, shared by all connections.
 pub struct App {
     pub(crate) verifier: Arc<Verifier>,
+    pub(crate) policy: Policy,
     pub(crate) upstream: Upstream,
     pub(crate) plan: HeaderPlan,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) carriers: Vec<Carrier>,
     pub(crate) max_key_length: usize,
     pub(crate) max_request_body: u64,
+    pub(crate) honor_method_override: bool,
+}
+
+/// A rejection, with the rate-limit state to report on it when a limit was involved.
+struct Rejection {
+    err: AuthError,
+    rate: Option<Decision>,
+}
+
+impl From<AuthError> for Rejection {
+    fn from(err: AuthError) -> Self {
+        Rejection { err, rate: None }
+    }
+}
+
+impl From<(AuthError, Option<Decision>)> for Rejection {
+    fn from((err, rate): (AuthError, Option<Decision>)) -> Self {
+        Rejection { err, rate }
+    }
+}
+
+impl From<PathError> for Rejection {
+    fn from(e: PathError) -> Self {
+        Rejection {
+            err: AuthError::BadPath(e),
+            rate: None,
+        }
+    }
 }
 
 impl App {
@@ -49,12 +81,12 @@ impl App {
         let unread_body = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
         let (method, uri) = (req.method().clone(), req.uri().clone());
 
-        let mut resp = match self.proxy(req, &conn, &request_id).await {
-            Ok(resp) => {
+        let (mut resp, rate) = match self.proxy(req, &conn, &request_id).await {
+            Ok((resp, rate)) => {
                 self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-                resp.map(Either::Left)
+                (resp.map(Either::Left), rate)
             }
-            Err(err) => {
+            Err(Rejection { err, rate }) => {
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     request_id = ?request_id, client.ip = %conn.peer.ip(), %method, path = uri.path(),
@@ -67,38 +99,93 @@ impl App {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                resp
+                (resp, rate)
             }
         };
+        if let Some(d) = rate {
+            headers::set_rate_limit_headers(resp.headers_mut(), &d, self.policy.header_styles());
+        }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         Ok(resp)
     }
 
+    /// The request path. Cheap, attacker-controlled checks first; nothing that costs a store
+    /// round trip or an Argon2 run happens before the per-IP limits.
     async fn proxy(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
-    ) -> Result<Response<Incoming>, AuthError> {
-        let identity = {
-            let cred = auth::extract(
+    ) -> Result<(Response<Incoming>, Option<Decision>), Rejection> {
+        let client_ip = self.policy.client_ip(conn.peer.ip(), req.headers())?; // 400
+        let normalized = match policy::normalize(req.uri().path())? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        }; // 400
+        let path = normalized.as_deref().unwrap_or_else(|| req.uri().path());
+        let route = self.policy.route(req.method(), path);
+        self.policy.check_ip(client_ip, route)?; // 403
+        self.policy.check_ip_limits(client_ip, route).await?; // 429
+
+        let (identity, permit) = if route.public {
+            (None, Permit { rate: None })
+        } else {
+            let carriers = if route.carriers.is_empty() {
+                &self.carriers
+            } else {
+                &route.carriers
+            };
+            let identity = {
+                let cred =
+                    auth::extract(req.headers(), &self.carriers, carriers, self.max_key_length)?; // 401
+                match self.verifier.verify(&cred).await {
+                    Ok(identity) => identity,
+                    Err(err @ AuthError::InvalidKey(_)) => {
+                        self.policy.record_failed_auth(client_ip).await;
+                        return Err(err.into()); // 401
+                    }
+                    Err(err) => return Err(err.into()), // 401 / 503
+                }
+            };
+            let method = self.policy.effective_method(
+                req.method(),
                 req.headers(),
-                &self.carriers,
-                &self.carriers,
-                self.max_key_length,
-            )?; // 401
-            self.verifier.verify(&cred).await? // 401 / 503
+                self.honor_method_override,
+            );
+            let permit = self
+                .policy
+                .authorize(&identity, route, &method, client_ip)
+                .await?; // 403 / 429
+            (Some(identity), permit)
         };
-        self.check_declared_length(&req)?; // 413
-        let mut req = req.map(|body| {
-            Limited::new(
-                body,
-                usize::try_from(self.max_request_body).unwrap_or(usize::MAX),
-            )
-        });
-        self.plan
-            .prepare_request(&mut req, conn, &identity, request_id);
-        self.upstream.send(req, self.max_request_body).await // 502 / 504 / 413 while streaming
+
+        self.check_declared_length(&req).map_err(|e| Rejection {
+            err: e,
+            rate: permit.rate,
+        })?; // 413
+        let mut req = req.map(|body| Limited::new(body, self.body_limit()));
+        let client_ip = conn.ip_value(client_ip);
+        self.plan.prepare_request(
+            &mut req,
+            &Forward {
+                client_ip: &client_ip,
+                identity: identity.as_ref(),
+                request_id,
+                normalized_path: normalized.as_deref(),
+                keep_method_override: self.honor_method_override,
+            },
+        );
+        match self.upstream.send(req, self.max_request_body).await {
+            Ok(resp) => Ok((resp, permit.rate)),
+            Err(err) => Err(Rejection {
+                err,
+                rate: permit.rate,
+            }), // 502 / 504 / 413 while streaming
+        }
+    }
+
+    fn body_limit(&self) -> usize {
+        usize::try_from(self.max_request_body).unwrap_or(usize::MAX)
     }
 
     /// Rejects a body whose declared length is over the limit before streaming any of it.

@@ -442,6 +442,8 @@ mod tests {
             scopes: vec![],
             expires_in: None,
             metadata: Default::default(),
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
         };
         let (key, rec) = req
             .mint(&format, &KeyHasher::new(None), Timestamp::now())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub use file::FileStore;
-pub use record::{KeyRecord, KeyState, KeyView, NewRecord};
+pub use record::{KeyRateLimit, KeyRecord, KeyState, KeyView, NewRecord};
 pub use redis::RedisStore;
 
 use crate::key::LookupHash;

@@ -31,6 +31,9 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_allowlist: Vec<IpNet>,
+    /// Overrides the default per-key rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<KeyRateLimit>,
     pub created_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
@@ -44,6 +47,14 @@ pub struct KeyRecord {
     pub rotated_to: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A key's own rate limit: a named tier from `[rate_limits.tiers]`, or an explicit limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KeyRateLimit {
+    Tier { tier: String },
+    Explicit { limit: u64, window_secs: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -98,6 +109,8 @@ pub struct KeyView<'a> {
     pub scopes: &'a [String],
     #[serde(skip_serializing_if = "<[IpNet]>::is_empty")]
     pub ip_allowlist: &'a [IpNet],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<&'a KeyRateLimit>,
     pub state: KeyState,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
@@ -122,6 +135,7 @@ impl KeyRecord {
             name: self.name.as_deref(),
             scopes: &self.scopes,
             ip_allowlist: &self.ip_allowlist,
+            rate_limit: self.rate_limit.as_ref(),
             state: self.state(now),
             created_at: self.created_at,
             expires_at: self.expires_at,
@@ -144,6 +158,8 @@ pub struct NewRecord {
     pub scopes: Vec<String>,
     pub expires_in: Option<Duration>,
     pub metadata: BTreeMap<String, String>,
+    pub ip_allowlist: Vec<IpNet>,
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 impl NewRecord {
@@ -190,7 +206,8 @@ impl NewRecord {
             owner: self.owner,
             name: self.name,
             scopes: self.scopes,
-            ip_allowlist: Vec::new(),
+            ip_allowlist: self.ip_allowlist,
+            rate_limit: self.rate_limit,
             created_at: now,
             expires_at: self.expires_in.map(|d| now.saturating_add(d)),
             revoked_at: None,
@@ -214,6 +231,8 @@ impl NewRecord {
                 .expires_at
                 .map(|t| Duration::from_secs(t.unix().saturating_sub(now.unix()))),
             metadata: old.metadata.clone(),
+            ip_allowlist: old.ip_allowlist.clone(),
+            rate_limit: old.rate_limit.clone(),
         }
     }
 }
@@ -240,6 +259,8 @@ mod tests {
             scopes: vec!["payments:read".into()],
             expires_in: Some(Duration::from_secs(3600)),
             metadata: BTreeMap::new(),
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
         }
     }
 

@@ -480,6 +480,16 @@ impl RedisStore {
         .await
     }
 
+    /// Runs a script for another module (the rate limiter) over this store's connection, with
+    /// the store timeout.
+    pub(crate) async fn eval<T: redis::FromRedisValue + Send>(
+        &self,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<T, StoreError> {
+        self.run(|mut c| async move { invocation.invoke_async::<T>(&mut c).await })
+            .await
+    }
+
     /// Runs a write script (on the current master: see [`SentinelConn::ensure_master`]).
     async fn script(
         &self,

@@ -252,6 +252,8 @@ impl Keygate {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 expires_in: None,
                 metadata: Default::default(),
+                ip_allowlist: Vec::new(),
+                rate_limit: None,
             })
             .await
             .unwrap();

@@ -13,6 +13,13 @@ use serde::Deserialize;
 
 use crate::key::{Environment, Labels};
 
+mod policy;
+
+pub use policy::{
+    HeaderStyles, IpConfig, LimiterBackend, PolicyConfig, RateLimitConfig, ReportOnly, RouteConfig,
+    parse_net,
+};
+
 /// Every problem found in a configuration, reported together.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -79,6 +86,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -163,6 +171,17 @@ pub struct AuthConfig {
     pub last_used_flush_interval: Duration,
     /// While the store is unreachable, cached keys verified this recently keep working.
     pub stale_limit: Duration,
+    /// What to do with `X-HTTP-Method-Override` and kin.
+    pub method_override: MethodOverride,
+}
+
+/// Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodOverride {
+    /// Removed before forwarding: the upstream only ever sees the real method.
+    Strip,
+    /// Forwarded, and the scope is checked against the overridden method.
+    Honor,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +203,10 @@ struct Raw {
     keys: RawKeys,
     auth: RawAuth,
     log: RawLog,
+    routes: Vec<policy::RawRoute>,
+    default_route: Option<policy::RawRoute>,
+    ip: policy::RawIp,
+    rate_limits: policy::RawRateLimits,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,6 +278,7 @@ struct RawAuth {
     argon2_concurrency: Option<usize>,
     last_used_flush_interval: Option<String>,
     stale_limit: Option<String>,
+    method_override: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -561,15 +585,11 @@ fn validate(
         .carriers
         .unwrap_or_else(|| vec!["authorization".into(), "x-api-key".into()])
     {
-        let carrier = match name.to_ascii_lowercase().as_str() {
-            "authorization" | "bearer" => Carrier::Bearer,
-            "x-api-key" => Carrier::ApiKeyHeader,
-            _ => {
-                c.problem(format!(
-                    "auth.carriers: {name:?} is not \"authorization\" or \"x-api-key\""
-                ));
-                continue;
-            }
+        let Some(carrier) = parse_carrier(&name) else {
+            c.problem(format!(
+                "auth.carriers: {name:?} is not \"authorization\" or \"x-api-key\""
+            ));
+            continue;
         };
         if carriers.contains(&carrier) {
             c.problem(format!("auth.carriers: {name:?} listed twice"));
@@ -623,6 +643,16 @@ fn validate(
             secs(60),
         ),
         stale_limit: c.duration("auth.stale_limit", raw.auth.stale_limit, secs(900)),
+        method_override: match raw.auth.method_override.as_deref().unwrap_or("strip") {
+            "strip" => MethodOverride::Strip,
+            "honor" | "honour" => MethodOverride::Honor,
+            other => {
+                c.problem(format!(
+                    "auth.method_override: {other:?} is not \"strip\" or \"honor\""
+                ));
+                MethodOverride::Strip
+            }
+        },
     };
     if auth.stale_limit < auth.cache_ttl {
         c.problem("auth.stale_limit: must be at least auth.cache_ttl".into());
@@ -649,6 +679,16 @@ fn validate(
         ));
     }
 
+    let policy = policy::validate(
+        &mut c,
+        raw.routes,
+        raw.default_route,
+        raw.ip,
+        raw.rate_limits,
+        &auth.carriers,
+        matches!(store, StoreConfig::Redis(_)),
+    );
+
     Config {
         environment,
         listen,
@@ -658,6 +698,16 @@ fn validate(
         keys,
         auth,
         log,
+        policy,
+    }
+}
+
+/// `"authorization"` (or `"bearer"`) and `"x-api-key"`, any case.
+fn parse_carrier(name: &str) -> Option<Carrier> {
+    match name.to_ascii_lowercase().as_str() {
+        "authorization" | "bearer" => Some(Carrier::Bearer),
+        "x-api-key" => Some(Carrier::ApiKeyHeader),
+        _ => None,
     }
 }
 
@@ -857,7 +907,7 @@ mod tests {
 
     #[test]
     fn the_example_file_loads() {
-        let text = include_str!("../sidecar.toml.example");
+        let text = include_str!("../../sidecar.toml.example");
         let c = load(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.upstream.url, "http://127.0.0.1:3000/");
     }

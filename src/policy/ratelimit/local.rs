@@ -1,0 +1,310 @@
+//! The in-process limiter: counters in sharded maps, swept periodically. Exact under
+//! concurrency (each check runs under its shard's lock, which is never held across an await).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Algorithm, Counter, Decision, Limit};
+
+const SHARDS: usize = 64;
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    /// `count` requests in the window that ends at `end` (ms since the limiter's epoch).
+    Fixed { end: u64, count: u64 },
+    /// Theoretical arrival time of the next request (ms since the limiter's epoch).
+    Gcra { tat: u64 },
+}
+
+pub struct LocalLimiter {
+    shards: Box<[Mutex<HashMap<u64, State>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    epoch: Instant,
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        LocalLimiter {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl LocalLimiter {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn slot(&self, c: &Counter) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        c.hash(&mut h);
+        h.finish()
+    }
+
+    fn shard(&self, slot: u64) -> &Mutex<HashMap<u64, State>> {
+        &self.shards[(slot as usize) % SHARDS]
+    }
+
+    /// Checks all `limits` and consumes one unit of each only if every one allows.
+    pub fn acquire(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
+        let now = self.now_ms();
+        let mut decisions = Vec::with_capacity(limits.len());
+        let mut taken = Vec::with_capacity(limits.len());
+        for (counter, limit) in limits {
+            let slot = self.slot(counter);
+            let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
+            let d = step(
+                shard.entry(slot).or_insert(State::Gcra { tat: 0 }),
+                limit,
+                now,
+                true,
+            );
+            drop(shard);
+            if d.allowed {
+                taken.push((slot, *limit));
+            }
+            decisions.push(d);
+        }
+        if decisions.iter().any(|d| !d.allowed) {
+            for (slot, limit) in taken {
+                let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(state) = shard.get_mut(&slot) {
+                    refund(state, &limit, now);
+                }
+            }
+            // What was allowed is reported as it stands after the refund.
+            for d in decisions.iter_mut().filter(|d| d.allowed) {
+                d.remaining = (d.remaining + 1).min(d.limit);
+            }
+        }
+        decisions
+    }
+
+    /// Reports the state of one counter without consuming.
+    pub fn peek(&self, counter: &Counter, limit: &Limit) -> Decision {
+        let now = self.now_ms();
+        let slot = self.slot(counter);
+        let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
+        match shard.get_mut(&slot) {
+            Some(state) => step(state, limit, now, false),
+            None => step(&mut State::Gcra { tat: 0 }, limit, now, false),
+        }
+    }
+
+    /// Drops counters that no longer hold anything (window over, bucket full again).
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, s| match *s {
+                State::Fixed { end, .. } => end > now,
+                State::Gcra { tat } => tat > now,
+            });
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Applies one request (when `consume`) to a counter and decides.
+fn step(state: &mut State, limit: &Limit, now: u64, consume: bool) -> Decision {
+    let window_ms = limit.window_ms();
+    match limit.algorithm {
+        Algorithm::FixedWindow => {
+            let (end, count) = match *state {
+                State::Fixed { end, count } if now < end => (end, count),
+                // Windows are aligned to the limiter's clock, like the Redis backend's.
+                _ => ((now / window_ms + 1) * window_ms, 0),
+            };
+            let reset = Duration::from_millis(end - now);
+            if count >= limit.limit {
+                *state = State::Fixed { end, count };
+                return Decision {
+                    allowed: false,
+                    limit: limit.limit,
+                    remaining: 0,
+                    reset,
+                    retry_after: reset,
+                    window: limit.window,
+                };
+            }
+            let count = if consume { count + 1 } else { count };
+            *state = State::Fixed { end, count };
+            Decision {
+                allowed: true,
+                limit: limit.limit,
+                remaining: limit.limit - count,
+                reset,
+                retry_after: Duration::ZERO,
+                window: limit.window,
+            }
+        }
+        Algorithm::Gcra => {
+            let t = limit.interval_ms();
+            let tat = match *state {
+                State::Gcra { tat } => tat.max(now),
+                State::Fixed { .. } => now,
+            };
+            let new_tat = tat + t;
+            // Allowed while the bucket's debt after this request fits in the window.
+            if new_tat - now > window_ms {
+                let retry = new_tat - window_ms - now;
+                return Decision {
+                    allowed: false,
+                    limit: limit.limit,
+                    remaining: 0,
+                    reset: Duration::from_millis(tat - now),
+                    retry_after: Duration::from_millis(retry.max(1)),
+                    window: limit.window,
+                };
+            }
+            let after = if consume { new_tat } else { tat };
+            if consume {
+                *state = State::Gcra { tat: new_tat };
+            }
+            let remaining = (window_ms - (after - now)) / t;
+            Decision {
+                allowed: true,
+                limit: limit.limit,
+                remaining: remaining.min(limit.limit),
+                reset: Duration::from_millis(after - now),
+                retry_after: Duration::ZERO,
+                window: limit.window,
+            }
+        }
+    }
+}
+
+fn refund(state: &mut State, limit: &Limit, now: u64) {
+    match state {
+        State::Fixed { end, count } => {
+            if now < *end {
+                *count = count.saturating_sub(1);
+            }
+        }
+        State::Gcra { tat } => *tat = tat.saturating_sub(limit.interval_ms()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(s: &str) -> Counter {
+        Counter {
+            subject: s.into(),
+            name: "n".into(),
+        }
+    }
+
+    #[test]
+    fn fixed_window_admits_exactly_n() {
+        let l = LocalLimiter::default();
+        let limit = Limit {
+            limit: 5,
+            window: Duration::from_secs(60),
+            algorithm: Algorithm::FixedWindow,
+        };
+        let allowed = (0..20)
+            .filter(|_| l.acquire(&[(counter("a"), limit)])[0].allowed)
+            .count();
+        assert_eq!(allowed, 5);
+        let d = l.peek(&counter("a"), &limit);
+        assert_eq!((d.allowed, d.remaining), (false, 0));
+        assert!(d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_secs(60));
+        assert!(
+            l.acquire(&[(counter("b"), limit)])[0].allowed,
+            "counters are independent"
+        );
+    }
+
+    #[test]
+    fn gcra_admits_a_burst_of_n_then_paces() {
+        let l = LocalLimiter::default();
+        let limit = Limit {
+            limit: 10,
+            window: Duration::from_secs(10),
+            algorithm: Algorithm::Gcra,
+        };
+        let allowed = (0..30)
+            .filter(|_| l.acquire(&[(counter("a"), limit)])[0].allowed)
+            .count();
+        assert_eq!(allowed, 10);
+        let d = l.acquire(&[(counter("a"), limit)])[0];
+        assert!(!d.allowed);
+        assert!(
+            d.retry_after <= Duration::from_secs(1),
+            "one slot frees every second: {:?}",
+            d.retry_after
+        );
+    }
+
+    #[test]
+    fn rejected_requests_consume_nothing() {
+        let l = LocalLimiter::default();
+        let wide = Limit {
+            limit: 100,
+            window: Duration::from_secs(60),
+            algorithm: Algorithm::FixedWindow,
+        };
+        let narrow = Limit {
+            limit: 2,
+            window: Duration::from_secs(60),
+            algorithm: Algorithm::Gcra,
+        };
+        for _ in 0..10 {
+            l.acquire(&[(counter("wide"), wide), (counter("narrow"), narrow)]);
+        }
+        // Only the two admitted requests counted against the wide limit.
+        assert_eq!(l.peek(&counter("wide"), &wide).remaining, 98);
+    }
+
+    #[test]
+    fn exact_under_concurrency() {
+        let l = std::sync::Arc::new(LocalLimiter::default());
+        let limit = Limit {
+            limit: 1000,
+            window: Duration::from_secs(60),
+            algorithm: Algorithm::FixedWindow,
+        };
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let l = std::sync::Arc::clone(&l);
+                std::thread::spawn(move || {
+                    (0..500)
+                        .filter(|_| l.acquire(&[(counter("a"), limit)])[0].allowed)
+                        .count()
+                })
+            })
+            .collect();
+        let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 1000);
+    }
+
+    #[test]
+    fn sweep_drops_idle_counters() {
+        let l = LocalLimiter::default();
+        let limit = Limit {
+            limit: 1,
+            window: Duration::from_millis(1),
+            algorithm: Algorithm::Gcra,
+        };
+        l.acquire(&[(counter("a"), limit)]);
+        std::thread::sleep(Duration::from_millis(5));
+        l.sweep();
+        assert!(l.is_empty());
+    }
+}

@@ -1,0 +1,124 @@
+//! Rate limiting: what a limit is, what a check decides, and the two backends — in-process
+//! (default) and Redis (shared by every replica, one atomic script per check).
+//!
+//! A request may be subject to several limits at once (per key, per key and route category).
+//! They are checked together and consumed only if all allow, so a rejected request never
+//! consumes quota: a client kept at 429 recovers as soon as its window allows.
+
+mod local;
+mod redis;
+
+use std::time::Duration;
+
+pub use local::LocalLimiter;
+pub use redis::RedisLimiter;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `limit` requests per aligned window of `window` (the documents' behaviour).
+    FixedWindow,
+    /// Generic cell rate algorithm: a smooth rate of `limit` per `window`, bursts up to `limit`.
+    Gcra,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub limit: u64,
+    pub window: Duration,
+    pub algorithm: Algorithm,
+}
+
+impl Limit {
+    fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// GCRA emission interval in milliseconds (at least 1).
+    fn interval_ms(&self) -> u64 {
+        (self.window_ms() / self.limit.max(1)).max(1)
+    }
+
+    /// This limit shared by `replicas` processes each enforcing it alone.
+    pub fn scaled(&self, replicas: u32) -> Limit {
+        Limit {
+            limit: self.limit.div_ceil(u64::from(replicas.max(1))),
+            ..*self
+        }
+    }
+}
+
+/// The outcome of checking one limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the window resets (fixed) or the bucket is full again (GCRA).
+    pub reset: Duration,
+    /// When rejected: until one more request would be allowed.
+    pub retry_after: Duration,
+    /// The window of the limit, for the structured `RateLimit-Policy` header.
+    pub window: Duration,
+}
+
+impl Decision {
+    /// The decision to report when several apply: a rejection, else the least remaining.
+    pub fn tightest(decisions: &[Decision]) -> Option<Decision> {
+        decisions
+            .iter()
+            .copied()
+            .min_by_key(|d| (d.allowed, d.remaining, std::cmp::Reverse(d.reset)))
+    }
+}
+
+/// One counter: a subject (key id, client IP, …) and what it counts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Counter {
+    /// Counters with the same subject are checked atomically together (one Redis hash tag).
+    pub subject: String,
+    pub name: String,
+}
+
+/// The configured limiter backend.
+pub enum Limiter {
+    Local(LocalLimiter),
+    Redis(RedisLimiter),
+}
+
+impl Limiter {
+    /// Checks every limit (all of one subject) and consumes them only if all allow.
+    pub async fn acquire(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
+        match self {
+            Limiter::Local(l) => l.acquire(limits),
+            Limiter::Redis(r) => r.check(limits, true).await,
+        }
+    }
+
+    /// The state of one counter, consuming nothing.
+    pub async fn peek(&self, counter: Counter, limit: Limit) -> Decision {
+        match self {
+            Limiter::Local(l) => l.peek(&counter, &limit),
+            Limiter::Redis(r) => {
+                let mut d = r.check(&[(counter, limit)], false).await;
+                d.pop().unwrap_or(Decision {
+                    allowed: true,
+                    limit: limit.limit,
+                    remaining: limit.limit,
+                    reset: Duration::ZERO,
+                    retry_after: Duration::ZERO,
+                    window: limit.window,
+                })
+            }
+        }
+    }
+
+    /// Drops idle in-process counters (the Redis backend's expire by themselves).
+    pub fn sweep(&self) {
+        match self {
+            Limiter::Local(l) => l.sweep(),
+            Limiter::Redis(r) => r.fallback().sweep(),
+        }
+    }
+}

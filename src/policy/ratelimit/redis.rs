@@ -1,0 +1,146 @@
+//! The Redis limiter: every replica shares the counters. One Lua script checks all the limits of
+//! one subject and consumes them only if all allow — one round trip per check. Counters of one
+//! subject share a hash tag, so the script stays on one Cluster slot; different subjects spread
+//! over the cluster. The clock is Redis's own (`TIME`), so replicas' clocks do not matter.
+//!
+//! If Redis cannot be reached, checks fall back to the in-process limiter with every limit
+//! divided by the configured replica count: limits stay roughly right and traffic keeps flowing.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{Algorithm, Counter, Decision, Limit, LocalLimiter};
+use crate::store::RedisStore;
+
+static CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"-- KEYS: one counter per limit, one hash tag
+        -- ARGV: consume (1/0), then per limit: algorithm (f|g), limit, window ms
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local out, plan, ok = {}, {}, true
+        for i = 1, #KEYS do
+          local algo, limit, window = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+          if algo == 'f' then
+            local idx = math.floor(now / window)
+            local c = 0
+            if tonumber(redis.call('HGET', KEYS[i], 'w') or '-1') == idx then
+              c = tonumber(redis.call('HGET', KEYS[i], 'c') or '0')
+            end
+            local reset = (idx + 1) * window - now
+            if c >= limit then ok = false; out[i] = {0, 0, reset, reset}
+            else out[i] = {1, limit - c - 1, reset, 0} end
+            plan[i] = {'f', idx, c + 1, reset}
+          else
+            local step = math.max(1, math.floor(window / limit))
+            local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+            if tat < now then tat = now end
+            local new = tat + step
+            if new - now > window then ok = false; out[i] = {0, 0, tat - now, math.max(1, new - window - now)}
+            else out[i] = {1, math.floor((window - (new - now)) / step), new - now, 0} end
+            plan[i] = {'g', new, new - now}
+          end
+        end
+        if ok and ARGV[1] == '1' then
+          for i = 1, #KEYS do
+            local p = plan[i]
+            if p[1] == 'f' then
+              redis.call('HSET', KEYS[i], 'w', p[2], 'c', p[3])
+              redis.call('PEXPIRE', KEYS[i], math.max(1, p[4]))
+            else
+              redis.call('SET', KEYS[i], p[2], 'PX', math.max(1, p[3]))
+            end
+          end
+        else
+          -- Nothing was consumed: report what remains before this request.
+          for i = 1, #KEYS do
+            if out[i][1] == 1 then out[i][2] = math.min(out[i][2] + 1, tonumber(ARGV[3 * i])) end
+          end
+        end
+        return out",
+    )
+});
+
+pub struct RedisLimiter {
+    store: RedisStore,
+    prefix: String,
+    fallback: LocalLimiter,
+    replicas: u32,
+    degraded: AtomicBool,
+}
+
+impl RedisLimiter {
+    pub fn new(store: RedisStore, prefix: &str, replicas: u32) -> Self {
+        RedisLimiter {
+            store,
+            prefix: prefix.to_owned(),
+            fallback: LocalLimiter::default(),
+            replicas,
+            degraded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn fallback(&self) -> &LocalLimiter {
+        &self.fallback
+    }
+
+    /// Checks (and when `consume`, takes) every limit; all counters must share one subject.
+    pub async fn check(&self, limits: &[(Counter, Limit)], consume: bool) -> Vec<Decision> {
+        let mut inv = CHECK.prepare_invoke();
+        inv.arg(u8::from(consume));
+        for (counter, limit) in limits {
+            inv.key(format!(
+                "{{{}:rl:{}}}:{}",
+                self.prefix, counter.subject, counter.name
+            ));
+            inv.arg(match limit.algorithm {
+                Algorithm::FixedWindow => "f",
+                Algorithm::Gcra => "g",
+            })
+            .arg(limit.limit)
+            .arg(limit.window_ms());
+        }
+        match self.store.eval::<Vec<Vec<u64>>>(inv).await {
+            Ok(rows) if rows.len() == limits.len() && rows.iter().all(|r| r.len() == 4) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis rate limiter reachable again; shared limits restored");
+                }
+                rows.iter()
+                    .zip(limits)
+                    .map(|(r, (_, limit))| Decision {
+                        allowed: r[0] == 1,
+                        limit: limit.limit,
+                        remaining: r[1],
+                        reset: Duration::from_millis(r[2]),
+                        retry_after: Duration::from_millis(r[3]),
+                        window: limit.window,
+                    })
+                    .collect()
+            }
+            other => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "unexpected script reply".into(),
+                    };
+                    tracing::warn!(error = %why, replicas = self.replicas, "redis rate limiter unreachable; enforcing per-replica limits");
+                }
+                let scaled: Vec<(Counter, Limit)> = limits
+                    .iter()
+                    .map(|(c, l)| (c.clone(), l.scaled(self.replicas)))
+                    .collect();
+                if consume {
+                    self.fallback.acquire(&scaled)
+                } else {
+                    scaled
+                        .iter()
+                        .map(|(c, l)| self.fallback.peek(c, l))
+                        .collect()
+                }
+            }
+        }
+    }
+}
