@@ -2,7 +2,7 @@
 //! concurrency (each check runs under its shard's lock, which is never held across an await).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,9 +40,7 @@ impl LocalLimiter {
     }
 
     fn slot(&self, c: &Counter) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        c.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(c)
     }
 
     fn shard(&self, slot: u64) -> &Mutex<HashMap<u64, State>> {
