@@ -89,6 +89,8 @@ async fn spoofed_identity_and_forwarding_headers_never_reach_upstream() {
             ("x-forwarded-for", "10.9.9.9"),
             ("forwarded", "for=10.9.9.9"),
             ("x-real-ip", "10.9.9.9"),
+            ("x_forwarded_for", "10.9.9.9"),
+            ("x_real_ip", "10.9.9.9"),
             // Naming our injected headers in Connection must not make keygate drop them.
             (
                 "connection",
@@ -118,6 +120,8 @@ async fn spoofed_identity_and_forwarding_headers_never_reach_upstream() {
     );
     assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("127.0.0.1"));
     assert_eq!(r.upstream_header("forwarded"), None);
+    assert_eq!(r.upstream_header("x_forwarded_for"), None);
+    assert_eq!(r.upstream_header("x_real_ip"), None);
     assert_eq!(r.upstream_header("connection"), None);
     // A sane client request id is kept end to end.
     assert_eq!(

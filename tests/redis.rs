@@ -305,3 +305,28 @@ async fn last_used_is_batched_and_flushed_on_shutdown() {
         "usage lost on graceful shutdown"
     );
 }
+
+#[tokio::test]
+async fn cancelled_requests_leave_no_lookup_behind() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
+    let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
+    redis.pause();
+    // Clients that give up while keygate waits on the hung store.
+    for _ in 0..20 {
+        let bogus = bearer(&format.generate(KeyType::Secret, Environment::Live).key);
+        let url = kg.url("/");
+        let _ = tokio::time::timeout(Duration::from_millis(50), async move {
+            get(&url, &[("authorization", &bogus)]).await
+        })
+        .await;
+    }
+    // Every lookup ends (store timeout) and leaves the flight map, waiters or not.
+    assert_eventually!(
+        kg.verifier.flights_in_progress() == 0,
+        Duration::from_secs(5),
+        "lookups leaked"
+    );
+    redis.resume();
+}

@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use tokio::sync::{OnceCell, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast};
 
 use super::Credential;
 use crate::error::{AuthError, InvalidKey};
@@ -68,14 +68,50 @@ impl Identity {
 #[derive(Debug, Clone)]
 enum FillError {
     Unknown,
+    /// The store could not be asked. A recently verified key may be served from the cache.
     Unavailable,
+    /// The record kept changing while we read it. Never served from the cache: the change
+    /// may be the revocation of that very key.
+    Changing,
 }
 
+/// One store lookup (and at most one Argon2id run) shared by every request for a hash that
+/// arrives while it runs. It runs in its own task, so it always finishes and leaves the flight
+/// map, however many of the waiting requests are cancelled.
 #[derive(Default)]
 struct Flight {
-    result: OnceCell<Result<Arc<Verified>, FillError>>,
+    result: OnceLock<Result<Arc<Verified>, FillError>>,
+    done: Notify,
     /// Set by an invalidation that arrived while this flight was reading the store.
     invalidated: AtomicBool,
+}
+
+/// Publishes a flight's result even if its task ends early (a panic), so no waiter hangs and
+/// the flight leaves the map.
+struct Publish {
+    verifier: Arc<Verifier>,
+    flight: Arc<Flight>,
+    hash: LookupHash,
+}
+
+impl Drop for Publish {
+    fn drop(&mut self) {
+        if self.flight.result.get().is_none() {
+            let mut flights = self
+                .verifier
+                .flights
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if flights
+                .get(&self.hash)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                flights.remove(&self.hash);
+            }
+            let _ = self.flight.result.set(Err(FillError::Unavailable));
+        }
+        self.flight.done.notify_waiters();
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -147,19 +183,28 @@ impl Verifier {
     }
 
     /// Verifies a credential and applies the record-only checks.
-    pub async fn verify(&self, cred: &Credential<'_>) -> Result<Identity, AuthError> {
+    pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthError> {
         let parsed = self.format.parse(cred.key)?;
         let hash = self.hasher.lookup_hash(parsed.as_str());
         let entry = match self.positive.get(&hash) {
-            Some(entry) if entry.fetched_at.elapsed() < self.settings.cache_ttl => {
+            // Fresh, and no change can have been missed (the invalidation feed is live).
+            Some(entry)
+                if entry.fetched_at.elapsed() < self.settings.cache_ttl
+                    && self.store.invalidations_live() =>
+            {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 entry
             }
             Some(stale) => match self.fill(hash, parsed.as_str()).await {
                 Ok(fresh) => fresh,
                 // The store is down: a recently verified key keeps working up to the stale limit.
+                // Only the entry we read, and only if no invalidation removed it meanwhile.
                 Err(FillError::Unavailable)
-                    if stale.fetched_at.elapsed() < self.settings.stale_limit =>
+                    if stale.fetched_at.elapsed() < self.settings.stale_limit
+                        && self
+                            .positive
+                            .get(&hash)
+                            .is_some_and(|e| Arc::ptr_eq(&e, &stale)) =>
                 {
                     self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
                     stale
@@ -189,7 +234,7 @@ impl Verifier {
     fn fill_error(&self, e: FillError) -> AuthError {
         match e {
             FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
-            FillError::Unavailable => AuthError::AuthUnavailable {
+            FillError::Unavailable | FillError::Changing => AuthError::AuthUnavailable {
                 retry_after: self.settings.retry_after,
             },
         }
@@ -205,18 +250,47 @@ impl Verifier {
     }
 
     /// Joins (or starts) the flight for `hash`.
-    async fn fill(&self, hash: LookupHash, key: &str) -> Result<Arc<Verified>, FillError> {
-        let flight = {
+    async fn fill(
+        self: &Arc<Self>,
+        hash: LookupHash,
+        key: &str,
+    ) -> Result<Arc<Verified>, FillError> {
+        let (flight, leader) = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(flights.entry(hash).or_default())
+            match flights.get(&hash) {
+                Some(f) => (Arc::clone(f), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    flights.insert(hash, Arc::clone(&f));
+                    (f, true)
+                }
+            }
         };
-        // Whoever gets here first runs the fill; the rest wait for its result. If that caller
-        // goes away mid-fill, the next waiter takes over.
-        flight
-            .result
-            .get_or_init(|| self.run_flight(hash, key.to_owned(), &flight))
-            .await
-            .clone()
+        if leader {
+            let publish = Publish {
+                verifier: Arc::clone(self),
+                flight: Arc::clone(&flight),
+                hash,
+            };
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let result = publish
+                    .verifier
+                    .run_flight(hash, key, &publish.flight)
+                    .await;
+                let _ = publish.flight.result.set(result);
+                drop(publish); // wakes the waiters
+            });
+        }
+        loop {
+            let notified = flight.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = flight.result.get() {
+                return result.clone();
+            }
+            notified.await;
+        }
     }
 
     async fn run_flight(
@@ -241,7 +315,11 @@ impl Verifier {
                 }
             };
             if verified_phc.as_deref() != Some(record.phc.as_str()) {
-                if !self.argon2_verify(&key, &record.phc).await? {
+                let verified = match self.argon2_verify(&key, &record.phc).await {
+                    Ok(v) => v,
+                    Err(e) => return self.finish(hash, flight, Err(e)),
+                };
+                if !verified {
                     tracing::warn!(key.id = %record.id, "lookup hash matched but Argon2id did not; pepper changed?");
                     return self.finish(hash, flight, Err(FillError::Unknown));
                 }
@@ -269,7 +347,7 @@ impl Verifier {
             return Ok(entry);
         }
         // The record kept changing under us; do not cache, let the next request retry.
-        self.finish(hash, flight, Err(FillError::Unavailable))
+        self.finish(hash, flight, Err(FillError::Changing))
     }
 
     fn finish(
@@ -369,6 +447,11 @@ impl Verifier {
         if let Err(e) = self.store.record_usage(usage).await {
             tracing::warn!(error = %e, keys = n, "could not record key usage");
         }
+    }
+
+    /// Store lookups in progress (each shared by all requests for one key).
+    pub fn flights_in_progress(&self) -> usize {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn cached_entries(&self) -> u64 {

@@ -249,16 +249,24 @@ impl HeaderPlan {
 
     /// Removes every header in the identity namespace, in any spelling a framework might map to
     /// it (`X-Auth-Owner`, `x_auth_owner`: CGI-style servers treat `_` and `-` alike).
+    /// The same for underscore spellings of the forwarding headers (`x_forwarded_for`), which
+    /// such servers would read as the real thing.
     fn strip_identity_namespace(&self, headers: &mut HeaderMap) {
         let prefix = self.identity_prefix.as_bytes();
+        // `_` reads as `-`; the header names here are all lower-case already.
+        let same = |a: &u8, b: &u8| *a == *b || (*a == b'_' && *b == b'-');
         let spoofed: Vec<HeaderName> = headers
             .keys()
             .filter(|name| {
                 let n = name.as_str().as_bytes();
-                n.len() >= prefix.len()
-                    && n.iter()
-                        .zip(prefix)
-                        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+                let in_namespace =
+                    n.len() >= prefix.len() && n.iter().zip(prefix).all(|(a, b)| same(a, b));
+                let forwarding_lookalike = n.contains(&b'_')
+                    && FORWARDING.iter().any(|f| {
+                        let f = f.as_str().as_bytes();
+                        f.len() == n.len() && n.iter().zip(f).all(|(a, b)| same(a, b))
+                    });
+                in_namespace || forwarding_lookalike
             })
             .cloned()
             .collect();

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -145,7 +145,7 @@ impl FileStore {
         if !read_only && !store.inner.path.exists() {
             store.write_locked(|_| Ok(()))?;
         }
-        store.reload()?;
+        store.reload(false)?;
         Ok(store)
     }
 
@@ -191,24 +191,26 @@ impl FileStore {
 
     /// Reloads when the file's identity changed since the last load. Returns whether it did.
     fn reload_if_changed(&self) -> Result<bool, StoreError> {
-        let stamp = FileStamp::of(&self.inner.path).map_err(|e| io_err(&self.inner.path, e))?;
-        if *self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner()) == Some(stamp) {
+        self.reload(true)
+    }
+
+    /// Reads the file and installs it. The stamp mutex is held throughout, and writers hold it
+    /// too, so a slow reload can never install an older file over a newer write.
+    fn reload(&self, only_if_changed: bool) -> Result<bool, StoreError> {
+        let path = &self.inner.path;
+        let mut stamp_guard = self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = FileStamp::of(path).map_err(|e| io_err(path, e))?;
+        if only_if_changed && *stamp_guard == Some(stamp) {
             return Ok(false);
         }
-        self.reload()?;
+        let keys = read_file(path)?;
+        self.install(Snapshot::build(keys)?);
+        *stamp_guard = Some(stamp);
         Ok(true)
     }
 
-    fn reload(&self) -> Result<(), StoreError> {
-        let path = &self.inner.path;
-        let stamp = FileStamp::of(path).map_err(|e| io_err(path, e))?;
-        let keys = read_file(path)?;
-        self.install(Snapshot::build(keys)?, Some(stamp));
-        Ok(())
-    }
-
-    /// Swaps in a new snapshot and tells subscribers what changed.
-    fn install(&self, next: Snapshot, stamp: Option<FileStamp>) {
+    /// Swaps in a new snapshot and tells subscribers what changed. Callers hold the stamp lock.
+    fn install(&self, next: Snapshot) {
         let next = Arc::new(next);
         let old = {
             let mut guard = self
@@ -218,7 +220,6 @@ impl FileStore {
                 .unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *guard, Arc::clone(&next))
         };
-        *self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
         for hash in old.changes(&next) {
             // No receivers is fine (e.g. the CLI).
             let _ = self.inner.changes.send(Invalidation::Key(hash));
@@ -241,6 +242,7 @@ impl FileStore {
             .open(&self.inner.lock_path)
             .map_err(|e| io_err(&self.inner.lock_path, e))?;
         lock.lock().map_err(|e| io_err(&self.inner.lock_path, e))?;
+        let mut stamp_guard = self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner());
         let mut keys = match read_file(path) {
             Err(StoreError::Unavailable(_)) if !path.exists() => Vec::new(),
             other => other?,
@@ -254,8 +256,9 @@ impl FileStore {
                 keys,
             },
         )?;
-        let stamp = FileStamp::of(path).ok();
-        self.install(snapshot, stamp);
+        self.install(snapshot);
+        *stamp_guard = FileStamp::of(path).ok();
+        drop(stamp_guard);
         drop(lock); // releases the flock
         Ok(out)
     }
@@ -304,7 +307,17 @@ fn write_atomically(path: &Path, data: &FileData) -> Result<(), StoreError> {
     let tmp = dir.join(tmp_name);
     let json = serde_json::to_vec_pretty(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let _ = fs::remove_file(&tmp); // a leftover of a crashed writer
+        // Hashes are not keys, but the file is nobody else's business: 0600 unless the
+        // operator chose otherwise for the existing file.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        if let Ok(meta) = fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
         f.write_all(&json)?;
         f.write_all(b"\n")?;
         f.sync_all()?;

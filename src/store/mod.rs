@@ -89,6 +89,12 @@ pub trait KeyStore: Send + Sync {
 
     /// Changes made by this process or seen from others.
     fn subscribe(&self) -> broadcast::Receiver<Invalidation>;
+
+    /// Whether every change is being heard right now. While it is not (a lost Redis
+    /// subscription), cached records cannot be trusted to be current and are re-read.
+    fn invalidations_live(&self) -> bool {
+        true
+    }
 }
 
 /// The configured backend. An enum rather than `dyn KeyStore` so calls stay static.
@@ -164,6 +170,13 @@ impl KeyStore for Store {
         match self {
             Store::File(s) => s.subscribe(),
             Store::Redis(s) => s.subscribe(),
+        }
+    }
+
+    fn invalidations_live(&self) -> bool {
+        match self {
+            Store::File(s) => s.invalidations_live(),
+            Store::Redis(s) => s.invalidations_live(),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! Writes are Lua scripts that check, write and `PUBLISH` in one atomic step; updates are
 //! compare-and-set on the record's JSON, retried when another writer got there first.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
@@ -280,6 +281,17 @@ enum PubSubSource {
 }
 
 impl PubSubSource {
+    /// Under Sentinel, the current master's address (as the sentinels report it).
+    async fn master_addr(&self) -> Option<String> {
+        match self {
+            PubSubSource::Sentinel(s) => {
+                let client = s.master().await.ok()?;
+                Some(format!("{:?}", client.get_connection_info().addr()))
+            }
+            PubSubSource::Client(_) | PubSubSource::AnyOf(_) => None,
+        }
+    }
+
     async fn connect(&self) -> RedisResult<redis::aio::PubSub> {
         match self {
             PubSubSource::Client(c) => c.get_async_pubsub().await,
@@ -299,6 +311,8 @@ impl PubSubSource {
 }
 
 struct Inner {
+    /// True while subscribed to the invalidation channel.
+    subscribed: AtomicBool,
     conn: Conn,
     keys: Keys,
     timeout: Duration,
@@ -412,6 +426,7 @@ impl RedisStore {
         let (changes, _) = broadcast::channel(1024);
         Ok(RedisStore {
             inner: Arc::new(Inner {
+                subscribed: AtomicBool::new(false),
                 conn,
                 keys: Keys::new(&cfg.key_prefix),
                 timeout: cfg.timeout,
@@ -547,21 +562,31 @@ impl RedisStore {
                     tracing::info!("subscribed to redis invalidations");
                 }
                 ever_subscribed = true;
+                inner.subscribed.store(true, Ordering::Release);
                 let _ = inner.changes.send(Invalidation::All);
                 let changes = inner.changes.clone();
+                let master = inner.source.master_addr().await;
+                let weak_inner = Arc::downgrade(&inner);
                 drop(inner);
-                follow(ps, changes, timeout).await;
+                follow(ps, changes, timeout, weak_inner.clone(), master).await;
+                if let Some(inner) = weak_inner.upgrade() {
+                    // Until we are subscribed again, cached records are re-read on every use.
+                    inner.subscribed.store(false, Ordering::Release);
+                }
                 tracing::warn!("redis invalidation subscription lost; reconnecting");
             }
         })
     }
 }
 
-/// Forwards invalidation messages until the subscription dies (stream end or failed ping).
+/// Forwards invalidation messages until the subscription dies (stream end, failed ping, or —
+/// under Sentinel — the master it listens to is no longer the master).
 async fn follow(
     ps: redis::aio::PubSub,
     changes: broadcast::Sender<Invalidation>,
     timeout: Duration,
+    inner: std::sync::Weak<Inner>,
+    master: Option<String>,
 ) {
     let (mut sink, mut stream) = ps.split();
     let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
@@ -585,6 +610,11 @@ async fn follow(
                 match tokio::time::timeout(timeout, sink.ping::<String>()).await {
                     Ok(Ok(_)) => {}
                     _ => return,
+                }
+                let Some(inner) = inner.upgrade() else { return };
+                if master.is_some() && inner.source.master_addr().await != master {
+                    tracing::warn!("redis master changed; moving the invalidation subscription");
+                    return;
                 }
             }
         }
@@ -791,5 +821,9 @@ impl KeyStore for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
         self.inner.changes.subscribe()
+    }
+
+    fn invalidations_live(&self) -> bool {
+        self.inner.subscribed.load(Ordering::Acquire)
     }
 }
