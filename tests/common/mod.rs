@@ -356,3 +356,46 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
+
+/// A GET sent from a chosen local address (any 127.x.y.z works on loopback), to play a
+/// trusted proxy or a particular client.
+pub async fn get_from(local: std::net::IpAddr, url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(local));
+    let client: Client<HttpConnector, Body> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut req = Request::builder().method(Method::GET).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(empty()).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Mints a key with the given scopes and options through the proxy's own store.
+pub async fn mint_with(
+    kg: &Keygate,
+    key_type: KeyType,
+    scopes: &[&str],
+    edit: impl FnOnce(&mut NewRecord),
+) -> String {
+    let mut req = NewRecord {
+        key_type,
+        environment: Environment::Live,
+        owner: "acct_1".into(),
+        name: None,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_in: None,
+        metadata: Default::default(),
+        ip_allowlist: Vec::new(),
+        rate_limit: None,
+    };
+    edit(&mut req);
+    kg.tool.create(req).await.unwrap().0.key.clone()
+}
