@@ -910,6 +910,9 @@ mod tests {
         let text = include_str!("../../sidecar.toml.example");
         let c = load(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.upstream.url, "http://127.0.0.1:3000/");
+        assert_eq!(c.policy.routes.len(), 7);
+        assert_eq!(c.policy.rate_limits.categories.len(), 2);
+        assert!(c.policy.routes.iter().any(|r| r.report_only.scope));
     }
 
     #[test]
