@@ -615,3 +615,50 @@ async fn redis_limiter_falls_back_when_redis_is_gone() {
     }
     assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429, 429]);
 }
+
+#[tokio::test]
+async fn proxy_protocol_names_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let kg = Keygate::start(
+        &up.url(),
+        "[listen]\nproxy_protocol = true\nheader_read_timeout = \"1s\"\n",
+    )
+    .await;
+    let key = mint_with(&kg, KeyType::Secret, &["all"], |r| {
+        r.ip_allowlist = vec!["198.51.100.0/24".parse().unwrap()]
+    })
+    .await;
+    let exchange = |preamble: Vec<u8>| {
+        let (addr, key) = (kg.addr, key.clone());
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut req = preamble;
+            req.extend_from_slice(
+                format!(
+                    "GET /x HTTP/1.1\r\nHost: h\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            s.write_all(&req).await.unwrap();
+            let mut out = Vec::new();
+            // A reset (keygate closing with our bytes unread) reads as nothing received.
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let ok = exchange(b"PROXY TCP4 198.51.100.9 10.0.0.1 40000 443\r\n".to_vec()).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("\"x-forwarded-for\": \"198.51.100.9\""), "{ok}");
+    let outside = exchange(b"PROXY TCP4 203.0.113.1 10.0.0.1 40000 443\r\n".to_vec()).await;
+    assert!(
+        outside.starts_with("HTTP/1.1 403") && outside.contains("203.0.113.1"),
+        "{outside}"
+    );
+    // No header: closed without an answer, and nothing reaches the upstream.
+    let none = exchange(Vec::new()).await;
+    assert!(none.is_empty(), "{none}");
+    assert_eq!(up.hits(), 1);
+}

@@ -95,6 +95,8 @@ pub struct ListenConfig {
     pub header_read_timeout: Duration,
     pub max_request_body: u64,
     pub drain_timeout: Duration,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -216,6 +218,7 @@ struct RawListen {
     header_read_timeout: Option<String>,
     max_request_body: Option<Size>,
     drain_timeout: Option<String>,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -498,6 +501,7 @@ fn validate(
             10 << 20,
         ),
         drain_timeout: c.duration("listen.drain_timeout", raw.listen.drain_timeout, secs(30)),
+        proxy_protocol: raw.listen.proxy_protocol.unwrap_or(false),
     };
 
     let url = match raw.upstream.url {

@@ -5,6 +5,7 @@
 
 pub mod headers;
 mod ops;
+pub mod proxy_protocol;
 mod service;
 mod upstream;
 
@@ -41,6 +42,7 @@ pub struct Proxy {
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
     header_read_timeout: Duration,
+    proxy_protocol: bool,
     usage_interval: Duration,
     background: Vec<JoinHandle<()>>,
 }
@@ -105,6 +107,7 @@ impl Proxy {
             draining,
             drain_timeout: config.listen.drain_timeout,
             header_read_timeout: config.listen.header_read_timeout,
+            proxy_protocol: config.listen.proxy_protocol,
             usage_interval: config.auth.last_used_flush_interval,
             background,
         })
@@ -171,6 +174,7 @@ impl Proxy {
             builder.clone(),
             ops_graceful,
             ops_stop_rx,
+            None,
             move |_peer| {
                 let ops_app = Arc::clone(&ops_app);
                 service_fn(move |req| Arc::clone(&ops_app).handle(req))
@@ -185,6 +189,7 @@ impl Proxy {
             builder,
             graceful,
             stop_rx,
+            self.proxy_protocol.then_some(self.header_read_timeout),
             move |peer| {
                 let app = Arc::clone(&app);
                 let conn = ConnInfo::new(peer);
@@ -214,14 +219,18 @@ impl Proxy {
 
 /// Accepts connections until `stop`, then waits for open ones to finish (the caller bounds the
 /// wait). Accept errors such as EMFILE are logged and retried, never fatal.
+///
+/// With `proxy_protocol` set, each connection must first send a PROXY protocol header within
+/// that time; its address then stands in for the socket peer.
 async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    proxy_protocol: Option<Duration>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -229,6 +238,7 @@ async fn accept_loop<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let make_service = Arc::new(make_service);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -243,10 +253,25 @@ async fn accept_loop<F, S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer)).into_owned();
-                let conn = graceful.watch(conn);
+                let (builder, watcher, make_service) = (builder.clone(), graceful.watcher(), Arc::clone(&make_service));
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let mut stream = stream;
+                    let peer = match proxy_protocol {
+                        None => peer,
+                        Some(limit) => match tokio::time::timeout(limit, proxy_protocol::read_header(&mut stream)).await {
+                            Ok(Ok(addr)) => addr.unwrap_or(peer),
+                            Ok(Err(e)) => {
+                                tracing::info!(error = %e, peer = %peer.ip(), "connection refused");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(peer = %peer.ip(), "no PROXY protocol header in time; connection closed");
+                                return;
+                            }
+                        },
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, client.ip = %peer.ip(), "connection closed with an error");
                     }
                 });
