@@ -37,9 +37,15 @@ fn keys(c: &mut Criterion) {
     let plain = KeyHasher::new(None);
     let peppered = KeyHasher::new(Some(b"0123456789abcdef0123456789abcdef"));
     let mut g = c.benchmark_group("key");
-    g.bench_function("parse_and_checksum", |b| b.iter(|| format.parse(black_box(&key)).is_ok()));
-    g.bench_function("lookup_hash_sha256", |b| b.iter(|| plain.lookup_hash(black_box(&key))));
-    g.bench_function("lookup_hash_hmac", |b| b.iter(|| peppered.lookup_hash(black_box(&key))));
+    g.bench_function("parse_and_checksum", |b| {
+        b.iter(|| format.parse(black_box(&key)).is_ok())
+    });
+    g.bench_function("lookup_hash_sha256", |b| {
+        b.iter(|| plain.lookup_hash(black_box(&key)))
+    });
+    g.bench_function("lookup_hash_hmac", |b| {
+        b.iter(|| peppered.lookup_hash(black_box(&key)))
+    });
     g.finish();
 }
 
@@ -53,15 +59,22 @@ fn verification(c: &mut Criterion) {
         (proxy, key)
     });
     let verifier = proxy.verifier();
-    let cred = Credential { key: &key, carrier: Carrier::Bearer };
+    let cred = Credential {
+        key: &key,
+        carrier: Carrier::Bearer,
+    };
     rt.block_on(verifier.verify(&cred)).unwrap();
     let hasher = KeyHasher::new(None);
     let phc = hasher.phc(&key).unwrap();
 
     let mut g = c.benchmark_group("verify");
-    g.bench_function("cache_hit", |b| b.iter(|| rt.block_on(verifier.verify(black_box(&cred))).is_ok()));
+    g.bench_function("cache_hit", |b| {
+        b.iter(|| rt.block_on(verifier.verify(black_box(&cred))).is_ok())
+    });
     g.sample_size(10).measurement_time(Duration::from_secs(5));
-    g.bench_function("argon2id_uncached", |b| b.iter(|| hasher.verify(black_box(&key), &phc)));
+    g.bench_function("argon2id_uncached", |b| {
+        b.iter(|| hasher.verify(black_box(&key), &phc))
+    });
     g.finish();
 }
 
@@ -90,13 +103,31 @@ impl NaiveLimiter {
 }
 
 fn limiter(c: &mut Criterion) {
-    let limit = Limit { limit: u64::MAX / 2, window: Duration::from_secs(60), algorithm: Algorithm::FixedWindow };
-    let gcra = Limit { algorithm: Algorithm::Gcra, limit: 1_000_000_000, ..limit };
+    let limit = Limit {
+        limit: u64::MAX / 2,
+        window: Duration::from_secs(60),
+        algorithm: Algorithm::FixedWindow,
+    };
+    let gcra = Limit {
+        algorithm: Algorithm::Gcra,
+        limit: 1_000_000_000,
+        ..limit
+    };
     let local = LocalLimiter::default();
-    let naive = NaiveLimiter { epoch: Some(Instant::now()), ..Default::default() };
-    let counters: Vec<Counter> =
-        (0..1000).map(|i| Counter { subject: format!("k:key_{i:020}"), name: "key".into() }).collect();
-    let names: Vec<String> = counters.iter().map(|c| format!("{}:{}", c.subject, c.name)).collect();
+    let naive = NaiveLimiter {
+        epoch: Some(Instant::now()),
+        ..Default::default()
+    };
+    let counters: Vec<Counter> = (0..1000)
+        .map(|i| Counter {
+            subject: format!("k:key_{i:020}"),
+            name: "key".into(),
+        })
+        .collect();
+    let names: Vec<String> = counters
+        .iter()
+        .map(|c| format!("{}:{}", c.subject, c.name))
+        .collect();
     let mut g = c.benchmark_group("limiter_1000_keys");
     let mut i = 0usize;
     g.bench_function("keygate_fixed_window", |b| {
@@ -129,7 +160,10 @@ fn limiter(c: &mut Criterion) {
                     let (local, counters) = (&local, &counters);
                     s.spawn(move || {
                         for n in 0..iters {
-                            local.acquire(&[(counters[((n as usize) * 7 + t) % 1000].clone(), limit)]);
+                            local.acquire(&[(
+                                counters[((n as usize) * 7 + t) % 1000].clone(),
+                                limit,
+                            )]);
                         }
                     });
                 }
@@ -145,7 +179,11 @@ fn limiter(c: &mut Criterion) {
                     let (naive, names) = (&naive, &names);
                     s.spawn(move || {
                         for n in 0..iters {
-                            naive.check(&names[((n as usize) * 7 + t) % 1000], limit.limit, limit.window);
+                            naive.check(
+                                &names[((n as usize) * 7 + t) % 1000],
+                                limit.limit,
+                                limit.window,
+                            );
                         }
                     });
                 }
@@ -159,31 +197,55 @@ fn limiter(c: &mut Criterion) {
 fn ip_rules(c: &mut Criterion) {
     // 1,000 disjoint /24s (no aggregation possible), and an address in none of them.
     let nets: Vec<ipnet::IpNet> = (0..1000u32)
-        .map(|i| format!("{}.{}.{}.0/24", 10 + (i >> 8) * 2, i & 0xff, 7).parse().unwrap())
+        .map(|i| {
+            format!("{}.{}.{}.0/24", 10 + (i >> 8) * 2, i & 0xff, 7)
+                .parse()
+                .unwrap()
+        })
         .collect();
     let set = IpSet::new(&nets);
     let miss: IpAddr = "203.0.113.7".parse().unwrap();
     let hit: IpAddr = nets[999].network().to_string().parse().unwrap();
     let mut g = c.benchmark_group("ip_allowlist_1000_cidrs");
-    g.bench_function("global_set_miss", |b| b.iter(|| set.contains(black_box(miss))));
-    g.bench_function("per_key_list_miss", |b| b.iter(|| allowlist_admits(black_box(&nets), black_box(miss))));
-    g.bench_function("per_key_list_hit_last", |b| b.iter(|| allowlist_admits(black_box(&nets), black_box(hit))));
+    g.bench_function("global_set_miss", |b| {
+        b.iter(|| set.contains(black_box(miss)))
+    });
+    g.bench_function("per_key_list_miss", |b| {
+        b.iter(|| allowlist_admits(black_box(&nets), black_box(miss)))
+    });
+    g.bench_function("per_key_list_hit_last", |b| {
+        b.iter(|| allowlist_admits(black_box(&nets), black_box(hit)))
+    });
     g.finish();
 }
 
 fn routing(c: &mut Criterion) {
     let patterns: Vec<PathPattern> = [
-        "/health", "/docs/*", "/v1/payments", "/v1/payments/{id}", "/v1/payments/{id}/capture",
-        "/v1/transfers/*", "/v1/webhooks/*", "/v1/admin/*",
+        "/health",
+        "/docs/*",
+        "/v1/payments",
+        "/v1/payments/{id}",
+        "/v1/payments/{id}/capture",
+        "/v1/transfers/*",
+        "/v1/webhooks/*",
+        "/v1/admin/*",
     ]
     .iter()
     .map(|p| PathPattern::parse(p).unwrap())
     .collect();
     let mut g = c.benchmark_group("path");
-    g.bench_function("normalise_clean", |b| b.iter(|| keygate::policy::normalize(black_box("/v1/payments/pay_123/capture"))));
-    g.bench_function("normalise_dirty", |b| b.iter(|| keygate::policy::normalize(black_box("/v1//payments/./pay_%31%32/capture"))));
+    g.bench_function("normalise_clean", |b| {
+        b.iter(|| keygate::policy::normalize(black_box("/v1/payments/pay_123/capture")))
+    });
+    g.bench_function("normalise_dirty", |b| {
+        b.iter(|| keygate::policy::normalize(black_box("/v1//payments/./pay_%31%32/capture")))
+    });
     g.bench_function("match_8_routes_last", |b| {
-        b.iter(|| patterns.iter().position(|p| p.matches(black_box("/v1/admin/users"))))
+        b.iter(|| {
+            patterns
+                .iter()
+                .position(|p| p.matches(black_box("/v1/admin/users")))
+        })
     });
     g.finish();
 }
@@ -192,7 +254,9 @@ fn pipeline(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (proxy_addr, upstream_addr, key) = rt.block_on(async {
-        let upstream = keygate::dev::echo::spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let upstream = keygate::dev::echo::spawn(([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
         let config = config_for(
             &format!("http://{upstream}"),
             &dir.path().join("keys.json"),
@@ -214,7 +278,10 @@ fn pipeline(c: &mut Criterion) {
             if let Some(a) = auth {
                 req = req.header("authorization", a);
             }
-            let resp = client.request(req.body(Empty::new()).unwrap()).await.unwrap();
+            let resp = client
+                .request(req.body(Empty::new()).unwrap())
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap();
         }
@@ -224,7 +291,12 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| rt.block_on(call(format!("http://{upstream_addr}/v1/x"), None)))
     });
     g.bench_function("through_keygate_cached_key", |b| {
-        b.iter(|| rt.block_on(call(format!("http://{proxy_addr}/v1/x"), Some(format!("Bearer {key}")))))
+        b.iter(|| {
+            rt.block_on(call(
+                format!("http://{proxy_addr}/v1/x"),
+                Some(format!("Bearer {key}")),
+            ))
+        })
     });
     g.finish();
 }
@@ -256,5 +328,13 @@ async fn mint(proxy: &Proxy, config: &Config) -> String {
     key.key.clone()
 }
 
-criterion_group!(benches, keys, verification, limiter, ip_rules, routing, pipeline);
+criterion_group!(
+    benches,
+    keys,
+    verification,
+    limiter,
+    ip_rules,
+    routing,
+    pipeline
+);
 criterion_main!(benches);

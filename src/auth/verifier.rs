@@ -17,6 +17,8 @@ use tokio::sync::{Notify, Semaphore, broadcast};
 use super::Credential;
 use crate::error::{AuthError, InvalidKey};
 use crate::key::{KeyFormat, KeyHasher, LookupHash};
+use crate::policy::ip::IpSet;
+use crate::policy::ratelimit::Subject;
 use crate::store::{Invalidation, KeyRecord, KeyState, KeyStore, Store};
 use crate::telemetry::Metrics;
 use crate::time::Timestamp;
@@ -42,6 +44,9 @@ struct Verified {
     flushed: AtomicU64,
     /// When the record was read from the store; after `cache_ttl` it is refreshed.
     fetched_at: Instant,
+    /// Built once per fill so requests neither allocate nor scan.
+    key_id: Arc<str>,
+    allow: IpSet,
 }
 
 /// Proof that a request carries a genuine key that is neither revoked nor expired.
@@ -60,8 +65,13 @@ impl Identity {
     }
 
     /// The subject of this key's rate-limit counters.
-    pub fn limit_subject(&self) -> String {
-        format!("k:{}", self.entry.record.id)
+    pub fn limit_subject(&self) -> Subject {
+        Subject::Key(Arc::clone(&self.entry.key_id))
+    }
+
+    /// Whether the key's IP allowlist admits `ip` (an empty list admits everyone).
+    pub fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.entry.record.ip_allowlist.is_empty() || self.entry.allow.contains(ip)
     }
 }
 
@@ -224,10 +234,15 @@ impl Verifier {
                     .map_err(|e| self.fill_error(e))?
             }
         };
-        self.check(&entry)?;
-        entry
-            .last_used
-            .store(Timestamp::now().unix(), Ordering::Relaxed);
+        let now = Timestamp::now();
+        match entry.record.state(now) {
+            KeyState::Active => {}
+            KeyState::Expired | KeyState::Revoked => return Err(AuthError::ExpiredKey),
+        }
+        // A shared cache line: write it only when the second changed.
+        if entry.last_used.load(Ordering::Relaxed) != now.unix() {
+            entry.last_used.store(now.unix(), Ordering::Relaxed);
+        }
         Ok(Identity { entry })
     }
 
@@ -238,15 +253,6 @@ impl Verifier {
                 retry_after: self.settings.retry_after,
             },
         }
-    }
-
-    fn check(&self, entry: &Verified) -> Result<(), AuthError> {
-        let rec = &entry.record;
-        match rec.state(Timestamp::now()) {
-            KeyState::Active => {}
-            KeyState::Expired | KeyState::Revoked => return Err(AuthError::ExpiredKey),
-        }
-        Ok(())
     }
 
     /// Joins (or starts) the flight for `hash`.
@@ -332,6 +338,8 @@ impl Verifier {
                 return self.finish(hash, flight, Err(FillError::Unknown));
             };
             let entry = Arc::new(Verified {
+                key_id: Arc::from(record.id.as_str()),
+                allow: IpSet::new(&record.ip_allowlist),
                 record,
                 values,
                 last_used: AtomicU64::new(0),

@@ -22,7 +22,7 @@ use crate::key::{Environment, KeyType};
 use crate::store::{KeyRateLimit, Store};
 use crate::telemetry::Metrics;
 use ip::IpSet;
-use ratelimit::{Counter, Decision, Limit, Limiter, LocalLimiter, RedisLimiter};
+use ratelimit::{Counter, Decision, Limit, Limiter, LocalLimiter, RedisLimiter, Subject};
 use routes::Routes;
 
 pub use path::{PathError, normalize};
@@ -33,7 +33,17 @@ pub struct Permit {
     pub rate: Option<Decision>,
 }
 
+/// Counter names, allocated once.
+struct CounterNames {
+    key: Arc<str>,
+    floor: Arc<str>,
+    failed_auth: Arc<str>,
+}
+
 pub struct Policy {
+    names: CounterNames,
+    /// Category → (counter name `cat:<category>`, limit).
+    categories: std::collections::HashMap<String, (Arc<str>, Limit)>,
     routes: Routes,
     trusted: IpSet,
     allow: IpSet,
@@ -61,6 +71,17 @@ impl Policy {
             _ => Limiter::Local(LocalLimiter::default()),
         };
         Policy {
+            names: CounterNames {
+                key: "key".into(),
+                floor: "floor".into(),
+                failed_auth: "failed_auth".into(),
+            },
+            categories: config
+                .rate_limits
+                .categories
+                .iter()
+                .map(|(k, l)| (k.clone(), (Arc::from(format!("cat:{k}")), *l)))
+                .collect(),
             routes: Routes::new(config.routes.clone(), config.default_route.clone()),
             trusted: IpSet::new(&config.ip.trusted_proxies),
             allow: IpSet::new(&config.ip.allow),
@@ -110,14 +131,14 @@ impl Policy {
         ip: IpAddr,
         route: &RouteConfig,
     ) -> Result<(), (AuthError, Option<Decision>)> {
-        let subject = format!("ip:{}", ip::limit_subject(ip));
+        let subject = Subject::Ip(ip::limit_subject(ip));
         if let Some(limit) = self.config.rate_limits.failed_auth {
             let d = self
                 .limiter
                 .peek(
                     Counter {
                         subject: subject.clone(),
-                        name: "failed_auth".into(),
+                        name: Arc::clone(&self.names.failed_auth),
                     },
                     limit,
                 )
@@ -138,7 +159,7 @@ impl Policy {
                 .acquire(&[(
                     Counter {
                         subject,
-                        name: "floor".into(),
+                        name: Arc::clone(&self.names.floor),
                     },
                     limit,
                 )])
@@ -160,8 +181,8 @@ impl Policy {
     pub async fn record_failed_auth(&self, ip: IpAddr) {
         if let Some(limit) = self.config.rate_limits.failed_auth {
             let counter = Counter {
-                subject: format!("ip:{}", ip::limit_subject(ip)),
-                name: "failed_auth".into(),
+                subject: Subject::Ip(ip::limit_subject(ip)),
+                name: Arc::clone(&self.names.failed_auth),
             };
             self.limiter.acquire(&[(counter, limit)]).await;
         }
@@ -194,7 +215,7 @@ impl Policy {
         if rec.key_type == KeyType::Publishable && !route.allow_publishable {
             return Err((AuthError::KeyTypeNotAllowed, None));
         }
-        if !ip::allowlist_admits(&rec.ip_allowlist, ip) {
+        if !identity.ip_allowed(ip) {
             plain(self.enforce(
                 route.report_only.ip,
                 "ip",
@@ -251,18 +272,18 @@ impl Policy {
             out.push((
                 Counter {
                     subject: subject.clone(),
-                    name: "key".into(),
+                    name: Arc::clone(&self.names.key),
                 },
                 limit,
             ));
         }
         if let Some(cat) = &route.category
-            && let Some(limit) = rl.categories.get(cat)
+            && let Some((name, limit)) = self.categories.get(cat.as_str())
         {
             out.push((
                 Counter {
                     subject,
-                    name: format!("cat:{cat}"),
+                    name: Arc::clone(name),
                 },
                 *limit,
             ));

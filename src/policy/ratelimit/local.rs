@@ -203,7 +203,7 @@ mod tests {
 
     fn counter(s: &str) -> Counter {
         Counter {
-            subject: s.into(),
+            subject: super::super::Subject::Key(s.into()),
             name: "n".into(),
         }
     }

@@ -8,6 +8,9 @@
 mod local;
 mod redis;
 
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use local::LocalLimiter;
@@ -73,12 +76,30 @@ impl Decision {
     }
 }
 
-/// One counter: a subject (key id, client IP, …) and what it counts.
+/// Whose counter it is. Counters of one subject are checked atomically together (one Redis
+/// hash tag). Cheap to clone: no allocation per request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A key, by id.
+    Key(Arc<str>),
+    /// A client address; IPv6 already reduced to its /64.
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Key(id) => write!(f, "k:{id}"),
+            Subject::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// One counter: a subject and what it counts (`key`, `floor`, `cat:payments_create`, …).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Counter {
-    /// Counters with the same subject are checked atomically together (one Redis hash tag).
-    pub subject: String,
-    pub name: String,
+    pub subject: Subject,
+    pub name: Arc<str>,
 }
 
 /// The configured limiter backend.
