@@ -51,7 +51,6 @@ impl LocalLimiter {
     pub fn acquire(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
         let now = self.now_ms();
         let mut decisions = Vec::with_capacity(limits.len());
-        let mut taken = Vec::with_capacity(limits.len());
         for (counter, limit) in limits {
             let slot = self.slot(counter);
             let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
@@ -62,16 +61,15 @@ impl LocalLimiter {
                 true,
             );
             drop(shard);
-            if d.allowed {
-                taken.push((slot, *limit));
-            }
             decisions.push(d);
         }
         if decisions.iter().any(|d| !d.allowed) {
-            for (slot, limit) in taken {
+            // The rare path: give back what the allowed ones took.
+            for ((counter, limit), _) in limits.iter().zip(&decisions).filter(|(_, d)| d.allowed) {
+                let slot = self.slot(counter);
                 let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(state) = shard.get_mut(&slot) {
-                    refund(state, &limit, now);
+                    refund(state, limit, now);
                 }
             }
             // What was allowed is reported as it stands after the refund.
