@@ -126,7 +126,8 @@ fn limiter(c: &mut Criterion) {
         .collect();
     // One request's limits, prebuilt, as the policy holds them (no clone in the loop).
     let one: Vec<[(Counter, Limit); 1]> = counters.iter().map(|c| [(c.clone(), limit)]).collect();
-    let one_gcra: Vec<[(Counter, Limit); 1]> = counters.iter().map(|c| [(c.clone(), gcra)]).collect();
+    let one_gcra: Vec<[(Counter, Limit); 1]> =
+        counters.iter().map(|c| [(c.clone(), gcra)]).collect();
     let names: Vec<String> = counters
         .iter()
         .map(|c| format!("{}:{}", c.subject, c.name))
@@ -210,7 +211,9 @@ fn ip_rules(c: &mut Criterion) {
     g.bench_function("keygate_set_miss", |b| {
         b.iter(|| set.contains(black_box(miss)))
     });
-    g.bench_function("keygate_set_hit", |b| b.iter(|| set.contains(black_box(hit))));
+    g.bench_function("keygate_set_hit", |b| {
+        b.iter(|| set.contains(black_box(hit)))
+    });
     // The baseline: checking each network in turn.
     g.bench_function("linear_scan_miss", |b| {
         b.iter(|| nets.iter().any(|n| n.contains(&black_box(miss))))
