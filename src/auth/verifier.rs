@@ -462,6 +462,12 @@ impl Verifier {
         self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Unknown keys remembered (bounded by `negative_cache_max_entries`).
+    pub fn negative_entries(&self) -> u64 {
+        self.negative.run_pending_tasks();
+        self.negative.entry_count()
+    }
+
     pub fn cached_entries(&self) -> u64 {
         self.positive.entry_count()
     }

@@ -139,6 +139,8 @@ impl Proxy {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
+            // Request heads over 64 KiB (or over 100 headers) are answered 431.
+            .max_buf_size(64 * 1024)
             .keep_alive(true);
         builder
             .http2()
