@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 status=0
 for target in $(cargo +nightly fuzz list); do
   echo "== $target: ${SECONDS_EACH}s"
-  if ! cargo +nightly fuzz run "$target" -- -max_total_time="$SECONDS_EACH" -max_len=4096 2>&1 | tail -n 3; then
+  if ! cargo +nightly fuzz run "$target" -- -max_total_time="$SECONDS_EACH" -max_len=4096 2>&1 | grep -E "^Done|panicked|ERROR|SUMMARY|Test unit written"; then
     status=1
   fi
 done

@@ -51,12 +51,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// segment after routing decided; an encoded `.`, `/`, `\` or NUL is refused instead.
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    // Bytes, not chars: a non-ASCII character is several bytes, copied through unchanged.
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(char::from(b));
+            out.push(b);
             i += 1;
             continue;
         }
@@ -69,18 +70,15 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         let v = (h << 4) | l;
         match v {
             b'/' | b'\\' | b'.' | 0 => return Err(PathError::AmbiguousEncoding),
-            v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'_' | b'~') => {
-                out.push(char::from(v))
-            }
+            v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'_' | b'~') => out.push(v),
             v => {
-                out.push('%');
-                out.push(char::from(HEX[usize::from(v >> 4)]));
-                out.push(char::from(HEX[usize::from(v & 0xf)]));
+                out.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 0xf)]])
             }
         }
         i += 3;
     }
-    Ok(out)
+    // Only ASCII escapes changed, so valid UTF-8 in is valid UTF-8 out.
+    String::from_utf8(out).map_err(|_| PathError::BadCharacter)
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -143,6 +141,8 @@ mod tests {
             ("/v1/a%20b", "/v1/a%20b"),
             ("/v1/a%3fb", "/v1/a%3Fb"),
             ("/v1/..", "/"),
+            // Non-ASCII passes through untouched (found by fuzzing: it was once re-encoded).
+            ("/./у/ä%41", "/у/äA"),
         ] {
             assert_eq!(normalize(input).unwrap(), want, "{input}");
         }
