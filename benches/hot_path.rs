@@ -315,15 +315,8 @@ async fn mint(proxy: &Proxy, config: &Config) -> String {
     let tool = KeyTool::with_store(proxy.store(), config).unwrap();
     let (key, _) = tool
         .create(NewRecord {
-            key_type: KeyType::Secret,
-            environment: Environment::Live,
-            owner: "acct_bench".into(),
-            name: None,
             scopes: vec!["all".into()],
-            expires_in: None,
-            metadata: Default::default(),
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
+            ..NewRecord::new("acct_bench", Environment::Live, KeyType::Secret)
         })
         .await
         .unwrap();

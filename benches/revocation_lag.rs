@@ -100,17 +100,11 @@ async fn run(rounds: usize) {
     let mut lags = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let (key, rec) = tool
-            .create(NewRecord {
-                key_type: KeyType::Secret,
-                environment: Environment::Live,
-                owner: "acct_bench".into(),
-                name: None,
-                scopes: vec![],
-                expires_in: None,
-                metadata: Default::default(),
-                ip_allowlist: Vec::new(),
-                rate_limit: None,
-            })
+            .create(NewRecord::new(
+                "acct_bench",
+                Environment::Live,
+                KeyType::Secret,
+            ))
             .await
             .unwrap();
         let key = key.key.clone();

@@ -146,19 +146,9 @@ async fn every_rejection_has_its_code() {
 
     // An expired key, written straight into the store.
     let hasher = keygate::key::KeyHasher::new(None);
-    let (expired, mut rec) = NewRecord {
-        key_type: KeyType::Secret,
-        environment: Environment::Live,
-        owner: "acct_1".into(),
-        name: None,
-        scopes: vec![],
-        expires_in: None,
-        metadata: Default::default(),
-        ip_allowlist: Vec::new(),
-        rate_limit: None,
-    }
-    .mint(&format, &hasher, Timestamp::from_unix(1_000))
-    .unwrap();
+    let (expired, mut rec) = NewRecord::new("acct_1", Environment::Live, KeyType::Secret)
+        .mint(&format, &hasher, Timestamp::from_unix(1_000))
+        .unwrap();
     rec.expires_at = Some(Timestamp::from_unix(2_000));
     kg.store.insert(rec).await.unwrap();
 
@@ -456,17 +446,7 @@ async fn store_changes_by_another_writer_reach_the_running_proxy() {
     // A second handle on the same file stands in for the CLI in another process.
     let other = keygate::cli::KeyTool::from_config(&kg.config).unwrap();
     let (key, rec) = other
-        .create(NewRecord {
-            key_type: KeyType::Secret,
-            environment: Environment::Live,
-            owner: "acct_9".into(),
-            name: None,
-            scopes: vec![],
-            expires_in: None,
-            metadata: Default::default(),
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
-        })
+        .create(NewRecord::new("acct_9", Environment::Live, KeyType::Secret))
         .await
         .unwrap();
     let auth = bearer(&key.key);

@@ -57,15 +57,9 @@ async fn run_in(
     let tool = KeyTool::with_store(proxy.store(), &config)?;
     let (key, rec) = tool
         .create(NewRecord {
-            key_type: KeyType::Secret,
-            environment: Environment::Test,
-            owner: "acct_dev".into(),
             name: Some("keygate dev".into()),
             scopes: vec!["all".into()],
-            expires_in: None,
-            metadata: Default::default(),
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
+            ..NewRecord::new("acct_dev", Environment::Test, KeyType::Secret)
         })
         .await?;
 

@@ -447,17 +447,7 @@ mod tests {
 
     fn mint(owner: &str) -> (String, KeyRecord) {
         let format = KeyFormat::new(&Labels::default()).unwrap();
-        let req = NewRecord {
-            key_type: KeyType::Secret,
-            environment: Environment::Live,
-            owner: owner.into(),
-            name: None,
-            scopes: vec![],
-            expires_in: None,
-            metadata: Default::default(),
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
-        };
+        let req = NewRecord::new(owner, Environment::Live, KeyType::Secret);
         let (key, rec) = req
             .mint(&format, &KeyHasher::new(None), Timestamp::now())
             .unwrap();

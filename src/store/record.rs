@@ -163,6 +163,21 @@ pub struct NewRecord {
 }
 
 impl NewRecord {
+    /// Just the essentials: no name, scopes, expiry, metadata, IP allowlist or own rate limit.
+    pub fn new(owner: impl Into<String>, environment: Environment, key_type: KeyType) -> Self {
+        NewRecord {
+            key_type,
+            environment,
+            owner: owner.into(),
+            name: None,
+            scopes: Vec::new(),
+            expires_in: None,
+            metadata: BTreeMap::new(),
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
+        }
+    }
+
     /// Every problem with the request, naming the field.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -245,15 +245,8 @@ impl Keygate {
         let (key, rec) = self
             .tool
             .create(NewRecord {
-                key_type,
-                environment: env,
-                owner: "acct_1".into(),
-                name: None,
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                expires_in: None,
-                metadata: Default::default(),
-                ip_allowlist: Vec::new(),
-                rate_limit: None,
+                ..NewRecord::new("acct_1", env, key_type)
             })
             .await
             .unwrap();
@@ -386,15 +379,8 @@ pub async fn mint_with(
     edit: impl FnOnce(&mut NewRecord),
 ) -> String {
     let mut req = NewRecord {
-        key_type,
-        environment: Environment::Live,
-        owner: "acct_1".into(),
-        name: None,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        expires_in: None,
-        metadata: Default::default(),
-        ip_allowlist: Vec::new(),
-        rate_limit: None,
+        ..NewRecord::new("acct_1", Environment::Live, key_type)
     };
     edit(&mut req);
     kg.tool.create(req).await.unwrap().0.key.clone()
