@@ -285,6 +285,17 @@ async fn redis_sentinel_failover_moves_writes_to_the_new_master() {
     });
     let before = mint("acct_a");
     store.insert(before.clone()).await.unwrap();
+    // Replication is asynchronous: only a write the replica has can survive its promotion.
+    let replica = s.replica.as_ref().unwrap().port;
+    let probe = format!("EXISTS {{kgtest}}:id:{}", before.id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !common::redis::raw_command(replica, &probe).is_some_and(|r| r.starts_with(":1")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never got the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let promoted = s.failover();
     // The first command after the failover may hit the demoted master (READONLY) or a closed
@@ -303,21 +314,21 @@ async fn redis_sentinel_failover_moves_writes_to_the_new_master() {
             }
         }
     }
-    assert!(
-        store
-            .find_by_hash(before.lookup_hash)
-            .await
-            .unwrap()
-            .is_some(),
-        "replicated data lost"
-    );
-    assert!(
-        store
-            .find_by_hash(after.lookup_hash)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    // Reads may meet a connection the failover closed once; keygate reconnects on the next.
+    for (rec, what) in [
+        (&before, "replicated data lost"),
+        (&after, "new write not readable"),
+    ] {
+        let mut found = false;
+        for _ in 0..50 {
+            if let Ok(Some(_)) = store.find_by_hash(rec.lookup_hash).await {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(found, "{what}");
+    }
     let on_new_master =
         common::redis::raw_command(promoted, &format!("EXISTS {{kgtest}}:id:{}", after.id))
             .unwrap();

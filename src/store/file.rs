@@ -380,21 +380,8 @@ impl KeyStore for FileStore {
             {
                 return Err(StoreError::Conflict(format!("key {} exists", new.id)));
             }
-            let now = Timestamp::now();
             let old = find_mut(keys, &old_id)?;
-            if old.state(now) != super::KeyState::Active {
-                return Err(StoreError::Conflict(format!("key {old_id} is not active")));
-            }
-            if old.rotated_to.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "key {old_id} was already rotated"
-                )));
-            }
-            old.rotated_to = Some(new.id.clone());
-            match old_expires_at {
-                Some(t) => old.expires_at = Some(old.expires_at.map_or(t, |e| e.min(t))),
-                None => old.revoked_at = Some(now),
-            }
+            old.retire_for(&new.id, old_expires_at, Timestamp::now())?;
             let updated = old.clone();
             new.rotated_from = Some(old_id);
             keys.push(new);

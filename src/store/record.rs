@@ -86,6 +86,35 @@ impl KeyRecord {
         }
     }
 
+    /// Marks this key as rotated to `successor`: revoked at `now`, or expiring at `expires_at`
+    /// (never later than it already would). Only an active, not yet rotated key can be retired.
+    /// Both backends apply this inside their atomic write.
+    pub fn retire_for(
+        &mut self,
+        successor: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(), super::StoreError> {
+        if self.state(now) != KeyState::Active {
+            return Err(super::StoreError::Conflict(format!(
+                "key {} is not active",
+                self.id
+            )));
+        }
+        if self.rotated_to.is_some() {
+            return Err(super::StoreError::Conflict(format!(
+                "key {} was already rotated",
+                self.id
+            )));
+        }
+        self.rotated_to = Some(successor.to_owned());
+        match expires_at {
+            Some(t) => self.expires_at = Some(self.expires_at.map_or(t, |e| e.min(t))),
+            None => self.revoked_at = Some(now),
+        }
+        Ok(())
+    }
+
     /// Equal in everything that decides an authentication (all but `last_used_at`), so that
     /// usage bookkeeping never evicts a verified key from the caches.
     pub fn same_for_auth(&self, other: &KeyRecord) -> bool {

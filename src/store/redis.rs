@@ -33,7 +33,7 @@ use redis::{
 };
 use tokio::sync::{OnceCell, broadcast};
 
-use super::{Invalidation, KeyRecord, KeyState, KeyStore, StoreError};
+use super::{Invalidation, KeyRecord, KeyStore, StoreError};
 use crate::config::{RedisConfig, RedisTopology};
 use crate::key::LookupHash;
 use crate::time::Timestamp;
@@ -738,20 +738,7 @@ impl KeyStore for RedisStore {
                 .record_by_id(old_id)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(old_id.to_owned()))?;
-            let now = Timestamp::now();
-            if old.state(now) != KeyState::Active {
-                return Err(StoreError::Conflict(format!("key {old_id} is not active")));
-            }
-            if old.rotated_to.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "key {old_id} was already rotated"
-                )));
-            }
-            old.rotated_to = Some(new.id.clone());
-            match old_expires_at {
-                Some(t) => old.expires_at = Some(old.expires_at.map_or(t, |e| e.min(t))),
-                None => old.revoked_at = Some(now),
-            }
+            old.retire_for(&new.id, old_expires_at, Timestamp::now())?;
             let mut inv = ROTATE.prepare_invoke();
             inv.key(keys.rec(&old_hash))
                 .key(keys.rec(&new_hash))
