@@ -303,6 +303,12 @@ async fn upstream_down_is_502_and_slow_is_504() {
         (r.status.as_u16(), r.code().as_str()),
         (502, "upstream_unavailable")
     );
+    assert_eq!(
+        kg.metrics
+            .upstream_errors
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 
     let up = Upstream::start().await;
     let kg = Keygate::start(&up.url(), "").await; // response_timeout = 2s in the harness

@@ -64,7 +64,7 @@ impl Policy {
         let limiter = match (config.rate_limits.backend, store) {
             (LimiterBackend::Redis, Store::Redis(r)) => Limiter::Redis(RedisLimiter::new(
                 r.clone(),
-                "keygate",
+                r.key_prefix(),
                 config.rate_limits.replicas,
             )),
             // Config validation refuses a Redis limiter without a Redis store.

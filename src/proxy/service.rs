@@ -177,10 +177,18 @@ impl App {
         );
         match self.upstream.send(req, self.max_request_body).await {
             Ok(resp) => Ok((resp, permit.rate)),
-            Err(err) => Err(Rejection {
-                err,
-                rate: permit.rate,
-            }), // 502 / 504 / 413 while streaming
+            Err(err) => {
+                if matches!(
+                    err,
+                    AuthError::UpstreamUnavailable | AuthError::UpstreamTimeout
+                ) {
+                    self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Rejection {
+                    err,
+                    rate: permit.rate,
+                }) // 502 / 504 / 413 while streaming
+            }
         }
     }
 

@@ -311,6 +311,8 @@ impl PubSubSource {
 }
 
 struct Inner {
+    /// The configured key prefix; other modules (the rate limiter) namespace their keys by it.
+    prefix: String,
     /// True while subscribed to the invalidation channel.
     subscribed: AtomicBool,
     conn: Conn,
@@ -429,6 +431,7 @@ impl RedisStore {
                 subscribed: AtomicBool::new(false),
                 conn,
                 keys: Keys::new(&cfg.key_prefix),
+                prefix: cfg.key_prefix.clone(),
                 timeout: cfg.timeout,
                 changes,
                 source,
@@ -493,6 +496,11 @@ impl RedisStore {
                 .clone(),
         )
         .await
+    }
+
+    /// The configured key prefix, shared with the Redis rate limiter.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
     }
 
     /// Runs a script for another module (the rate limiter) over this store's connection, with
