@@ -314,10 +314,13 @@ fn config_for(upstream: &str, store: &std::path::Path, extra: &str) -> Config {
 async fn mint(proxy: &Proxy, config: &Config) -> String {
     let tool = KeyTool::with_store(proxy.store(), config).unwrap();
     let (key, _) = tool
-        .create(NewRecord {
-            scopes: vec!["all".into()],
-            ..NewRecord::new("acct_bench", Environment::Live, KeyType::Secret)
-        })
+        .create(
+            NewRecord {
+                scopes: vec!["all".into()],
+                ..NewRecord::new("acct_bench", Environment::Live, KeyType::Secret)
+            },
+            "bench",
+        )
         .await
         .unwrap();
     key.key.clone()

@@ -100,17 +100,16 @@ async fn run(rounds: usize) {
     let mut lags = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let (key, rec) = tool
-            .create(NewRecord::new(
-                "acct_bench",
-                Environment::Live,
-                KeyType::Secret,
-            ))
+            .create(
+                NewRecord::new("acct_bench", Environment::Live, KeyType::Secret),
+                "bench",
+            )
             .await
             .unwrap();
         let key = key.key.clone();
         while status(key.clone()).await != 200 {}
         let t0 = Instant::now();
-        tool.revoke(&rec.id).await.unwrap();
+        tool.revoke(&rec.id, "bench").await.unwrap();
         while status(key.clone()).await != 401 {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),

@@ -25,6 +25,8 @@
 // Tests may unwrap: a panic there is a failed test, not a crashed proxy.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

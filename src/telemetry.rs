@@ -25,13 +25,16 @@ pub struct Metrics {
     pub invalidations: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub in_flight: AtomicU64,
+    pub audit_events: AtomicU64,
+    pub audit_dropped: AtomicU64,
+    pub audit_sink_errors: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition. `cached_keys` is sampled by the caller.
     pub fn render(&self, cached_keys: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "keygate_requests_total",
                 "Requests received on the proxy listener.",
@@ -96,6 +99,21 @@ impl Metrics {
                 "keygate_upstream_errors_total",
                 "Upstream connection failures and timeouts.",
                 &self.upstream_errors,
+            ),
+            (
+                "keygate_audit_events_total",
+                "Audit events written to the sink.",
+                &self.audit_events,
+            ),
+            (
+                "keygate_audit_dropped_total",
+                "Audit events dropped because the audit queue was full.",
+                &self.audit_dropped,
+            ),
+            (
+                "keygate_audit_sink_errors_total",
+                "Audit events the sink failed to store.",
+                &self.audit_sink_errors,
             ),
         ];
         for (name, help, v) in counters {

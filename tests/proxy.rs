@@ -201,7 +201,7 @@ async fn every_rejection_has_its_code() {
     assert_eq!(up.hits(), 0, "no rejected request may reach the upstream");
 
     // Revoked keys are expired_key too.
-    kg.tool.revoke(&live_id).await.unwrap();
+    kg.tool.revoke(&live_id, "test").await.unwrap();
     assert_eventually!(
         get(&kg.url("/"), &[("authorization", &b(&live))])
             .await
@@ -452,7 +452,10 @@ async fn store_changes_by_another_writer_reach_the_running_proxy() {
     // A second handle on the same file stands in for the CLI in another process.
     let other = keygate::cli::KeyTool::from_config(&kg.config).unwrap();
     let (key, rec) = other
-        .create(NewRecord::new("acct_9", Environment::Live, KeyType::Secret))
+        .create(
+            NewRecord::new("acct_9", Environment::Live, KeyType::Secret),
+            "test",
+        )
         .await
         .unwrap();
     let auth = bearer(&key.key);
@@ -461,7 +464,7 @@ async fn store_changes_by_another_writer_reach_the_running_proxy() {
         Duration::from_secs(2),
         "key created by another writer not picked up"
     );
-    other.revoke(&rec.id).await.unwrap();
+    other.revoke(&rec.id, "test").await.unwrap();
     assert_eventually!(
         get(&kg.url("/"), &[("authorization", &auth)]).await.code() == "expired_key",
         Duration::from_secs(2),
@@ -481,7 +484,7 @@ async fn rotation_retires_the_old_key_and_grace_keeps_it_alive() {
         200
     );
 
-    let (new, new_rec, _) = kg.tool.rotate(&old_id, None).await.unwrap();
+    let (new, new_rec, _) = kg.tool.rotate(&old_id, None, "test").await.unwrap();
     assert_eq!(new_rec.rotated_from.as_deref(), Some(old_id.as_str()));
     assert_eq!(
         get(&kg.url("/"), &[("authorization", &bearer(&new.key))])
@@ -498,7 +501,7 @@ async fn rotation_retires_the_old_key_and_grace_keeps_it_alive() {
 
     let (new2, _, prev) = kg
         .tool
-        .rotate(&new_rec.id, Some(Duration::from_secs(3600)))
+        .rotate(&new_rec.id, Some(Duration::from_secs(3600)), "test")
         .await
         .unwrap();
     assert!(prev.revoked_at.is_none() && prev.expires_at.is_some());

@@ -32,7 +32,7 @@ async fn keys_and_revocations_are_shared_between_proxies() {
     );
 
     // Revoked through A: B (which has the key cached) refuses it within a second.
-    a.tool.revoke(&id).await.unwrap();
+    a.tool.revoke(&id, "test").await.unwrap();
     assert_eventually!(
         get(&b.url("/"), &[("authorization", &auth)]).await.code() == "expired_key",
         Duration::from_secs(1),
@@ -68,7 +68,7 @@ async fn redis_down_fails_closed_and_recovers_by_itself() {
             .status,
         200
     );
-    kg.tool.revoke(&revoked_id).await.unwrap();
+    kg.tool.revoke(&revoked_id, "test").await.unwrap();
     assert_eventually!(
         get(&kg.url("/"), &[("authorization", &bearer(&revoked))])
             .await

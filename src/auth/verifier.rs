@@ -64,6 +64,10 @@ impl Identity {
         &self.entry.values
     }
 
+    pub fn key_id(&self) -> &Arc<str> {
+        &self.entry.key_id
+    }
+
     /// The subject of this key's rate-limit counters.
     pub fn limit_subject(&self) -> Subject {
         Subject::Key(Arc::clone(&self.entry.key_id))
@@ -186,6 +190,11 @@ impl Verifier {
             flights: Mutex::new(HashMap::new()),
             metrics,
         })
+    }
+
+    /// The non-secret display prefix of `key` (`sk_live_Ab12`) if it has our format.
+    pub fn display_prefix<'k>(&self, key: &'k str) -> Option<&'k str> {
+        self.format.parse(key).ok().map(|p| p.display_prefix())
     }
 
     pub fn store(&self) -> &Store {

@@ -87,6 +87,60 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub policy: PolicyConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+}
+
+/// Where the admin API listens: never the proxied port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminAddress {
+    Tcp(SocketAddr),
+    /// `unix:/path/to/socket`
+    Unix(PathBuf),
+}
+
+impl fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAddress::Tcp(a) => write!(f, "{a}"),
+            AdminAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub address: AdminAddress,
+    /// Named bearer tokens; none configured means the admin API is off.
+    pub tokens: Vec<AdminToken>,
+    /// Operations per token per minute (the defaults follow the seed documents: 30/10/5).
+    pub list_per_minute: u64,
+    pub create_per_minute: u64,
+    pub rotate_per_minute: u64,
+    /// Updates and revocations.
+    pub write_per_minute: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminToken {
+    /// Recorded as the actor of every change made with this token.
+    pub name: String,
+    pub token: Secret,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// The JSON-lines file used with the file store (default: next to the store file).
+    pub file: Option<PathBuf>,
+    /// The file is rotated (`.1`, `.2`, …) when it would grow past this.
+    pub max_file_size: u64,
+    pub keep_files: usize,
+    /// Approximate length the Redis stream is capped at (`XADD MAXLEN ~`).
+    pub stream_max_len: u64,
+    /// How often per-minute usage and failure aggregates are written.
+    pub flush_interval: Duration,
+    /// Events waiting for the sink; when full, new events are dropped and counted.
+    pub queue: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +263,31 @@ struct Raw {
     default_route: Option<policy::RawRoute>,
     ip: policy::RawIp,
     rate_limits: policy::RawRateLimits,
+    admin: RawAdmin,
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAdmin {
+    address: Option<String>,
+    tokens_env: Option<String>,
+    tokens_file: Option<String>,
+    list_per_minute: Option<u64>,
+    create_per_minute: Option<u64>,
+    rotate_per_minute: Option<u64>,
+    write_per_minute: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAudit {
+    file: Option<String>,
+    max_file_size: Option<Size>,
+    keep_files: Option<usize>,
+    stream_max_len: Option<u64>,
+    flush_interval: Option<String>,
+    queue: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -693,6 +772,23 @@ fn validate(
         matches!(store, StoreConfig::Redis(_)),
     );
 
+    let admin = validate_admin(&mut c, raw.admin, &listen, &ops, getenv);
+    let audit = AuditConfig {
+        file: raw.audit.file.map(PathBuf::from).or_else(|| match &store {
+            StoreConfig::File { path, .. } => {
+                let mut p = path.clone().into_os_string();
+                p.push(".audit.jsonl");
+                Some(p.into())
+            }
+            StoreConfig::Redis(_) => None,
+        }),
+        max_file_size: c.size("audit.max_file_size", raw.audit.max_file_size, 64 << 20),
+        keep_files: raw.audit.keep_files.unwrap_or(5),
+        stream_max_len: c.positive("audit.stream_max_len", raw.audit.stream_max_len, 1_000_000),
+        flush_interval: c.duration("audit.flush_interval", raw.audit.flush_interval, secs(60)),
+        queue: c.positive("audit.queue", raw.audit.queue, 10_000),
+    };
+
     Config {
         environment,
         listen,
@@ -703,7 +799,96 @@ fn validate(
         auth,
         log,
         policy,
+        admin,
+        audit,
     }
+}
+
+fn validate_admin(
+    c: &mut Check<'_>,
+    raw: RawAdmin,
+    listen: &ListenConfig,
+    ops: &OpsConfig,
+    getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> AdminConfig {
+    let address = match raw.address.as_deref() {
+        Some(a) if a.starts_with("unix:") => AdminAddress::Unix(PathBuf::from(&a[5..])),
+        other => {
+            let a = c.addr("admin.address", other.map(str::to_owned), "127.0.0.1:9091");
+            if a.port() != 0 && (a == listen.address || a == ops.address) {
+                c.problem("admin.address: must differ from listen.address and ops.address".into());
+            }
+            AdminAddress::Tcp(a)
+        }
+    };
+    let tokens = read_secret(
+        c,
+        "admin.tokens",
+        raw.tokens_env,
+        "KEYGATE_ADMIN_TOKENS",
+        raw.tokens_file,
+        getenv,
+    )
+    .map(|bytes| parse_admin_tokens(c, &bytes))
+    .unwrap_or_default();
+    AdminConfig {
+        address,
+        tokens,
+        list_per_minute: c.positive("admin.list_per_minute", raw.list_per_minute, 30),
+        create_per_minute: c.positive("admin.create_per_minute", raw.create_per_minute, 10),
+        rotate_per_minute: c.positive("admin.rotate_per_minute", raw.rotate_per_minute, 5),
+        write_per_minute: c.positive("admin.write_per_minute", raw.write_per_minute, 30),
+    }
+}
+
+/// `name:token` entries separated by newlines or commas (`#` starts a comment line). A single
+/// bare token is named `admin`. Problems never echo a token.
+fn parse_admin_tokens(c: &mut Check<'_>, bytes: &[u8]) -> Vec<AdminToken> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        c.problem("admin.tokens: must be UTF-8".into());
+        return Vec::new();
+    };
+    let entries: Vec<&str> = text
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let mut out: Vec<AdminToken> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let (name, token) = match entry.split_once(':') {
+            Some((n, t)) => (n.trim(), t.trim()),
+            None if entries.len() == 1 => ("admin", *entry),
+            None => {
+                c.problem(format!(
+                    "admin.tokens: entry {} has no name; write name:token",
+                    i + 1
+                ));
+                continue;
+            }
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            c.problem(format!(
+                "admin.tokens: entry {}: the name must be A-Z a-z 0-9 _ - .",
+                i + 1
+            ));
+        } else if token.len() < 16 {
+            c.problem(format!(
+                "admin.tokens: the token named {name:?} is shorter than 16 characters"
+            ));
+        } else if out.iter().any(|t| t.name == name) {
+            c.problem(format!("admin.tokens: the name {name:?} is used twice"));
+        } else {
+            out.push(AdminToken {
+                name: name.to_owned(),
+                token: Secret(token.as_bytes().to_vec()),
+            });
+        }
+    }
+    out
 }
 
 /// `"authorization"` (or `"bearer"`) and `"x-api-key"`, any case.

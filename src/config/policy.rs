@@ -67,7 +67,7 @@ pub struct ReportOnly {
 
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Empty: every method.
     pub methods: Vec<Method>,
     /// `None` only for the default route.
@@ -291,7 +291,7 @@ fn validate_route(
         }
     });
     RouteConfig {
-        name,
+        name: name.into(),
         methods,
         pattern,
         scope: r.scope.filter(|s| !s.is_empty()),

@@ -56,11 +56,14 @@ async fn run_in(
 
     let tool = KeyTool::with_store(proxy.store(), &config)?;
     let (key, rec) = tool
-        .create(NewRecord {
-            name: Some("keygate dev".into()),
-            scopes: vec!["all".into()],
-            ..NewRecord::new("acct_dev", Environment::Test, KeyType::Secret)
-        })
+        .create(
+            NewRecord {
+                name: Some("keygate dev".into()),
+                scopes: vec!["all".into()],
+                ..NewRecord::new("acct_dev", Environment::Test, KeyType::Secret)
+            },
+            "dev",
+        )
         .await?;
 
     println!(

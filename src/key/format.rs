@@ -54,6 +54,14 @@ impl Environment {
             Environment::Test => "test",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Environment> {
+        match s {
+            "live" => Some(Environment::Live),
+            "test" => Some(Environment::Test),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Environment {

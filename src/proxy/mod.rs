@@ -25,7 +25,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Admin, AdminListener};
+use crate::audit::Audit;
 use crate::auth::{Verifier, VerifierSettings};
+use crate::cli::KeyTool;
 use crate::config::{Config, MethodOverride};
 use crate::key::{KeyFormat, KeyHasher};
 use crate::policy::Policy;
@@ -44,6 +47,9 @@ pub struct Proxy {
     header_read_timeout: Duration,
     proxy_protocol: bool,
     usage_interval: Duration,
+    audit: Arc<Audit>,
+    audit_interval: Duration,
+    admin: Option<(Arc<Admin>, Option<AdminListener>)>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -85,6 +91,7 @@ impl Proxy {
             &store,
             Arc::clone(&metrics),
         );
+        let audit = Audit::start(&config.audit, &store, Arc::clone(&metrics));
         let app = Arc::new(App {
             verifier: Arc::clone(&verifier),
             policy,
@@ -95,7 +102,21 @@ impl Proxy {
             carriers: config.auth.carriers.clone(),
             max_key_length: config.keys.max_length,
             max_request_body: config.listen.max_request_body,
+            audit: Arc::clone(&audit),
         });
+        let admin = if config.admin.tokens.is_empty() {
+            None
+        } else {
+            let tool = KeyTool::with_store(store.clone(), config)?;
+            let admin = Admin::new(
+                tool,
+                Arc::clone(&audit),
+                &config.admin,
+                Arc::clone(&app),
+                config.environment,
+            );
+            Some((Arc::new(admin), None))
+        };
         let ops = Arc::new(ops::Ops {
             verifier,
             metrics,
@@ -109,8 +130,28 @@ impl Proxy {
             header_read_timeout: config.listen.header_read_timeout,
             proxy_protocol: config.listen.proxy_protocol,
             usage_interval: config.auth.last_used_flush_interval,
+            audit,
+            audit_interval: config.audit.flush_interval,
+            admin,
             background,
         })
+    }
+
+    /// Whether admin tokens are configured (the admin API is off without them).
+    pub fn admin_enabled(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    /// Serves the admin API on `listener` (ignored when the admin API is off).
+    pub fn with_admin_listener(mut self, listener: AdminListener) -> Self {
+        if let Some((_, slot)) = &mut self.admin {
+            *slot = Some(listener);
+        }
+        self
+    }
+
+    pub fn audit(&self) -> Arc<Audit> {
+        Arc::clone(&self.audit)
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -157,6 +198,27 @@ impl Proxy {
                 verifier.flush_usage().await;
             }
         }));
+
+        let audit = Arc::clone(&self.audit);
+        let interval = self.audit_interval;
+        self.background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                audit.flush_aggregates().await;
+            }
+        }));
+
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = match self.admin.take() {
+            Some((admin, Some(listener))) => {
+                Some(tokio::spawn(admin::serve(listener, admin, async {
+                    let _ = admin_stop_rx.await;
+                })))
+            }
+            _ => None,
+        };
 
         let app = Arc::clone(&self.app);
         self.background.push(tokio::spawn(async move {
@@ -210,6 +272,11 @@ impl Proxy {
             }
         }
         self.app.verifier.flush_usage().await;
+        let _ = admin_stop_tx.send(());
+        if let Some(t) = admin_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.audit.drain().await;
         let _ = ops_stop_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(1), ops_task).await;
         for task in &self.background {

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use super::headers::{self, ConnInfo, Forward, HeaderPlan, X_REQUEST_ID, request_id};
 use super::upstream::Upstream;
+use crate::audit::Audit;
 use crate::auth::{self, Verifier};
 use crate::config::Carrier;
 use crate::error::AuthError;
@@ -37,6 +38,19 @@ pub struct App {
     pub(crate) max_key_length: usize,
     pub(crate) max_request_body: u64,
     pub(crate) honor_method_override: bool,
+    pub(crate) audit: Arc<Audit>,
+}
+
+/// What the request path learned, for the audit trail (usage and failures).
+#[derive(Default)]
+struct Seen {
+    route: Option<Arc<str>>,
+    client_ip: Option<std::net::IpAddr>,
+    key_id: Option<Arc<str>>,
+    /// Display prefix of a key that failed verification.
+    key_prefix: Option<String>,
+    /// The error code when keygate rejected the request.
+    code: Option<&'static str>,
 }
 
 /// A rejection, with the rate-limit state to report on it when a limit was involved.
@@ -80,14 +94,16 @@ impl App {
         // closing it is the only way those bytes can never be parsed as another request.
         let unread_body = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
         let (method, uri) = (req.method().clone(), req.uri().clone());
+        let mut seen = Seen::default();
 
-        let (mut resp, rate) = match self.proxy(req, &conn, &request_id).await {
+        let (mut resp, rate) = match self.proxy(req, &conn, &request_id, &mut seen).await {
             Ok((resp, rate)) => {
                 self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
                 (resp.map(Either::Left), rate)
             }
             Err(Rejection { err, rate }) => {
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                seen.code = Some(err.code());
                 tracing::info!(
                     request_id = ?request_id, client.ip = %conn.peer.ip(), %method, path = uri.path(),
                     status = err.status().as_u16(), code = err.code(), "request rejected: {err}"
@@ -105,8 +121,28 @@ impl App {
         if let Some(d) = rate {
             headers::set_rate_limit_headers(resp.headers_mut(), &d, self.policy.header_styles());
         }
+        self.audit_request(&seen, &method, resp.status().as_u16(), conn.peer.ip());
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         Ok(resp)
+    }
+
+    /// Feeds the audit trail's per-minute aggregates: usage of a verified key (any status) and
+    /// rejected authentications (401/403).
+    fn audit_request(
+        &self,
+        seen: &Seen,
+        method: &http::Method,
+        status: u16,
+        peer: std::net::IpAddr,
+    ) {
+        let ip = seen.client_ip.unwrap_or(peer);
+        if let (Some(key), Some(route)) = (&seen.key_id, &seen.route) {
+            self.audit.key_used(key, route, method, status, ip);
+        }
+        if let Some(code) = seen.code.filter(|_| status == 401 || status == 403) {
+            let key = seen.key_id.as_deref().or(seen.key_prefix.as_deref());
+            self.audit.auth_failed(code, key, ip);
+        }
     }
 
     /// The request path. Cheap, attacker-controlled checks first; nothing that costs a store
@@ -116,14 +152,17 @@ impl App {
         req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
+        seen: &mut Seen,
     ) -> Result<(Response<Incoming>, Option<Decision>), Rejection> {
         let client_ip = self.policy.client_ip(conn.peer.ip(), req.headers())?; // 400
+        seen.client_ip = Some(client_ip);
         let normalized = match policy::normalize(req.uri().path())? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         }; // 400
         let path = normalized.as_deref().unwrap_or_else(|| req.uri().path());
         let route = self.policy.route(req.method(), path);
+        seen.route = Some(Arc::clone(&route.name));
         self.policy.check_ip(client_ip, route)?; // 403
         self.policy.check_ip_limits(client_ip, route).await?; // 429
 
@@ -140,13 +179,16 @@ impl App {
                     auth::extract(req.headers(), &self.carriers, carriers, self.max_key_length)?; // 401
                 match self.verifier.verify(&cred).await {
                     Ok(identity) => identity,
-                    Err(err @ AuthError::InvalidKey(_)) => {
-                        self.policy.record_failed_auth(client_ip).await;
-                        return Err(err.into()); // 401
+                    Err(err) => {
+                        seen.key_prefix = self.verifier.display_prefix(cred.key).map(str::to_owned);
+                        if matches!(err, AuthError::InvalidKey(_)) {
+                            self.policy.record_failed_auth(client_ip).await;
+                        }
+                        return Err(err.into()); // 401 / 503
                     }
-                    Err(err) => return Err(err.into()), // 401 / 503
                 }
             };
+            seen.key_id = Some(Arc::clone(identity.key_id()));
             let method = self.policy.effective_method(
                 req.method(),
                 req.headers(),

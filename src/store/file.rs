@@ -390,13 +390,17 @@ impl KeyStore for FileStore {
         .await
     }
 
-    async fn revoke(&self, id: &str, at: Timestamp) -> Result<KeyRecord, StoreError> {
+    async fn update<F>(&self, id: &str, change: F) -> Result<KeyRecord, StoreError>
+    where
+        F: Fn(&mut KeyRecord) -> Result<(), StoreError> + Send + Sync + 'static,
+    {
         let id = id.to_owned();
         self.write(move |keys| {
             let rec = find_mut(keys, &id)?;
-            if rec.revoked_at.is_none() {
-                rec.revoked_at = Some(at);
-            }
+            let mut next = rec.clone();
+            change(&mut next)?;
+            super::check_identity_kept(rec, &next)?;
+            *rec = next;
             Ok(rec.clone())
         })
         .await

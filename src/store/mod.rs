@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub use file::FileStore;
-pub use record::{KeyRateLimit, KeyRecord, KeyState, KeyView, NewRecord};
+pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, NewRecord};
 pub use redis::RedisStore;
 
 use crate::key::LookupHash;
@@ -31,6 +31,21 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Fails unless `change` left the identity of `before` alone (see [`KeyStore::update`]).
+fn check_identity_kept(before: &KeyRecord, after: &KeyRecord) -> Result<(), StoreError> {
+    if before.id != after.id
+        || before.lookup_hash != after.lookup_hash
+        || before.phc != after.phc
+        || before.owner != after.owner
+    {
+        return Err(StoreError::Conflict(format!(
+            "key {}: id, hash and owner cannot be changed",
+            before.id
+        )));
+    }
+    Ok(())
 }
 
 /// A change other replicas and caches must hear about.
@@ -71,12 +86,28 @@ pub trait KeyStore: Send + Sync {
         old_expires_at: Option<Timestamp>,
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
 
-    /// Revokes `id` for good. Returns the updated record.
+    /// Applies `change` to the record `id` atomically and returns the result. `change` may run
+    /// more than once (compare-and-set retries) and must not touch the id, lookup hash, PHC
+    /// string or owner.
+    fn update<F>(
+        &self,
+        id: &str,
+        change: F,
+    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send
+    where
+        F: Fn(&mut KeyRecord) -> Result<(), StoreError> + Send + Sync + 'static;
+
+    /// Revokes `id` for good (a no-op on a revoked key). Returns the updated record.
     fn revoke(
         &self,
         id: &str,
         at: Timestamp,
-    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
+        self.update(id, move |rec| {
+            rec.revoked_at.get_or_insert(at);
+            Ok(())
+        })
+    }
 
     /// Raises `last_used_at` for a batch of key ids (coalesced by the caller).
     fn record_usage(
@@ -145,10 +176,13 @@ impl KeyStore for Store {
         }
     }
 
-    async fn revoke(&self, id: &str, at: Timestamp) -> Result<KeyRecord, StoreError> {
+    async fn update<F>(&self, id: &str, change: F) -> Result<KeyRecord, StoreError>
+    where
+        F: Fn(&mut KeyRecord) -> Result<(), StoreError> + Send + Sync + 'static,
+    {
         match self {
-            Store::File(s) => s.revoke(id, at).await,
-            Store::Redis(s) => s.revoke(id, at).await,
+            Store::File(s) => s.update(id, change).await,
+            Store::Redis(s) => s.update(id, change).await,
         }
     }
 

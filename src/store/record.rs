@@ -216,18 +216,13 @@ impl NewRecord {
                 self.owner
             ));
         }
-        for s in &self.scopes {
-            if !is_token(s, 64) {
-                out.push(format!(
-                    "scopes: 1–64 characters from A-Z a-z 0-9 _ - . : @, got {s:?}"
-                ));
-            }
-        }
-        if let Some(name) = &self.name
-            && (name.chars().count() > 200 || name.chars().any(char::is_control))
-        {
-            out.push("name: at most 200 characters, no control characters".into());
-        }
+        attribute_problems(
+            &mut out,
+            self.name.as_deref(),
+            &self.scopes,
+            &self.metadata,
+            self.rate_limit.as_ref(),
+        );
         out
     }
 
@@ -278,6 +273,141 @@ impl NewRecord {
             ip_allowlist: old.ip_allowlist.clone(),
             rate_limit: old.rate_limit.clone(),
         }
+    }
+}
+
+/// Problems with the attributes a key is created or updated with, naming the field.
+fn attribute_problems(
+    out: &mut Vec<String>,
+    name: Option<&str>,
+    scopes: &[String],
+    metadata: &BTreeMap<String, String>,
+    rate_limit: Option<&KeyRateLimit>,
+) {
+    for s in scopes {
+        if !is_token(s, 64) {
+            out.push(format!(
+                "scopes: 1–64 characters from A-Z a-z 0-9 _ - . : @, got {s:?}"
+            ));
+        }
+    }
+    if let Some(name) = name
+        && (name.chars().count() > 200 || name.chars().any(char::is_control))
+    {
+        out.push("name: at most 200 characters, no control characters".into());
+    }
+    if metadata.len() > 50
+        || metadata
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 512)
+    {
+        out.push("metadata: at most 50 entries, keys 1–64 bytes, values up to 512 bytes".into());
+    }
+    match rate_limit {
+        Some(KeyRateLimit::Explicit { limit, window_secs }) if *limit == 0 || *window_secs == 0 => {
+            out.push("rate_limit: limit and window_secs must be greater than zero".into());
+        }
+        Some(KeyRateLimit::Tier { tier }) if !is_token(tier, 64) => {
+            out.push(format!("rate_limit: {tier:?} is not a tier name"));
+        }
+        _ => {}
+    }
+}
+
+/// A partial update of a key's attributes (`PATCH /v1/keys/{id}`). Absent fields stay as they
+/// are; `null` clears the optional ones.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub ip_allowlist: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<KeyRateLimit>>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<Timestamp>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
+fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl KeyPatch {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.scopes.is_none()
+            && self.ip_allowlist.is_none()
+            && self.rate_limit.is_none()
+            && self.expires_at.is_none()
+            && self.metadata.is_none()
+    }
+
+    /// Every problem with the patch, naming the field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        attribute_problems(
+            &mut out,
+            self.name.as_ref().and_then(Option::as_deref),
+            self.scopes.as_deref().unwrap_or_default(),
+            self.metadata.as_ref().unwrap_or(&BTreeMap::new()),
+            self.rate_limit.as_ref().and_then(Option::as_ref),
+        );
+        out
+    }
+
+    /// Applies the patch and returns what changed, as `{"field": {"from": …, "to": …}}`.
+    pub fn apply(&self, rec: &mut KeyRecord) -> serde_json::Map<String, serde_json::Value> {
+        fn set<T: Serialize + PartialEq + Clone>(
+            changes: &mut serde_json::Map<String, serde_json::Value>,
+            field: &str,
+            slot: &mut T,
+            to: Option<&T>,
+        ) {
+            if let Some(to) = to
+                && slot != to
+            {
+                changes.insert(
+                    field.to_owned(),
+                    serde_json::json!({ "from": &*slot, "to": to }),
+                );
+                *slot = to.clone();
+            }
+        }
+        let mut c = serde_json::Map::new();
+        set(&mut c, "name", &mut rec.name, self.name.as_ref());
+        set(&mut c, "scopes", &mut rec.scopes, self.scopes.as_ref());
+        set(
+            &mut c,
+            "ip_allowlist",
+            &mut rec.ip_allowlist,
+            self.ip_allowlist.as_ref(),
+        );
+        set(
+            &mut c,
+            "rate_limit",
+            &mut rec.rate_limit,
+            self.rate_limit.as_ref(),
+        );
+        set(
+            &mut c,
+            "expires_at",
+            &mut rec.expires_at,
+            self.expires_at.as_ref(),
+        );
+        set(
+            &mut c,
+            "metadata",
+            &mut rec.metadata,
+            self.metadata.as_ref(),
+        );
+        c
     }
 }
 
@@ -348,6 +478,30 @@ mod tests {
         assert!(rec.same_for_auth(&used));
         used.scopes.push("x".into());
         assert!(!rec.same_for_auth(&used));
+    }
+
+    #[test]
+    fn patch_applies_only_what_was_sent() {
+        let format = KeyFormat::new(&Labels::default()).unwrap();
+        let (_, mut rec) = request()
+            .mint(&format, &KeyHasher::new(None), Timestamp::from_unix(0))
+            .unwrap();
+        let patch: KeyPatch =
+            serde_json::from_str(r#"{"name": null, "scopes": ["refunds:write"]}"#).unwrap();
+        assert!(patch.problems().is_empty());
+        let changes = patch.apply(&mut rec);
+        assert_eq!(rec.name, None);
+        assert_eq!(rec.scopes, ["refunds:write"]);
+        assert_eq!(
+            rec.expires_at,
+            Some(Timestamp::from_unix(3600)),
+            "untouched"
+        );
+        assert_eq!(changes["name"]["from"], "billing");
+        assert_eq!(changes.len(), 2);
+        assert!(serde_json::from_str::<KeyPatch>(r#"{"owner": "x"}"#).is_err());
+        let bad: KeyPatch = serde_json::from_str(r#"{"scopes": ["a b"]}"#).unwrap();
+        assert_eq!(bad.problems().len(), 1);
     }
 
     #[test]

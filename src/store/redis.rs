@@ -13,6 +13,8 @@
 //! | `{p}:ids` | sorted set | key ids in creation order (score from the `{p}:seq` counter) |
 //! | `{p}:used` | hash | key id → last used, unix seconds (written in batches) |
 //! | `{p}:invalidate` | pub/sub channel | lookup hash hex of a changed record, or `*` |
+//! | `{p}:audit` | stream | audit events, field `e` = the event JSON, capped with `MAXLEN ~` |
+//! | `{p}:usage:<key id>:<hour>` | hash | `<minute>:<status class>` → requests (expires after 26 h) |
 //!
 //! Writes are Lua scripts that check, write and `PUBLISH` in one atomic step; updates are
 //! compare-and-set on the record's JSON, retried when another writer got there first.
@@ -128,6 +130,12 @@ impl Keys {
     }
     fn channel(&self) -> String {
         format!("{}:invalidate", self.tag)
+    }
+    fn audit(&self) -> String {
+        format!("{}:audit", self.tag)
+    }
+    fn usage(&self, id: &str, hour: u64) -> String {
+        format!("{}:usage:{id}:{hour}", self.tag)
     }
 }
 
@@ -513,6 +521,116 @@ impl RedisStore {
             .await
     }
 
+    /// Runs a pipeline of writes (on the current master).
+    async fn write_pipe(&self, pipe: Pipeline) -> Result<(), StoreError> {
+        self.run(|mut c| async move {
+            if let Conn::Sentinel(s) = &c {
+                s.ensure_master().await?;
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Appends audit events (JSON) to the capped stream.
+    pub(crate) async fn audit_append(
+        &self,
+        events: &[String],
+        max_len: u64,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for e in events {
+            pipe.cmd("XADD")
+                .arg(self.inner.keys.audit())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len)
+                .arg("*")
+                .arg("e")
+                .arg(e)
+                .ignore();
+        }
+        self.write_pipe(pipe).await
+    }
+
+    /// Audit events (JSON) in stored order, between two unix-millisecond bounds.
+    pub(crate) async fn audit_read(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let entries: Vec<(String, Vec<String>)> = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(self.inner.keys.audit())
+                    .arg(from_ms)
+                    .arg(to_ms)
+                    .clone(),
+            )
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(_, fields)| {
+                let mut it = fields.into_iter();
+                while let Some(name) = it.next() {
+                    let value = it.next()?;
+                    if name == "e" {
+                        return Some(value);
+                    }
+                }
+                None
+            })
+            .collect())
+    }
+
+    /// Adds per-minute request counts: `(key id, minute start, counts by status class)`.
+    pub(crate) async fn usage_add(
+        &self,
+        batch: &[(String, u64, [u64; 5])],
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (id, minute, counts) in batch {
+            let key = self.inner.keys.usage(id, minute / 3600 * 3600);
+            for (class, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                pipe.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg(format!("{minute}:{}", class + 1))
+                    .arg(*n)
+                    .ignore();
+            }
+            pipe.cmd("EXPIRE").arg(&key).arg(26 * 3600).ignore();
+        }
+        self.write_pipe(pipe).await
+    }
+
+    /// Per-minute counts of `id` for the hours starting at `hours` (unix seconds).
+    pub(crate) async fn usage_read(
+        &self,
+        id: &str,
+        hours: &[u64],
+    ) -> Result<Vec<(u64, [u64; 5])>, StoreError> {
+        let mut pipe = redis::pipe();
+        for h in hours {
+            pipe.cmd("HGETALL").arg(self.inner.keys.usage(id, *h));
+        }
+        let maps: Vec<std::collections::HashMap<String, u64>> = self
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        let mut out: std::collections::BTreeMap<u64, [u64; 5]> = std::collections::BTreeMap::new();
+        for (field, n) in maps.into_iter().flatten() {
+            let Some((minute, class)) = field.split_once(':') else {
+                continue;
+            };
+            if let (Ok(m), Ok(c @ 1..=5)) = (minute.parse::<u64>(), class.parse::<usize>()) {
+                out.entry(m).or_default()[c - 1] += n;
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Runs a write script (on the current master: see [`SentinelConn::ensure_master`]).
     async fn script(
         &self,
@@ -772,16 +890,21 @@ impl KeyStore for RedisStore {
         )))
     }
 
-    async fn revoke(&self, id: &str, at: Timestamp) -> Result<KeyRecord, StoreError> {
+    async fn update<F>(&self, id: &str, change: F) -> Result<KeyRecord, StoreError>
+    where
+        F: Fn(&mut KeyRecord) -> Result<(), StoreError> + Send + Sync + 'static,
+    {
         for _ in 0..CAS_RETRIES {
-            let (expected, hash, mut rec) = self
+            let (expected, hash, before) = self
                 .record_by_id(id)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-            if rec.revoked_at.is_some() {
+            let mut rec = before.clone();
+            change(&mut rec)?;
+            super::check_identity_kept(&before, &rec)?;
+            if rec == before {
                 return Ok(rec);
             }
-            rec.revoked_at = Some(at);
             let mut inv = UPDATE.prepare_invoke();
             inv.key(self.inner.keys.rec(&hash))
                 .arg(&expected)

@@ -244,10 +244,13 @@ impl Keygate {
     ) -> (String, String) {
         let (key, rec) = self
             .tool
-            .create(NewRecord {
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                ..NewRecord::new("acct_1", env, key_type)
-            })
+            .create(
+                NewRecord {
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    ..NewRecord::new("acct_1", env, key_type)
+                },
+                "test",
+            )
             .await
             .unwrap();
         (key.key.clone(), rec.id)
@@ -383,5 +386,5 @@ pub async fn mint_with(
         ..NewRecord::new("acct_1", Environment::Live, key_type)
     };
     edit(&mut req);
-    kg.tool.create(req).await.unwrap().0.key.clone()
+    kg.tool.create(req, "test").await.unwrap().0.key.clone()
 }

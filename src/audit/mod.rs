@@ -1,0 +1,575 @@
+//! The audit trail: who changed which key when, who failed to authenticate, and how keys are
+//! used.
+//!
+//! Events go through a bounded queue to one writer task, which chains them (see [`event`]),
+//! logs each as a JSON line (target `keygate::audit`) and appends them to the sink: the Redis
+//! stream with the Redis store, a rotated JSON-lines file with the file store. Recording never
+//! waits: when the queue is full the event is dropped and counted, so the trail can never slow
+//! or fail a proxied request.
+//!
+//! Per-request facts are aggregated in memory and written once per [`AuditConfig::flush_interval`]:
+//! usage per key, route, method and minute (also added to the usage counters behind
+//! `GET /v1/keys/{id}/usage`), and failures per client, code and key per minute, so a flood of
+//! bad keys costs a bounded number of events rather than one per request.
+
+pub mod event;
+mod file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use event::{Action, Event, Verification, verify};
+pub use file::FileSink;
+
+use crate::config::{AuditConfig, StoreConfig};
+use crate::store::{RedisStore, Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::time::Timestamp;
+
+const SHARDS: usize = 16;
+/// Distinct failure aggregates kept per flush; beyond this they are counted together.
+const MAX_FAILURE_ROWS: usize = 10_000;
+/// Client addresses remembered per usage aggregate.
+const MAX_IPS: usize = 4;
+const DAY: u64 = 24 * 3600;
+
+/// Where sealed events are stored.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    File(FileSink),
+    Redis {
+        store: RedisStore,
+        max_len: u64,
+    },
+    /// Only the log line (a read-only file store without an audit file).
+    LogOnly,
+}
+
+impl Sink {
+    pub fn for_config(cfg: &AuditConfig, store: &Store) -> Sink {
+        match (store, &cfg.file) {
+            (Store::Redis(r), _) => Sink::Redis {
+                store: r.clone(),
+                max_len: cfg.stream_max_len,
+            },
+            (Store::File(_), Some(path)) => Sink::File(FileSink::new(
+                path.clone(),
+                cfg.max_file_size,
+                cfg.keep_files,
+            )),
+            (Store::File(_), None) => Sink::LogOnly,
+        }
+    }
+
+    /// Like [`Sink::for_config`] without an open store (`keygate audit verify`).
+    pub fn for_store_config(cfg: &AuditConfig, store: &StoreConfig) -> Result<Sink, StoreError> {
+        match store {
+            StoreConfig::Redis(r) => Ok(Sink::Redis {
+                store: RedisStore::open(r)?,
+                max_len: cfg.stream_max_len,
+            }),
+            StoreConfig::File { .. } => Ok(match &cfg.file {
+                Some(path) => Sink::File(FileSink::new(
+                    path.clone(),
+                    cfg.max_file_size,
+                    cfg.keep_files,
+                )),
+                None => Sink::LogOnly,
+            }),
+        }
+    }
+
+    async fn append(&self, lines: Vec<String>) -> Result<(), String> {
+        match self {
+            Sink::File(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || f.append(&lines))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{}: {e}", self.describe()))
+            }
+            Sink::Redis { store, max_len } => store
+                .audit_append(&lines, *max_len)
+                .await
+                .map_err(|e| e.to_string()),
+            Sink::LogOnly => Ok(()),
+        }
+    }
+
+    /// Stored events as raw JSON lines, oldest first, optionally limited to a time range.
+    pub async fn read_lines(
+        &self,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<String>, String> {
+        match self {
+            Sink::File(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || f.read_all())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            Sink::Redis { store, .. } => {
+                let from = since.map_or(0, |t| t.unix() * 1000);
+                let to = until.map_or(u64::MAX, |t| t.unix().saturating_mul(1000) + 999);
+                store.audit_read(from, to).await.map_err(|e| e.to_string())
+            }
+            Sink::LogOnly => Err("no audit sink is configured (audit.file)".into()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::File(f) => f.path().display().to_string(),
+            Sink::Redis { store, .. } => format!("redis stream {{{}}}:audit", store.key_prefix()),
+            Sink::LogOnly => "log only".into(),
+        }
+    }
+}
+
+/// Which events `GET /v1/audit` returns.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub key_id: Option<String>,
+    pub owner: Option<String>,
+    pub action: Option<Action>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+impl Filter {
+    fn matches(&self, e: &Event) -> bool {
+        self.key_id
+            .as_ref()
+            .is_none_or(|k| e.key_id.as_ref() == Some(k))
+            && self
+                .owner
+                .as_ref()
+                .is_none_or(|o| e.owner.as_ref() == Some(o))
+            && self.action.is_none_or(|a| e.action == a)
+            && self.since.is_none_or(|t| e.time >= t)
+            && self.until.is_none_or(|t| e.time <= t)
+    }
+}
+
+enum Msg {
+    Event(Box<Event>),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct UsageKey {
+    key_id: Arc<str>,
+    minute: u64,
+    route: Arc<str>,
+    method: Method,
+}
+
+#[derive(Default)]
+struct UsageCount {
+    by_class: [u64; 5],
+    ips: Vec<IpAddr>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FailureKey {
+    minute: u64,
+    ip: IpAddr,
+    code: &'static str,
+    key: Option<Box<str>>,
+}
+
+#[derive(Default)]
+struct Failures {
+    rows: HashMap<FailureKey, u64>,
+    overflow: u64,
+}
+
+/// Per-minute request counts for the usage endpoint.
+enum UsageBook {
+    /// This process's own counts (file store: one process serves the keys).
+    Memory(Mutex<HashMap<String, BTreeMap<u64, [u64; 5]>>>),
+    /// Shared by all replicas.
+    Redis(RedisStore),
+}
+
+/// The audit trail of one process.
+pub struct Audit {
+    tx: mpsc::Sender<Msg>,
+    sink: Sink,
+    usage: [Mutex<HashMap<UsageKey, UsageCount>>; SHARDS],
+    hasher: std::collections::hash_map::RandomState,
+    failures: Mutex<Failures>,
+    book: UsageBook,
+    metrics: Arc<Metrics>,
+    last_drop_warning: AtomicU64,
+}
+
+impl Audit {
+    /// Starts the writer task. Must run inside a tokio runtime.
+    pub fn start(cfg: &AuditConfig, store: &Store, metrics: Arc<Metrics>) -> Arc<Audit> {
+        let sink = Sink::for_config(cfg, store);
+        let (tx, rx) = mpsc::channel(cfg.queue);
+        tokio::spawn(write_loop(rx, sink.clone(), Arc::clone(&metrics)));
+        let book = match store {
+            Store::Redis(r) => UsageBook::Redis(r.clone()),
+            Store::File(_) => UsageBook::Memory(Mutex::default()),
+        };
+        Arc::new(Audit {
+            tx,
+            sink,
+            usage: std::array::from_fn(|_| Mutex::default()),
+            hasher: std::collections::hash_map::RandomState::new(),
+            failures: Mutex::default(),
+            book,
+            metrics,
+            last_drop_warning: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues an event; never waits. A full queue drops it (counted, logged once a minute).
+    pub fn record(&self, event: Event) {
+        if self.tx.try_send(Msg::Event(Box::new(event))).is_err() {
+            self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
+            let now = Timestamp::now().unix();
+            let last = self.last_drop_warning.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .last_drop_warning
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    "audit queue full: events are being dropped (see keygate_audit_dropped_total)"
+                );
+            }
+        }
+    }
+
+    /// Counts one request made with a key (aggregated; no I/O).
+    pub fn key_used(
+        &self,
+        key_id: &Arc<str>,
+        route: &Arc<str>,
+        method: &Method,
+        status: u16,
+        ip: IpAddr,
+    ) {
+        let key = UsageKey {
+            key_id: Arc::clone(key_id),
+            minute: minute_of(Timestamp::now()),
+            route: Arc::clone(route),
+            method: method.clone(),
+        };
+        let mut h = self.hasher.build_hasher();
+        key_id.hash(&mut h);
+        let shard = &self.usage[(h.finish() as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(key).or_default();
+        count.by_class[status_class(status)] += 1;
+        if count.ips.len() < MAX_IPS && !count.ips.contains(&ip) {
+            count.ips.push(ip);
+        }
+    }
+
+    /// Counts one rejected authentication (aggregated; no I/O). `key` is a key id or the
+    /// non-secret display prefix of the presented key, when known.
+    pub fn auth_failed(&self, code: &'static str, key: Option<&str>, ip: IpAddr) {
+        let row = FailureKey {
+            minute: minute_of(Timestamp::now()),
+            ip,
+            code,
+            key: key.map(Into::into),
+        };
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let full = f.rows.len() >= MAX_FAILURE_ROWS;
+        match f.rows.get_mut(&row) {
+            Some(n) => *n += 1,
+            None if full => f.overflow += 1,
+            None => {
+                f.rows.insert(row, 1);
+            }
+        }
+    }
+
+    /// Writes the aggregates collected so far: usage and failure events, usage counters.
+    pub async fn flush_aggregates(&self) {
+        let mut per_minute: HashMap<(Arc<str>, u64), [u64; 5]> = HashMap::new();
+        for shard in &self.usage {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
+            for (k, c) in taken {
+                let sum = per_minute
+                    .entry((Arc::clone(&k.key_id), k.minute))
+                    .or_default();
+                for (s, n) in sum.iter_mut().zip(c.by_class) {
+                    *s += n;
+                }
+                let mut e = Event::new(Action::KeyUsed);
+                e.key_id = Some(k.key_id.to_string());
+                e.minute = Some(Timestamp::from_unix(k.minute));
+                e.route = Some(k.route.to_string());
+                e.method = Some(k.method.to_string());
+                e.client_ips = c.ips.iter().map(ToString::to_string).collect();
+                e.counts = class_counts(&c.by_class);
+                self.record(e);
+            }
+        }
+        let failures =
+            std::mem::take(&mut *self.failures.lock().unwrap_or_else(|e| e.into_inner()));
+        for (k, n) in failures.rows {
+            let mut e = Event::new(Action::AuthFailed);
+            e.minute = Some(Timestamp::from_unix(k.minute));
+            e.client_ips = vec![k.ip.to_string()];
+            e.code = Some(k.code.to_owned());
+            match k.key {
+                Some(key) if key.starts_with("key_") => e.key_id = Some(key.into()),
+                other => e.key_prefix = other.map(Into::into),
+            }
+            e.counts = BTreeMap::from([("count".to_owned(), n)]);
+            self.record(e);
+        }
+        if failures.overflow > 0 {
+            let mut e = Event::new(Action::AuthFailed);
+            e.code = Some("other".into());
+            e.counts = BTreeMap::from([("count".to_owned(), failures.overflow)]);
+            self.record(e);
+        }
+        if per_minute.is_empty() {
+            return;
+        }
+        let batch: Vec<(String, u64, [u64; 5])> = per_minute
+            .into_iter()
+            .map(|((id, m), c)| (id.to_string(), m, c))
+            .collect();
+        match &self.book {
+            UsageBook::Memory(m) => {
+                let now = Timestamp::now().unix();
+                let mut book = m.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, minute, counts) in batch {
+                    let minutes = book.entry(id).or_default();
+                    let slot = minutes.entry(minute).or_default();
+                    for (s, n) in slot.iter_mut().zip(counts) {
+                        *s += n;
+                    }
+                }
+                for minutes in book.values_mut() {
+                    minutes.retain(|m, _| *m + DAY + 3600 > now);
+                }
+                book.retain(|_, minutes| !minutes.is_empty());
+            }
+            UsageBook::Redis(r) => {
+                if let Err(e) = r.usage_add(&batch).await {
+                    tracing::warn!(error = %e, "could not record usage counters");
+                }
+            }
+        }
+    }
+
+    /// Flushes the aggregates and waits until everything queued so far reached the sink.
+    pub async fn drain(&self) {
+        self.flush_aggregates().await;
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+
+    /// Stored events matching `filter`, oldest first; at most `limit`, the latest ones.
+    /// Returns whether more matched.
+    pub async fn events(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<(Vec<Event>, bool), String> {
+        let lines = self.sink.read_lines(filter.since, filter.until).await?;
+        let mut out: Vec<Event> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+            .filter(|e| filter.matches(e))
+            .collect();
+        let more = out.len() > limit;
+        if more {
+            out.drain(..out.len() - limit);
+        }
+        Ok((out, more))
+    }
+
+    /// Request counts of `key_id` by status class over the last 24 hours.
+    pub async fn usage(&self, key_id: &str) -> Result<Usage, StoreError> {
+        let now = Timestamp::now().unix();
+        let first_minute = minute_of(Timestamp::from_unix(now.saturating_sub(DAY))) + 60;
+        let minutes: Vec<(u64, [u64; 5])> = match &self.book {
+            UsageBook::Memory(m) => m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key_id)
+                .map(|b| b.range(first_minute..).map(|(k, v)| (*k, *v)).collect())
+                .unwrap_or_default(),
+            UsageBook::Redis(r) => {
+                let hours: Vec<u64> = (0..=24).map(|h| (now - h * 3600) / 3600 * 3600).collect();
+                r.usage_read(key_id, &hours)
+                    .await?
+                    .into_iter()
+                    .filter(|(m, _)| *m >= first_minute)
+                    .collect()
+            }
+        };
+        Ok(Usage::from_minutes(key_id, &minutes))
+    }
+
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+}
+
+/// What `GET /v1/keys/{id}/usage` reports for one key.
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub key_id: String,
+    pub total: BTreeMap<String, u64>,
+    /// Minutes with requests, oldest first.
+    pub per_minute: Vec<Bucket>,
+    /// Hours with requests, oldest first.
+    pub per_hour: Vec<Bucket>,
+    /// The last minute with a request.
+    pub last_request_minute: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Bucket {
+    pub start: Timestamp,
+    #[serde(flatten)]
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl Usage {
+    fn from_minutes(key_id: &str, minutes: &[(u64, [u64; 5])]) -> Usage {
+        let mut total = [0u64; 5];
+        let mut hours: BTreeMap<u64, [u64; 5]> = BTreeMap::new();
+        for (m, c) in minutes {
+            let h = hours.entry(m / 3600 * 3600).or_default();
+            for i in 0..5 {
+                total[i] += c[i];
+                h[i] += c[i];
+            }
+        }
+        Usage {
+            key_id: key_id.to_owned(),
+            total: class_counts(&total),
+            per_minute: minutes
+                .iter()
+                .map(|(m, c)| Bucket {
+                    start: Timestamp::from_unix(*m),
+                    counts: class_counts(c),
+                })
+                .collect(),
+            per_hour: hours
+                .into_iter()
+                .map(|(h, c)| Bucket {
+                    start: Timestamp::from_unix(h),
+                    counts: class_counts(&c),
+                })
+                .collect(),
+            last_request_minute: minutes.last().map(|(m, _)| Timestamp::from_unix(*m)),
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.total.values().sum()
+    }
+}
+
+fn minute_of(t: Timestamp) -> u64 {
+    t.unix() / 60 * 60
+}
+
+fn status_class(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5) - 1)
+}
+
+fn class_counts(c: &[u64; 5]) -> BTreeMap<String, u64> {
+    c.iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (format!("{}xx", i + 1), *n))
+        .collect()
+}
+
+async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metrics>) {
+    let mut chain = event::Chain::new();
+    let mut waiters = Vec::new();
+    let mut batch: Vec<Event> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(e) => batch.push(*e),
+                Msg::Flush(w) => waiters.push(w),
+            }
+            if batch.len() < 512 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let lines: Vec<String> = batch
+            .drain(..)
+            .map(|mut e| {
+                chain.seal(&mut e);
+                let json = serde_json::to_string(&e).unwrap_or_default();
+                tracing::info!(target: "keygate::audit", action = %e.action, event = %json, "audit");
+                json
+            })
+            .collect();
+        if !lines.is_empty() {
+            let n = lines.len() as u64;
+            let mut result = sink.append(lines.clone()).await;
+            if result.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                result = sink.append(lines).await;
+            }
+            match result {
+                Ok(()) => metrics.audit_events.fetch_add(n, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, events = n, "audit sink failed; events kept only in the log");
+                    metrics.audit_sink_errors.fetch_add(n, Ordering::Relaxed)
+                }
+            };
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_buckets_by_hour_and_class() {
+        let u = Usage::from_minutes(
+            "key_1",
+            &[
+                (3600, [0, 2, 0, 1, 0]),
+                (3660, [0, 1, 0, 0, 0]),
+                (7200, [0, 0, 0, 0, 4]),
+            ],
+        );
+        assert_eq!(u.requests(), 8);
+        assert_eq!(u.per_hour.len(), 2);
+        assert_eq!(u.per_hour[0].counts["2xx"], 3);
+        assert_eq!(u.per_hour[1].counts["5xx"], 4);
+        assert_eq!(u.last_request_minute, Some(Timestamp::from_unix(7200)));
+        assert_eq!(status_class(204), 1);
+        assert_eq!(status_class(999), 4);
+        assert_eq!(status_class(0), 0);
+    }
+}
