@@ -29,7 +29,13 @@ struct Cli {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// Path to the configuration file.
-    #[arg(long, short, env = "KEYGATE_CONFIG", default_value = "sidecar.toml")]
+    #[arg(
+        long,
+        short,
+        env = "KEYGATE_CONFIG",
+        default_value = "sidecar.toml",
+        global = true
+    )]
     config: PathBuf,
 }
 

@@ -140,6 +140,8 @@ pub struct VerifierSettings {
     pub argon2_concurrency: usize,
     /// `Retry-After` for `auth_unavailable`.
     pub retry_after: Duration,
+    /// Keys that do not parse are looked up anyway (imported legacy keys).
+    pub accept_legacy: bool,
 }
 
 pub struct Verifier {
@@ -192,6 +194,13 @@ impl Verifier {
         })
     }
 
+    /// The id of the cached record `key` stands for (e.g. an expired or revoked key), for the
+    /// audit trail of a rejected request.
+    pub fn cached_key_id(&self, key: &str) -> Option<Arc<str>> {
+        let hash = self.hasher.lookup_hash(key);
+        self.positive.get(&hash).map(|e| Arc::clone(&e.key_id))
+    }
+
     /// The non-secret display prefix of `key` (`sk_live_Ab12`) if it has our format.
     pub fn display_prefix<'k>(&self, key: &'k str) -> Option<&'k str> {
         self.format.parse(key).ok().map(|p| p.display_prefix())
@@ -203,8 +212,12 @@ impl Verifier {
 
     /// Verifies a credential and applies the record-only checks.
     pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthError> {
-        let parsed = self.format.parse(cred.key)?;
-        let hash = self.hasher.lookup_hash(parsed.as_str());
+        let key = match self.format.parse(cred.key) {
+            Ok(parsed) => parsed.as_str(),
+            Err(_) if self.settings.accept_legacy && is_legacy_shaped(cred.key) => cred.key,
+            Err(e) => return Err(e.into()),
+        };
+        let hash = self.hasher.lookup_hash(key);
         let entry = match self.positive.get(&hash) {
             // Fresh, and no change can have been missed (the invalidation feed is live).
             Some(entry)
@@ -214,7 +227,7 @@ impl Verifier {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 entry
             }
-            Some(stale) => match self.fill(hash, parsed.as_str()).await {
+            Some(stale) => match self.fill(hash, key).await {
                 Ok(fresh) => fresh,
                 // The store is down: a recently verified key keeps working up to the stale limit.
                 // Only the entry we read, and only if no invalidation removed it meanwhile.
@@ -238,9 +251,7 @@ impl Verifier {
                     return Err(InvalidKey::Unknown.into());
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                self.fill(hash, parsed.as_str())
-                    .await
-                    .map_err(|e| self.fill_error(e))?
+                self.fill(hash, key).await.map_err(|e| self.fill_error(e))?
             }
         };
         let now = Timestamp::now();
@@ -480,6 +491,12 @@ impl Verifier {
     pub fn cached_entries(&self) -> u64 {
         self.positive.entry_count()
     }
+}
+
+/// What an imported legacy key may look like: 16 or more printable ASCII characters (the
+/// extractor already bounded the length and refused control bytes).
+fn is_legacy_shaped(key: &str) -> bool {
+    key.len() >= 16 && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn identity_values(rec: &KeyRecord) -> Option<IdentityValues> {

@@ -210,6 +210,9 @@ pub struct KeysConfig {
     /// Longest credential accepted; longer ones are rejected before any hashing.
     pub max_length: usize,
     pub pepper: Option<Secret>,
+    /// Also accept keys not in keygate's format (imported with `keygate keys import`). They
+    /// cannot be checked offline, so each distinct one costs a store lookup once.
+    pub accept_legacy: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -345,6 +348,7 @@ struct RawKeys {
     max_length: Option<usize>,
     pepper_env: Option<String>,
     pepper_file: Option<String>,
+    accept_legacy: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -660,6 +664,7 @@ fn validate(
         labels,
         max_length: c.positive("keys.max_length", raw.keys.max_length, 256),
         pepper,
+        accept_legacy: raw.keys.accept_legacy.unwrap_or(false),
     };
 
     let mut carriers = Vec::new();

@@ -67,6 +67,7 @@ impl Proxy {
             negative_cache_ttl: config.auth.negative_cache_ttl,
             negative_cache_max_entries: config.auth.negative_cache_max_entries,
             argon2_concurrency: config.auth.argon2_concurrency,
+            accept_legacy: config.keys.accept_legacy,
             retry_after: Duration::from_secs(2),
         };
         let verifier = Verifier::new(

@@ -180,6 +180,7 @@ impl App {
                 match self.verifier.verify(&cred).await {
                     Ok(identity) => identity,
                     Err(err) => {
+                        seen.key_id = self.verifier.cached_key_id(cred.key);
                         seen.key_prefix = self.verifier.display_prefix(cred.key).map(str::to_owned);
                         if matches!(err, AuthError::InvalidKey(_)) {
                             self.policy.record_failed_auth(client_ip).await;

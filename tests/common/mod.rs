@@ -28,6 +28,9 @@ use keygate::store::NewRecord;
 use keygate::telemetry::Metrics;
 use tokio::net::TcpListener;
 
+pub const ADMIN_TOKEN: &str = "test-admin-token-ops-0001";
+pub const ADMIN_TOKEN_2: &str = "test-admin-token-deploy-0002";
+
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Polls `cond` until it holds or `timeout` passes. For eventual effects, instead of sleeps.
@@ -154,10 +157,13 @@ pub fn pattern_sha256(n: u64) -> String {
 pub struct Keygate {
     pub addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// The admin API (token [`ADMIN_TOKEN`], named `ops`; [`ADMIN_TOKEN_2`] is `deploy`).
+    pub admin_addr: SocketAddr,
     pub store_path: PathBuf,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub verifier: Arc<Verifier>,
+    pub audit: Arc<keygate::audit::Audit>,
     pub tool: KeyTool,
     /// The proxy's own store handle: writes are visible to it at once.
     pub store: keygate::store::Store,
@@ -191,16 +197,30 @@ impl Keygate {
                 format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\ntimeout = \"300ms\"\n")
             }
         };
+        // Usage and failure aggregates are written often, so tests see them quickly.
+        let store = format!("{store}[audit]\nflush_interval = \"100ms\"\n");
         let toml = Keygate::config_text(upstream_url, &store, extra);
-        let config = Config::from_toml(&toml, Vec::new(), |_| None)
-            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let config = Config::from_toml(&toml, Vec::new(), |name| {
+            (name == "KEYGATE_ADMIN_TOKENS")
+                .then(|| format!("ops:{ADMIN_TOKEN},deploy:{ADMIN_TOKEN_2}").into())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = proxy_listener.local_addr().unwrap();
         let ops_addr = ops_listener.local_addr().unwrap();
-        let proxy = Proxy::new(&config).unwrap();
+        let admin_listener = keygate::admin::AdminListener::bind(
+            &keygate::config::AdminAddress::Tcp("127.0.0.1:0".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let proxy = Proxy::new(&config)
+            .unwrap()
+            .with_admin_listener(admin_listener);
         let metrics = proxy.metrics();
         let verifier = proxy.verifier();
+        let audit = proxy.audit();
         let proxy_store = proxy.store();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(proxy.serve(proxy_listener, ops_listener, async {
@@ -210,10 +230,12 @@ impl Keygate {
         Keygate {
             addr,
             ops_addr,
+            admin_addr,
             store_path,
             config,
             metrics,
             verifier,
+            audit,
             tool,
             store: proxy_store,
             shutdown: Some(tx),
@@ -233,6 +255,27 @@ impl Keygate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn audit(&self) -> Arc<keygate::audit::Audit> {
+        Arc::clone(&self.audit)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// A call to the admin API with the `ops` token.
+    pub async fn admin(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Resp {
+        let auth = bearer(ADMIN_TOKEN);
+        let body = body.map_or_else(empty, |b| full(b.to_string()));
+        send(
+            method,
+            &self.admin_url(path),
+            &[("authorization", &auth)],
+            body,
+        )
+        .await
     }
 
     /// Creates a key in this instance's store and returns it.
