@@ -40,6 +40,7 @@ struct ConfigArg {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run the proxy.
     Serve(ConfigArg),

@@ -16,7 +16,7 @@ pub mod event;
 mod file;
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -270,9 +270,7 @@ impl Audit {
             route: Arc::clone(route),
             method: method.clone(),
         };
-        let mut h = self.hasher.build_hasher();
-        key_id.hash(&mut h);
-        let shard = &self.usage[(h.finish() as usize) % SHARDS];
+        let shard = &self.usage[(self.hasher.hash_one(key_id) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         let count = map.entry(key).or_default();
         count.by_class[status_class(status)] += 1;
