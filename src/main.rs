@@ -63,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Check a running instance's ops endpoint (for container health checks, where no curl
+    /// exists): exit 0 if it answers 200.
+    Probe {
+        /// e.g. `http://127.0.0.1:9090/readyz`
+        #[arg(default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// The audit trail.
     Audit {
         #[command(flatten)]
@@ -271,6 +278,7 @@ async fn run(cli: Cli) -> ExitCode {
             Ok(cfg) => keys_on_store(&cfg, command).await,
             Err(code) => return code,
         },
+        Command::Probe { url } => return probe(&url).await,
         Command::Audit {
             config,
             command: AuditCommand::Verify,
@@ -314,6 +322,34 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     proxy
         .serve(proxy_listener, ops_listener, shutdown_signal())
         .await
+}
+
+async fn probe(url: &str) -> ExitCode {
+    use http_body_util::Empty;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let uri = match url.parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(3), client.get(uri)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
+        Ok(Ok(resp)) => {
+            eprintln!("{url}: {}", resp.status());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{url}: timed out");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn audit_verify(cfg: &Config) -> ExitCode {

@@ -265,8 +265,12 @@ async fn the_admin_api_is_not_on_the_proxied_port() {
     assert_eq!(r.json()["path"], "/v1/keys");
     assert!(kg.admin_addr.ip().is_loopback());
     // The default admin address is loopback.
+    let dir = tempfile::tempdir().unwrap();
     let cfg = keygate::config::Config::from_toml(
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\n",
+        &format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[store]\npath = {:?}\n",
+            dir.path().join("keys.json").display().to_string()
+        ),
         Vec::new(),
         |_| None,
     )

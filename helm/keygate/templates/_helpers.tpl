@@ -1,0 +1,205 @@
+{{/* Names and labels. */}}
+{{- define "keygate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "keygate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "keygate.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "keygate.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "keygate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "keygate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "keygate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "keygate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "keygate.secretName" -}}
+{{- if .Values.secrets.existingSecret }}{{ .Values.secrets.existingSecret }}{{ else }}{{ include "keygate.fullname" . }}{{ end }}
+{{- end }}
+
+{{- define "keygate.usesSecret" -}}
+{{- if or .Values.admin.enabled .Values.pepper.enabled (and (eq .Values.store.backend "redis") .Values.store.redis.auth) }}true{{ end }}
+{{- end }}
+
+{{/* The pods the Service selects: keygate's own (standalone) or the workload's (sidecar). */}}
+{{- define "keygate.podSelector" -}}
+{{- if eq .Values.mode "sidecar" }}
+{{- if .Values.sidecar.demo.enabled }}
+{{- include "keygate.selectorLabels" . }}
+app.kubernetes.io/component: demo-app
+{{- else }}
+{{- required "sidecar.podSelector: the labels of your workload's pods" (.Values.sidecar.podSelector | default nil) | toYaml }}
+{{- end }}
+{{- else }}
+{{- include "keygate.selectorLabels" . }}
+{{- end }}
+{{- end }}
+
+{{/* A TOML value from a YAML value: maps become inline tables, lists arrays. */}}
+{{- define "keygate.toml.value" -}}
+{{- if kindIs "map" . -}}
+{{- $parts := list -}}
+{{- range $k, $v := . -}}
+{{- $parts = append $parts (printf "%s = %s" $k (include "keygate.toml.value" $v)) -}}
+{{- end -}}
+{ {{- join ", " $parts -}} }
+{{- else if kindIs "slice" . -}}
+{{- $parts := list -}}
+{{- range . -}}
+{{- $parts = append $parts (include "keygate.toml.value" .) -}}
+{{- end -}}
+[{{ join ", " $parts }}]
+{{- else -}}
+{{- toJson . -}}
+{{- end -}}
+{{- end }}
+
+{{/* sidecar.toml: chart-managed sections, then .Values.config. */}}
+{{- define "keygate.config" -}}
+{{- $managed := list "environment" "listen" "ops" "admin" "upstream" "store" "keys" -}}
+{{- range $k, $_ := .Values.config }}
+{{- if has $k $managed }}
+{{- fail (printf "config.%s is set by the chart; use the chart's own values for it" $k) }}
+{{- end }}
+{{- end -}}
+{{- if and (eq .Values.store.backend "file") (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) (eq .Values.mode "standalone") }}
+{{- fail "store.backend=file keeps keys in one pod: use store.backend=redis for more than one replica" }}
+{{- end -}}
+# Rendered by the keygate Helm chart.
+environment = {{ .Values.environment | quote }}
+
+[listen]
+address = "0.0.0.0:{{ .Values.ports.http }}"
+
+[ops]
+address = "0.0.0.0:{{ .Values.ports.ops }}"
+
+[admin]
+address = {{ .Values.admin.address | quote }}
+{{- if .Values.admin.enabled }}
+tokens_file = "/etc/keygate/secrets/admin-tokens"
+{{- end }}
+
+[upstream]
+url = {{ .Values.upstream.url | quote }}
+connect_timeout = {{ .Values.upstream.connectTimeout | quote }}
+response_timeout = {{ .Values.upstream.responseTimeout | quote }}
+
+[store]
+{{- if eq .Values.store.backend "redis" }}
+backend = "redis"
+url = {{ .Values.store.redis.url | quote }}
+key_prefix = {{ .Values.store.redis.keyPrefix | quote }}
+{{- if .Values.store.redis.auth }}
+password_file = "/etc/keygate/secrets/redis-password"
+{{- end }}
+{{- else if eq .Values.store.backend "file" }}
+backend = "file"
+path = "/var/lib/keygate/keys.json"
+{{- else }}
+{{- fail "store.backend: file or redis" }}
+{{- end }}
+
+[keys]
+{{- if .Values.pepper.enabled }}
+pepper_file = "/etc/keygate/secrets/pepper"
+{{- end }}
+{{- range $section, $body := .Values.config }}
+{{- if and (kindIs "slice" $body) }}
+{{- range $body }}
+
+[[{{ $section }}]]
+{{- range $k, $v := . }}
+{{ $k }} = {{ include "keygate.toml.value" $v }}
+{{- end }}
+{{- end }}
+{{- else if kindIs "map" $body }}
+
+[{{ $section }}]
+{{- range $k, $v := $body }}
+{{ $k }} = {{ include "keygate.toml.value" $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The keygate container. Used by the Deployment and, in sidecar mode, by your workload. */}}
+{{- define "keygate.sidecar.container" -}}
+- name: keygate
+  image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["serve", "-c", "/etc/keygate/sidecar.toml"]
+  ports:
+    - name: http
+      containerPort: {{ .Values.ports.http }}
+      protocol: TCP
+    - name: ops
+      containerPort: {{ .Values.ports.ops }}
+      protocol: TCP
+  livenessProbe:
+    httpGet: { path: /healthz, port: ops }
+    periodSeconds: 10
+    failureThreshold: 3
+  readinessProbe:
+    httpGet: { path: /readyz, port: ops }
+    periodSeconds: 5
+    failureThreshold: 2
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: keygate-config
+      mountPath: /etc/keygate/sidecar.toml
+      subPath: sidecar.toml
+      readOnly: true
+    - name: keygate-data
+      mountPath: /var/lib/keygate
+    {{- if include "keygate.usesSecret" . }}
+    - name: keygate-secrets
+      mountPath: /etc/keygate/secrets
+      readOnly: true
+    {{- end }}
+{{- end }}
+
+{{/* The volumes the keygate container mounts. */}}
+{{- define "keygate.sidecar.volumes" -}}
+- name: keygate-config
+  configMap:
+    name: {{ include "keygate.fullname" . }}
+- name: keygate-data
+  {{- if and (eq .Values.store.backend "file") .Values.store.file.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.store.file.existingClaim }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- if include "keygate.usesSecret" . }}
+- name: keygate-secrets
+  secret:
+    secretName: {{ include "keygate.secretName" . }}
+    defaultMode: 0400
+    items:
+      {{- if .Values.admin.enabled }}
+      - { key: admin-tokens, path: admin-tokens }
+      {{- end }}
+      {{- if .Values.pepper.enabled }}
+      - { key: pepper, path: pepper }
+      {{- end }}
+      {{- if and (eq .Values.store.backend "redis") .Values.store.redis.auth }}
+      - { key: redis-password, path: redis-password }
+      {{- end }}
+{{- end }}
+{{- end }}
