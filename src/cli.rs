@@ -22,6 +22,7 @@ pub struct KeyTool {
     format: KeyFormat,
     hasher: KeyHasher,
     audit: Option<Arc<Audit>>,
+    max_key_length: usize,
 }
 
 impl KeyTool {
@@ -31,6 +32,7 @@ impl KeyTool {
             format,
             hasher,
             audit: None,
+            max_key_length: 256,
         }
     }
 
@@ -43,7 +45,10 @@ impl KeyTool {
     pub fn with_store(store: Store, cfg: &Config) -> anyhow::Result<Self> {
         let format = KeyFormat::new(&cfg.keys.labels).map_err(anyhow::Error::msg)?;
         let hasher = KeyHasher::new(cfg.keys.pepper.as_ref().map(|p| p.expose()));
-        Ok(KeyTool::new(store, format, hasher))
+        Ok(KeyTool {
+            max_key_length: cfg.keys.max_length,
+            ..KeyTool::new(store, format, hasher)
+        })
     }
 
     /// Records every change in `audit`.
@@ -56,7 +61,13 @@ impl KeyTool {
         &self.store
     }
 
-    fn record(&self, action: Action, actor: &str, rec: &KeyRecord, changes: serde_json::Value) {
+    async fn record(
+        &self,
+        action: Action,
+        actor: &str,
+        rec: &KeyRecord,
+        changes: serde_json::Value,
+    ) {
         if let Some(audit) = &self.audit {
             let mut e = Event::new(action);
             e.actor = Some(actor.to_owned());
@@ -66,7 +77,7 @@ impl KeyTool {
             if !changes.is_null() {
                 e.changes = Some(changes);
             }
-            audit.record(e);
+            audit.record_change(e).await;
         }
     }
 
@@ -81,7 +92,7 @@ impl KeyTool {
             "type": record.key_type, "name": record.name, "scopes": record.scopes,
             "expires_at": record.expires_at,
         });
-        self.record(Action::KeyCreated, actor, &record, attrs);
+        self.record(Action::KeyCreated, actor, &record, attrs).await;
         Ok((key, record))
     }
 
@@ -108,7 +119,9 @@ impl KeyTool {
             "new_key_id": new.id,
             "old_key_works_until": old.revoked_at.is_none().then_some(old.expires_at).flatten(),
         });
-        self.record(Action::KeyRotated, actor, &old, details);
+        self.record(Action::KeyRotated, actor, &old, details).await;
+        let origin = serde_json::json!({ "rotated_from": old.id });
+        self.record(Action::KeyCreated, actor, &new, origin).await;
         Ok((key, new, old))
     }
 
@@ -116,7 +129,8 @@ impl KeyTool {
         let before = self.store.get(id).await?;
         let rec = self.store.revoke(id, Timestamp::now()).await?;
         if before.is_some_and(|b| b.revoked_at.is_none()) {
-            self.record(Action::KeyRevoked, actor, &rec, serde_json::Value::Null);
+            self.record(Action::KeyRevoked, actor, &rec, serde_json::Value::Null)
+                .await;
         }
         Ok(rec)
     }
@@ -132,24 +146,30 @@ impl KeyTool {
         if !problems.is_empty() {
             bail!(InvalidRequest(problems.join("; ")));
         }
-        let before = self
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        let patch = Arc::new(patch);
-        let applied = Arc::clone(&patch);
+        // The diff of the write that won (the closure reruns on compare-and-set retries).
+        let diff = Arc::new(std::sync::Mutex::new(serde_json::Map::new()));
+        let seen = Arc::clone(&diff);
         let rec = self
             .store
             .update(id, move |rec| {
-                applied.apply(rec);
+                // A rotated key's grace period may be shortened, never extended or removed.
+                if rec.rotated_to.is_some()
+                    && let Some(to) = &patch.expires_at
+                    && to.is_none_or(|t| rec.expires_at.is_none_or(|cur| t > cur))
+                {
+                    return Err(StoreError::Conflict(format!(
+                        "key {} was rotated: its expiry can only be brought forward",
+                        rec.id
+                    )));
+                }
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = patch.apply(rec);
                 Ok(())
             })
             .await?;
-        let mut shown = (*before).clone();
-        let changes = patch.apply(&mut shown);
+        let changes = std::mem::take(&mut *diff.lock().unwrap_or_else(|e| e.into_inner()));
         if !changes.is_empty() {
-            self.record(Action::KeyUpdated, actor, &rec, changes.into());
+            self.record(Action::KeyUpdated, actor, &rec, changes.into())
+                .await;
         }
         Ok(rec)
     }
@@ -191,8 +211,14 @@ impl KeyTool {
 
     async fn import_one(&self, row: ImportRow, actor: &str) -> anyhow::Result<Option<KeyRecord>> {
         let key = row.key.trim().to_owned();
-        if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            bail!("key: 16–256 printable ASCII characters without spaces");
+        if key.len() < 16
+            || key.len() > self.max_key_length
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            bail!(
+                "key: 16–{} printable ASCII characters without spaces (keys.max_length)",
+                self.max_key_length
+            );
         }
         let parsed = self.format.parse(&key).ok();
         let environment = match (row.env.as_deref(), &parsed) {
@@ -211,8 +237,8 @@ impl KeyTool {
         };
         let display_prefix = match &parsed {
             Some(p) => p.display_prefix().to_owned(),
-            // A legacy key shows at most a sixth of itself, and never more than 6 characters.
-            None => key[..(key.len() / 6).min(6)].to_owned(),
+            // A legacy key shows at most an eighth of itself, and never more than 4 characters.
+            None => key[..(key.len() / 8).min(4)].to_owned(),
         };
         let req = NewRecord {
             name: row.name,
@@ -240,7 +266,8 @@ impl KeyTool {
             actor,
             &rec,
             serde_json::json!({ "scopes": rec.scopes }),
-        );
+        )
+        .await;
         Ok(Some(rec))
     }
 

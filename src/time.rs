@@ -11,6 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(u64);
 
 impl Timestamp {
+    /// 9999-12-31T23:59:59Z: the last instant RFC 3339 can write. Every timestamp is clamped to
+    /// it, so a huge duration from a client can never overflow or fail to serialise.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799);
+
     pub fn now() -> Self {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -19,7 +23,11 @@ impl Timestamp {
     }
 
     pub const fn from_unix(secs: u64) -> Self {
-        Timestamp(secs)
+        if secs > Timestamp::MAX.0 {
+            Timestamp::MAX
+        } else {
+            Timestamp(secs)
+        }
     }
 
     pub const fn unix(self) -> u64 {
@@ -27,7 +35,7 @@ impl Timestamp {
     }
 
     pub fn saturating_add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_secs()))
+        Timestamp::from_unix(self.0.saturating_add(d.as_secs()))
     }
 
     fn to_system_time(self) -> SystemTime {
@@ -58,7 +66,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         let secs = t
             .duration_since(UNIX_EPOCH)
             .map_err(|_| serde::de::Error::custom("timestamp before 1970"))?;
-        Ok(Timestamp(secs.as_secs()))
+        Ok(Timestamp::from_unix(secs.as_secs()))
     }
 }
 
@@ -72,5 +80,16 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2026-09-21T14:13:20Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn huge_values_clamp_instead_of_panicking() {
+        let far = Timestamp::now().saturating_add(Duration::from_secs(u64::MAX));
+        assert_eq!(far, Timestamp::MAX);
+        assert_eq!(Timestamp::from_unix(u64::MAX), Timestamp::MAX);
+        assert_eq!(
+            serde_json::to_string(&far).unwrap(),
+            "\"9999-12-31T23:59:59Z\""
+        );
     }
 }

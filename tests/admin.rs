@@ -157,7 +157,10 @@ async fn lifecycle(kg: &Keygate) {
     );
     assert_eq!(
         trail(kg, &new_id).await,
-        [("key.revoked".to_owned(), "ops".to_owned())]
+        [
+            ("key.created".to_owned(), "deploy".to_owned()),
+            ("key.revoked".into(), "ops".into())
+        ]
     );
 
     // Usage and failures reached the trail too, aggregated.
@@ -386,6 +389,27 @@ async fn bad_admin_requests_get_clear_errors() {
             "method_not_allowed",
         ),
         (Method::GET, "/v1/nothing", None, 404, "not_found"),
+        (
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"owner": "a", "expires_in": "1000000y"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"owner": "a", "expires_in": u64::MAX})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/audit?since=99999999999999999",
+            None,
+            200,
+            "",
+        ),
     ];
     for (method, path, body, status, code) in cases {
         let r = kg.admin(method.clone(), path, body).await;
@@ -400,6 +424,110 @@ async fn bad_admin_requests_get_clear_errors() {
         .admin(Method::POST, "/v1/keys", Some(json!({"owner": big})))
         .await;
     assert_eq!(r.status, 413);
+}
+
+#[tokio::test]
+async fn a_rotated_keys_grace_can_be_shortened_not_extended() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (_, id) = kg.live_key().await;
+    let r = kg
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(json!({"grace_period": 3600})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let until = r.json()["previous"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for later in [json!(null), json!("2099-01-01T00:00:00Z")] {
+        let r = kg
+            .admin(
+                Method::PATCH,
+                &format!("/v1/keys/{id}"),
+                Some(json!({"expires_at": later})),
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code().as_str()),
+            (409, "conflict"),
+            "{later}"
+        );
+    }
+    assert_eq!(
+        kg.tool
+            .get(&id)
+            .await
+            .unwrap()
+            .expires_at
+            .unwrap()
+            .to_string(),
+        until
+    );
+    let sooner = keygate::time::Timestamp::now().saturating_add(Duration::from_secs(60));
+    let r = kg
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(json!({"expires_at": sooner})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["expires_at"], json!(sooner));
+}
+
+#[tokio::test]
+async fn the_admin_api_serves_on_a_unix_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("admin.sock");
+    let kg = Keygate::start(&up.url(), "").await;
+    let listener =
+        keygate::admin::AdminListener::bind(&keygate::config::AdminAddress::Unix(sock.clone()))
+            .await
+            .unwrap();
+    // A second proxy on the same store, serving its admin API on the socket.
+    let proxy = keygate::proxy::Proxy::new(&{
+        let mut c = kg.config.clone();
+        c.admin.tokens = vec![keygate::config::AdminToken {
+            name: "ops".into(),
+            token: keygate::config::Secret::new(ADMIN_TOKEN.as_bytes().to_vec()),
+        }];
+        c
+    })
+    .unwrap()
+    .with_admin_listener(listener);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(proxy.serve(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(
+        format!("GET /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_TOKEN}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"data\""));
+    let _ = stop_tx.send(());
+    task.await.unwrap().unwrap();
+    assert!(!sock.exists(), "the socket is removed at shutdown");
 }
 
 #[tokio::test]

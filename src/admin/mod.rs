@@ -25,11 +25,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -221,16 +221,18 @@ impl Admin {
         }
     }
 
-    /// The name of the token the request carries, checked against every token in constant time.
+    /// The name of the token the request carries. Every token is compared, by SHA-256 digest
+    /// so that neither content nor length shows in the timing.
     fn actor(&self, req: &Request<Incoming>) -> Option<&str> {
-        let presented = req
-            .headers()
-            .get(AUTHORIZATION)?
-            .as_bytes()
-            .strip_prefix(b"Bearer ")?;
+        let value = req.headers().get(AUTHORIZATION)?.as_bytes();
+        let (scheme, presented) = value.split_at_checked(7)?;
+        if !scheme.eq_ignore_ascii_case(b"Bearer ") {
+            return None;
+        }
+        let presented = Sha256::digest(presented);
         let mut found = None;
         for t in &self.tokens {
-            if bool::from(t.token.expose().ct_eq(presented)) {
+            if bool::from(Sha256::digest(t.token.expose()).ct_eq(&presented)) {
                 found = Some(t.name.as_str());
             }
         }
@@ -295,6 +297,15 @@ impl Admin {
     }
 
     async fn dispatch(&self, req: Request<Incoming>, rate: &mut Option<Decision>) -> Reply {
+        // Authentication first: without a token, nothing about the API (not even which paths
+        // exist) is revealed.
+        let Some(actor) = self.actor(&req).map(str::to_owned) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "admin token missing or not recognised: send `Authorization: Bearer <token>`",
+            ));
+        };
         let path = req.uri().path().to_owned();
         let (op, id) = match route(req.method(), &path) {
             Some(Ok((op, id))) => (op, id.map(str::to_owned)),
@@ -312,13 +323,6 @@ impl Admin {
                     "no such admin endpoint",
                 ));
             }
-        };
-        let Some(actor) = self.actor(&req).map(str::to_owned) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "admin token missing or not recognised: send `Authorization: Bearer <token>`",
-            ));
         };
         let d = self.check_limit(&actor, op.class()).await;
         *rate = Some(d);
@@ -612,12 +616,18 @@ enum Secs {
 }
 
 impl Secs {
+    /// At most 100 years.
     fn duration(self) -> Result<Duration, ApiError> {
-        match self {
-            Secs::Seconds(s) => Ok(Duration::from_secs(s)),
+        const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let d = match self {
+            Secs::Seconds(s) => Duration::from_secs(s),
             Secs::Text(t) => humantime::parse_duration(&t)
-                .map_err(|e| ApiError::bad_request(format!("{t:?} is not a duration: {e}"))),
+                .map_err(|e| ApiError::bad_request(format!("{t:?} is not a duration: {e}")))?,
+        };
+        if d > MAX {
+            return Err(ApiError::bad_request("durations are limited to 100 years"));
         }
+        Ok(d)
     }
 }
 
@@ -691,7 +701,11 @@ impl AdminListener {
                 Ok(AdminListener::Tcp(TcpListener::bind(a).await?))
             }
             AdminAddress::Unix(p) => {
-                let _ = std::fs::remove_file(p);
+                use std::os::unix::fs::FileTypeExt;
+                // Replace a stale socket from an earlier run, never any other kind of file.
+                if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(p)?;
+                }
                 let l = UnixListener::bind(p)?;
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
@@ -720,9 +734,9 @@ impl AdminListener {
 /// Serves the admin API until `stop` resolves.
 pub async fn serve(listener: AdminListener, admin: Arc<Admin>, stop: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: the admin API needs nothing more, and this keeps the header timeout.
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let mut stop = std::pin::pin!(stop);
@@ -740,11 +754,7 @@ pub async fn serve(listener: AdminListener, admin: Arc<Admin>, stop: impl Future
         };
         let admin = Arc::clone(&admin);
         let service = service_fn(move |req| Arc::clone(&admin).handle(req));
-        let fut = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(conn), service)
-                .into_owned(),
-        );
+        let fut = graceful.watch(builder.serve_connection(TokioIo::new(conn), service));
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::debug!(error = %e, "admin connection closed with an error");

@@ -1,10 +1,17 @@
 //! One audit event, and the hash chain that makes the trail tamper-evident.
 //!
 //! Every writer (one per process start) keeps its own chain, named by a random `chain` id:
-//! events carry `seq` (1, 2, 3, … within the chain), `prev` (the previous event's `hash`, or
-//! [`GENESIS`]) and `hash` = SHA-256 over the event's JSON without `hash`. Editing an event
-//! breaks its hash, removing one leaves a gap in `seq` and a broken `prev`, and reordering
-//! breaks both. Several chains can share a sink (replicas, the CLI) and interleave freely.
+//! events carry `seq` (1, 2, 3, … within the chain), `prev` (the previous event's `hash`) and
+//! `hash` = SHA-256 over the event's JSON without `hash`. A chain's first event links to the
+//! last event stored when the writer started (or [`GENESIS`] on an empty trail), so chains form
+//! one linked history. Editing an event breaks its hash; removing one leaves a gap in `seq` or
+//! a link to a missing event; reordering breaks both. Several chains can share a sink
+//! (replicas, the CLI) and interleave freely.
+//!
+//! What it cannot show: the newest events of a chain removed from the end of the trail, and
+//! anything once the trail's oldest events were rotated away (a link into the rotated part
+//! cannot be told from a removal). Someone able to rewrite the whole sink can recompute every
+//! hash: ship the JSON log lines elsewhere for an independent copy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -168,11 +175,26 @@ pub struct Chain {
 
 impl Chain {
     pub fn new() -> Chain {
+        Chain::after(None)
+    }
+
+    /// A chain whose first event links to `last` (the newest stored event's hash).
+    pub fn after(last: Option<String>) -> Chain {
         Chain {
             id: hex(&rand::random::<[u8; 8]>()),
             seq: 0,
-            prev: GENESIS.to_owned(),
+            prev: last.unwrap_or_else(|| GENESIS.to_owned()),
         }
+    }
+
+    /// Where the chain stands, to undo seals whose events never reached the sink.
+    pub fn position(&self) -> (u64, String) {
+        (self.seq, self.prev.clone())
+    }
+
+    pub fn rewind(&mut self, (seq, prev): (u64, String)) {
+        self.seq = seq;
+        self.prev = prev;
     }
 
     /// Links `event` after the previous one and seals it.
@@ -207,6 +229,11 @@ pub struct Verification {
 /// Checks every chain in `events` (in stored order).
 pub fn verify(events: &[Event]) -> Verification {
     let mut last: HashMap<&str, (u64, &str)> = HashMap::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // A trail whose oldest event does not start at genesis lost its beginning to rotation.
+    let trimmed = events
+        .first()
+        .is_some_and(|e| e.seq != 1 || e.prev != GENESIS);
     let mut v = Verification {
         events: events.len(),
         ..Verification::default()
@@ -220,8 +247,18 @@ pub fn verify(events: &[Event]) -> Verification {
         match last.get(e.chain.as_str()) {
             None => {
                 v.chains += 1;
-                if e.seq != 1 || e.prev != GENESIS {
+                let linked = e.seq == 1 && (e.prev == GENESIS || seen.contains(e.prev.as_str()));
+                if !linked && trimmed {
                     v.truncated_chains += 1;
+                } else if e.seq != 1 {
+                    v.problems.push(format!(
+                        "{at}: the chain's first {} events are missing (removed)",
+                        e.seq - 1
+                    ));
+                } else if !linked {
+                    v.problems.push(format!(
+                        "{at}: links to an event that is not in the trail (removed)"
+                    ));
                 }
             }
             Some(&(seq, hash)) => {
@@ -238,6 +275,7 @@ pub fn verify(events: &[Event]) -> Verification {
             }
         }
         last.insert(&e.chain, (e.seq, &e.hash));
+        seen.insert(&e.hash);
     }
     v
 }
@@ -289,6 +327,25 @@ mod tests {
         forged[1].owner = Some("mallory".into());
         forged[1].hash = forged[1].compute_hash();
         assert_eq!(verify(&forged).problems.len(), 1);
+    }
+
+    #[test]
+    fn removing_a_whole_chain_is_found() {
+        let mut events = trail(2);
+        // A second writer (say, one CLI run) started after these, then a third.
+        let mut second = Chain::after(Some(events[1].hash.clone()));
+        let mut e = Event::new(Action::KeyRevoked);
+        second.seal(&mut e);
+        events.push(e);
+        let mut third = Chain::after(Some(events[2].hash.clone()));
+        let mut e = Event::new(Action::KeyCreated);
+        third.seal(&mut e);
+        events.push(e);
+        assert!(verify(&events).problems.is_empty());
+        events.remove(2);
+        let v = verify(&events);
+        assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+        assert!(v.problems[0].contains("not in the trail"));
     }
 
     #[test]

@@ -96,6 +96,30 @@ impl FileSink {
         Ok(out)
     }
 
+    /// The newest stored line, if any (read from the end of the current or newest rotated
+    /// file). Blocking.
+    pub fn last_line(&self) -> io::Result<Option<String>> {
+        use std::io::{Read, Seek, SeekFrom};
+        for path in
+            std::iter::once(self.path.clone()).chain((1..=self.keep).map(|n| self.rotated(n)))
+        {
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let len = f.metadata()?.len();
+            let start = len.saturating_sub(256 * 1024);
+            f.seek(SeekFrom::Start(start))?;
+            let mut tail = String::new();
+            f.read_to_string(&mut tail)?;
+            if let Some(line) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
+                return Ok(Some(line.to_owned()));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -37,9 +37,16 @@ use crate::time::Timestamp;
 const SHARDS: usize = 16;
 /// Distinct failure aggregates kept per flush; beyond this they are counted together.
 const MAX_FAILURE_ROWS: usize = 10_000;
+/// Distinct usage aggregates kept per flush; beyond this, requests are counted per key only
+/// (route and method `*`).
+const MAX_USAGE_ROWS: usize = 50_000;
 /// Client addresses remembered per usage aggregate.
 const MAX_IPS: usize = 4;
 const DAY: u64 = 24 * 3600;
+
+static OTHER_METHOD: std::sync::LazyLock<Method> =
+    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::GET));
+static ANY_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("*"));
 
 /// Where sealed events are stored.
 #[derive(Clone, Debug)]
@@ -102,6 +109,22 @@ impl Sink {
                 .map_err(|e| e.to_string()),
             Sink::LogOnly => Ok(()),
         }
+    }
+
+    /// The hash of the newest stored event, for a new chain to link to.
+    async fn last_hash(&self) -> Result<Option<String>, String> {
+        let line = match self {
+            Sink::File(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || f.last_line())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?
+            }
+            Sink::Redis { store, .. } => store.audit_last().await.map_err(|e| e.to_string())?,
+            Sink::LogOnly => None,
+        };
+        Ok(line.and_then(|l| serde_json::from_str::<Event>(&l).ok().map(|e| e.hash)))
     }
 
     /// Stored events as raw JSON lines, oldest first, optionally limited to a time range.
@@ -236,6 +259,19 @@ impl Audit {
         })
     }
 
+    /// Queues a key-management event, waiting (up to 5 s) for room: changes are rare and must
+    /// not be lost to a flood of aggregates.
+    pub async fn record_change(&self, event: Event) {
+        let sent = self
+            .tx
+            .send_timeout(Msg::Event(Box::new(event)), Duration::from_secs(5))
+            .await;
+        if sent.is_err() {
+            self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("audit queue stuck: a key-management event was dropped");
+        }
+    }
+
     /// Queues an event; never waits. A full queue drops it (counted, logged once a minute).
     pub fn record(&self, event: Event) {
         if self.tx.try_send(Msg::Event(Box::new(event))).is_err() {
@@ -264,14 +300,29 @@ impl Audit {
         status: u16,
         ip: IpAddr,
     ) {
-        let key = UsageKey {
+        // Extension methods are arbitrary client strings: one bucket for all of them.
+        let method = match *method {
+            Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS => method.clone(),
+            _ => OTHER_METHOD.clone(),
+        };
+        let mut key = UsageKey {
             key_id: Arc::clone(key_id),
             minute: minute_of(Timestamp::now()),
             route: Arc::clone(route),
-            method: method.clone(),
+            method,
         };
         let shard = &self.usage[(self.hasher.hash_one(key_id) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_USAGE_ROWS / SHARDS && !map.contains_key(&key) {
+            key.route = Arc::clone(&ANY_ROUTE);
+            key.method = OTHER_METHOD.clone();
+        }
         let count = map.entry(key).or_default();
         count.by_class[status_class(status)] += 1;
         if count.ips.len() < MAX_IPS && !count.ips.contains(&ip) {
@@ -503,7 +554,7 @@ fn class_counts(c: &[u64; 5]) -> BTreeMap<String, u64> {
 }
 
 async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metrics>) {
-    let mut chain = event::Chain::new();
+    let mut chain = None;
     let mut waiters = Vec::new();
     let mut batch: Vec<Event> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -517,6 +568,20 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metric
                 next = rx.try_recv().ok();
             }
         }
+        if chain.is_none() && !batch.is_empty() {
+            // Link this writer's chain to the trail as stored now.
+            chain = Some(event::Chain::after(sink.last_hash().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "audit: cannot read the trail's last event; starting a new chain");
+                None
+            })));
+        }
+        let Some(chain) = chain.as_mut() else {
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+            continue;
+        };
+        let before = chain.position();
         let lines: Vec<String> = batch
             .drain(..)
             .map(|mut e| {
@@ -536,6 +601,8 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metric
             match result {
                 Ok(()) => metrics.audit_events.fetch_add(n, Ordering::Relaxed),
                 Err(e) => {
+                    // Unseal them, so the stored chain has no gap: they exist only as log lines.
+                    chain.rewind(before);
                     tracing::warn!(error = %e, events = n, "audit sink failed; events kept only in the log");
                     metrics.audit_sink_errors.fetch_add(n, Ordering::Relaxed)
                 }

@@ -550,7 +550,28 @@ impl RedisStore {
                 .arg(e)
                 .ignore();
         }
+        // All or nothing: a retried batch must not leave half of itself behind.
+        pipe.atomic();
         self.write_pipe(pipe).await
+    }
+
+    /// The newest audit event (JSON), if any.
+    pub(crate) async fn audit_last(&self) -> Result<Option<String>, StoreError> {
+        let entries: Vec<(String, Vec<String>)> = self
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(self.inner.keys.audit())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .clone(),
+            )
+            .await?;
+        Ok(entries
+            .into_iter()
+            .next()
+            .and_then(|(_, f)| f.into_iter().nth(1)))
     }
 
     /// Audit events (JSON) in stored order, between two unix-millisecond bounds.
