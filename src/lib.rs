@@ -38,3 +38,4 @@ pub mod proxy;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tls;

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub audit_events: AtomicU64,
     pub audit_dropped: AtomicU64,
     pub audit_sink_errors: AtomicU64,
+    pub tls_handshake_errors: AtomicU64,
 }
 
 impl Metrics {

@@ -155,6 +155,8 @@ pub struct ListenConfig {
     pub drain_timeout: Duration,
     /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client.
     pub proxy_protocol: bool,
+    /// Terminate TLS on the listener.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +169,10 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Forward the client's `Host` (true) or the upstream's authority (false).
     pub preserve_host: bool,
+    /// For `https://` upstreams.
+    pub tls: crate::tls::UpstreamTls,
+    /// Speak HTTP/2 to the upstream (ALPN `h2` over TLS, prior knowledge over `http://`).
+    pub http2: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -305,6 +311,24 @@ struct RawListen {
     max_request_body: Option<Size>,
     drain_timeout: Option<String>,
     proxy_protocol: Option<bool>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTls {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_ca_file: Option<String>,
+    reload_interval: Option<String>,
+    sni: Vec<RawSni>,
+}
+
+#[derive(Deserialize)]
+struct RawSni {
+    names: Vec<String>,
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -316,6 +340,10 @@ struct RawUpstream {
     pool_idle_timeout: Option<String>,
     pool_max_idle_per_host: Option<usize>,
     preserve_host: Option<bool>,
+    ca_file: Option<String>,
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
+    http2: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -589,6 +617,11 @@ fn validate(
         ),
         drain_timeout: c.duration("listen.drain_timeout", raw.listen.drain_timeout, secs(30)),
         proxy_protocol: raw.listen.proxy_protocol.unwrap_or(false),
+        tls: None,
+    };
+    let listen = ListenConfig {
+        tls: raw.listen.tls.and_then(|t| validate_tls(&mut c, t)),
+        ..listen
     };
 
     let url = match raw.upstream.url {
@@ -598,20 +631,16 @@ fn validate(
         }
         Some(s) => match s.parse::<Uri>() {
             Ok(u)
-                if u.scheme_str() == Some("http")
+                if matches!(u.scheme_str(), Some("http" | "https"))
                     && u.authority().is_some()
                     && u.path() == "/"
                     && u.query().is_none() =>
             {
                 u
             }
-            Ok(u) if u.scheme_str() == Some("https") => {
-                c.problem(format!("upstream.url: {s:?}: https upstreams are not supported yet; use http:// (e.g. to a localhost app)"));
-                u
-            }
             _ => {
                 c.problem(format!(
-                    "upstream.url: {s:?} must be http://host:port with no path or query"
+                    "upstream.url: {s:?} must be http://host:port or https://host:port with no path or query"
                 ));
                 Uri::from_static("http://127.0.0.1")
             }
@@ -636,7 +665,31 @@ fn validate(
         ),
         pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host.unwrap_or(256),
         preserve_host: raw.upstream.preserve_host.unwrap_or(true),
+        tls: crate::tls::UpstreamTls {
+            ca_file: raw.upstream.ca_file.map(PathBuf::from),
+            client: match (raw.upstream.client_cert_file, raw.upstream.client_key_file) {
+                (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+                    cert_file: cert.into(),
+                    key_file: key.into(),
+                }),
+                (None, None) => None,
+                _ => {
+                    c.problem(
+                        "upstream.client_cert_file and client_key_file: set both or neither".into(),
+                    );
+                    None
+                }
+            },
+        },
+        http2: raw.upstream.http2.unwrap_or(false),
     };
+    if upstream.url.scheme_str() == Some("https") {
+        if let Err(e) = crate::tls::upstream_client_config(&upstream.tls) {
+            c.problem(format!("upstream: {e}"));
+        }
+    } else if upstream.tls != crate::tls::UpstreamTls::default() {
+        c.problem("upstream.ca_file / client_cert_file: only apply to an https:// upstream".into());
+    }
 
     let ops = OpsConfig {
         address: c.addr("ops.address", raw.ops.address, "127.0.0.1:9090"),
@@ -810,6 +863,52 @@ fn validate(
         policy,
         admin,
         audit,
+    }
+}
+
+fn validate_tls(c: &mut Check<'_>, raw: RawTls) -> Option<crate::tls::TlsConfig> {
+    use crate::tls::{CertFiles, SniCert, TlsConfig};
+    let (Some(cert), Some(key)) = (raw.cert_file, raw.key_file) else {
+        c.problem("listen.tls: cert_file and key_file are required".into());
+        return None;
+    };
+    let cfg = TlsConfig {
+        default: CertFiles {
+            cert_file: cert.into(),
+            key_file: key.into(),
+        },
+        sni: raw
+            .sni
+            .into_iter()
+            .map(|s| SniCert {
+                names: s.names,
+                files: CertFiles {
+                    cert_file: s.cert_file.into(),
+                    key_file: s.key_file.into(),
+                },
+            })
+            .collect(),
+        client_ca_file: raw.client_ca_file.map(PathBuf::from),
+        reload_interval: c.duration(
+            "listen.tls.reload_interval",
+            raw.reload_interval,
+            Duration::from_secs(10),
+        ),
+    };
+    for (i, s) in cfg.sni.iter().enumerate() {
+        if s.names.is_empty() {
+            c.problem(format!(
+                "listen.tls.sni[{i}].names: at least one server name"
+            ));
+        }
+    }
+    // Load everything now, so a bad file is reported by check-config, not at the first handshake.
+    match crate::tls::Listener::new(&cfg) {
+        Ok(_) => Some(cfg),
+        Err(e) => {
+            c.problem(format!("listen.tls: {e}"));
+            None
+        }
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Forward<'a> {
     /// The normalised path when it differs from the client's.
     pub normalized_path: Option<&'a str>,
     pub keep_method_override: bool,
+    /// The client connected over TLS.
+    pub https: bool,
 }
 
 /// Sets the rate-limit headers of one decision in the configured styles.
@@ -113,6 +115,8 @@ const MAX_REQUEST_ID: usize = 128;
 pub struct ConnInfo {
     pub peer: std::net::SocketAddr,
     pub peer_ip: HeaderValue,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl ConnInfo {
@@ -125,11 +129,11 @@ impl ConnInfo {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
 
-    pub fn new(peer: std::net::SocketAddr) -> Self {
+    pub fn new(peer: std::net::SocketAddr, tls: bool) -> Self {
         let ip = peer.ip().to_canonical();
         let peer_ip = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { peer, peer_ip }
+        ConnInfo { peer, peer_ip, tls }
     }
 }
 
@@ -206,7 +210,10 @@ impl HeaderPlan {
 
         headers.insert(X_FORWARDED_FOR.clone(), fwd.client_ip.clone());
         headers.insert(X_REAL_IP.clone(), fwd.client_ip.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
+        );
         if let Some(host) = &client_host {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }

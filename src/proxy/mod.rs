@@ -50,6 +50,7 @@ pub struct Proxy {
     audit: Arc<Audit>,
     audit_interval: Duration,
     admin: Option<(Arc<Admin>, Option<AdminListener>)>,
+    tls: Option<Arc<crate::tls::Listener>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -93,11 +94,19 @@ impl Proxy {
             Arc::clone(&metrics),
         );
         let audit = Audit::start(&config.audit, &store, Arc::clone(&metrics));
+        let tls = match &config.listen.tls {
+            None => None,
+            Some(t) => {
+                let listener = crate::tls::Listener::new(t).map_err(anyhow::Error::msg)?;
+                background.push(listener.spawn_reloader());
+                Some(Arc::new(listener))
+            }
+        };
         let app = Arc::new(App {
             verifier: Arc::clone(&verifier),
             policy,
             honor_method_override: config.auth.method_override == MethodOverride::Honor,
-            upstream: upstream::Upstream::new(&config.upstream),
+            upstream: upstream::Upstream::new(&config.upstream).map_err(anyhow::Error::msg)?,
             plan,
             metrics: Arc::clone(&metrics),
             carriers: config.auth.carriers.clone(),
@@ -134,6 +143,7 @@ impl Proxy {
             audit,
             audit_interval: config.audit.flush_interval,
             admin,
+            tls,
             background,
         })
     }
@@ -240,7 +250,8 @@ impl Proxy {
             ops_graceful,
             ops_stop_rx,
             None,
-            move |_peer| {
+            None,
+            move |_peer, _tls| {
                 let ops_app = Arc::clone(&ops_app);
                 service_fn(move |req| Arc::clone(&ops_app).handle(req))
             },
@@ -255,9 +266,16 @@ impl Proxy {
             graceful,
             stop_rx,
             self.proxy_protocol.then_some(self.header_read_timeout),
-            move |peer| {
+            self.tls.as_ref().map(|t| {
+                (
+                    Arc::clone(t),
+                    self.header_read_timeout,
+                    Arc::clone(&self.app.metrics),
+                )
+            }),
+            move |peer, tls| {
                 let app = Arc::clone(&app);
-                let conn = ConnInfo::new(peer);
+                let conn = ConnInfo::new(peer, tls);
                 service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
             },
         ));
@@ -292,15 +310,17 @@ impl Proxy {
 ///
 /// With `proxy_protocol` set, each connection must first send a PROXY protocol header within
 /// that time; its address then stands in for the socket peer.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     proxy_protocol: Option<Duration>,
+    tls: Option<(Arc<crate::tls::Listener>, Duration, Arc<Metrics>)>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    F: Fn(SocketAddr, bool) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -324,6 +344,7 @@ async fn accept_loop<F, S, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let (builder, watcher, make_service) = (builder.clone(), graceful.watcher(), Arc::clone(&make_service));
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let peer = match proxy_protocol {
@@ -340,8 +361,30 @@ async fn accept_loop<F, S, B>(
                             }
                         },
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
-                    if let Err(e) = watcher.watch(conn).await {
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer, false));
+                            watcher.watch(conn).await
+                        }
+                        Some((tls, limit, metrics)) => {
+                            let stream = match tokio::time::timeout(limit, tls.acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    metrics.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(error = %e, client.ip = %peer.ip(), "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    metrics.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer, true));
+                            watcher.watch(conn).await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, client.ip = %peer.ip(), "connection closed with an error");
                     }
                 });

@@ -216,6 +216,7 @@ impl App {
                 request_id,
                 normalized_path: normalized.as_deref(),
                 keep_method_override: self.honor_method_override,
+                https: conn.tls,
             },
         );
         match self.upstream.send(req, self.max_request_body).await {

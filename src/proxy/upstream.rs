@@ -1,5 +1,6 @@
-//! The forwarding client: one pooled hyper-util client to the configured upstream, with connect
-//! and response-header timeouts, and the mapping of its failures to 502/504/413.
+//! The forwarding client: one pooled hyper-util client to the configured upstream (plain HTTP,
+//! or TLS through rustls for `https://`; HTTP/1.1, or HTTP/2 when configured), with connect and
+//! response-header timeouts, and the mapping of its failures to 502/504/413.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -18,25 +20,49 @@ use crate::error::AuthError;
 /// The request body on its way upstream: streamed, never buffered, capped at the configured size.
 pub type UpstreamBody = Limited<Incoming>;
 
+/// Plain and TLS clients are different types; the plain one keeps the hot path free of the
+/// TLS wrapper.
+enum Clients {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
+}
+
 pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Clients,
     response_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(connector);
-        Upstream {
+            .http2_only(cfg.http2);
+        let client = if cfg.url.scheme_str() == Some("https") {
+            connector.enforce_http(false);
+            let tls = crate::tls::upstream_client_config(&cfg.tls)?;
+            let connector_builder = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only();
+            // ALPN offers exactly the version the client will speak.
+            let https = if cfg.http2 {
+                connector_builder.enable_http2().wrap_connector(connector)
+            } else {
+                connector_builder.enable_http1().wrap_connector(connector)
+            };
+            Clients::Tls(builder.build(https))
+        } else {
+            Clients::Plain(builder.build(connector))
+        };
+        Ok(Upstream {
             client,
             response_timeout: cfg.response_timeout,
-        }
+        })
     }
 
     /// Sends a prepared request; the response body streams back untouched.
@@ -45,12 +71,15 @@ impl Upstream {
         req: Request<UpstreamBody>,
         body_limit: u64,
     ) -> Result<Response<Incoming>, AuthError> {
-        let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-                Err(_) => return Err(AuthError::UpstreamTimeout),
-                Ok(Err(e)) => return Err(classify(&e, body_limit)),
-                Ok(Ok(resp)) => resp,
-            };
+        let sent = match &self.client {
+            Clients::Plain(c) => c.request(req),
+            Clients::Tls(c) => c.request(req),
+        };
+        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
+            Err(_) => return Err(AuthError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(classify(&e, body_limit)),
+            Ok(Ok(resp)) => resp,
+        };
         remove_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }

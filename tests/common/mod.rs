@@ -186,6 +186,24 @@ impl Keygate {
     }
 
     async fn start_with_store(upstream_url: &str, redis_url: Option<&str>, extra: &str) -> Keygate {
+        Keygate::start_full(upstream_url, "", redis_url, extra).await
+    }
+
+    /// Like [`Keygate::start`], with `upstream_lines` added to the `[upstream]` section.
+    pub async fn start_with_upstream(
+        upstream_url: &str,
+        upstream_lines: &str,
+        extra: &str,
+    ) -> Keygate {
+        Keygate::start_full(upstream_url, upstream_lines, None, extra).await
+    }
+
+    async fn start_full(
+        upstream_url: &str,
+        upstream_lines: &str,
+        redis_url: Option<&str>,
+        extra: &str,
+    ) -> Keygate {
         let dir = tempfile::tempdir().unwrap();
         let store_path = dir.path().join("keys.json");
         let store = match redis_url {
@@ -198,7 +216,7 @@ impl Keygate {
             }
         };
         // Usage and failure aggregates are written often, so tests see them quickly.
-        let store = format!("{store}[audit]\nflush_interval = \"100ms\"\n");
+        let store = format!("{upstream_lines}{store}[audit]\nflush_interval = \"100ms\"\n");
         let toml = Keygate::config_text(upstream_url, &store, extra);
         let config = Config::from_toml(&toml, Vec::new(), |name| {
             (name == "KEYGATE_ADMIN_TOKENS")
