@@ -80,9 +80,37 @@ def check_documents(name, docs):
                     and sc.get("capabilities", {}).get("drop") == ["ALL"]
                     and pod.get("securityContext", {}).get("runAsNonRoot")):
                 fail(f"{name}: {kind}: keygate container is not locked down")
-            probes = (kg[0]["livenessProbe"]["httpGet"], kg[0]["readinessProbe"]["httpGet"])
-            if [p["path"] for p in probes] != ["/healthz", "/readyz"] or any(p["port"] != "ops" for p in probes):
+            probes = [kg[0][p]["httpGet"] for p in ("startupProbe", "livenessProbe", "readinessProbe")]
+            if [p["path"] for p in probes] != ["/readyz", "/healthz", "/readyz?store=ignore"] \
+                    or any(p["port"] != "kg-ops" for p in probes):
                 fail(f"{name}: {kind}: probes are not on the ops port")
+            check_mounts(name, kind, pod, kg[0], config_of(docs))
+
+
+def check_mounts(name, kind, pod, container, toml):
+    """Every file the rendered config names is mounted, with the Secret item it needs, and the
+    container ports are the ones the config listens on."""
+    cfg = tomllib.loads(toml)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = [cfg.get(s, {}).get(f) for s, f in [("admin", "tokens_file"), ("keys", "pepper_file"),
+                                                   ("store", "password_file")]]
+    files += [cfg.get("listen", {}).get("tls", {}).get(f) for f in ("cert_file", "key_file", "client_ca_file")]
+    for path in filter(None, files):
+        folder, item = os.path.split(path)
+        secret = volumes.get(mounts.get(folder, ""), {}).get("secret")
+        items = [i["path"] for i in secret.get("items", [])] if secret else []
+        # A Secret mounted whole (no items) holds its keys as files; TLS secrets are.
+        if secret is None or (items and item not in items):
+            fail(f"{name}: {kind}: {path} is not mounted from a Secret")
+    if cfg.get("store", {}).get("backend", "file") == "file":
+        folder = os.path.dirname(cfg["store"].get("path", "keys.json"))
+        if folder not in mounts:
+            fail(f"{name}: {kind}: the store folder {folder} is not a volume (read-only root)")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for name_, section in [("kg-http", "listen"), ("kg-ops", "ops")]:
+        if not cfg[section]["address"].endswith(f":{ports.get(name_)}"):
+            fail(f"{name}: {kind}: port {name_} does not match [{section}] address")
 
 
 def config_of(docs):
@@ -133,10 +161,22 @@ def local_env(toml, tmp, upstream_port, redis_url):
             with open(path, "w") as f:
                 f.write(value)
             env[f"KEYGATE__{section.upper()}__{field.upper()}"] = path
+    tls = cfg.get("listen", {}).get("tls")
+    if tls:
+        # A throwaway CA-less certificate; the client CA file gets the same one.
+        crt, key = os.path.join(secrets, "tls.crt"), os.path.join(secrets, "tls.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", crt, "-days", "1", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        env["KEYGATE__LISTEN__TLS__CERT_FILE"] = crt
+        env["KEYGATE__LISTEN__TLS__KEY_FILE"] = key
+        if "client_ca_file" in tls:
+            env["KEYGATE__LISTEN__TLS__CLIENT_CA_FILE"] = crt
     if cfg.get("store", {}).get("backend", "file") == "file":
         env["KEYGATE__STORE__PATH"] = os.path.join(tmp, "keys.json")
     else:
-        env["KEYGATE__STORE__URL"] = redis_url
+        # The Redis with a password when the config sends one.
+        env["KEYGATE__STORE__URL"] = redis_url[1 if "password_file" in cfg["store"] else 0]
     return env
 
 
@@ -151,6 +191,7 @@ def keygate_config_checks(binary, name, toml, env, tmp):
 
 
 def serve_and_request(binary, name, cfg, env):
+    before = len(failures)
     proc = subprocess.Popen([binary, "serve", "-c", cfg], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -164,7 +205,7 @@ def serve_and_request(binary, name, cfg, env):
         else:
             fail(f"{name}: not ready")
             return
-        out = subprocess.run([binary, "keys", "-c", cfg, "create", "--owner", "acct_chart", "--json"],
+        out = subprocess.run([binary, "keys", "-c", cfg, "create", "--owner", "acct_chart", "--scopes", "all", "--json"],
                              env=env, capture_output=True, text=True)
         if out.returncode != 0:
             fail(f"{name}: keys create: {out.stderr}")
@@ -177,7 +218,7 @@ def serve_and_request(binary, name, cfg, env):
             try:
                 got = json.load(urllib.request.urlopen(req, timeout=2))
                 break
-            except urllib.error.HTTPError:
+            except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
         if not got or got.get("owner") != "acct_chart":
             fail(f"{name}: an authenticated request did not pass: {got}")
@@ -187,16 +228,22 @@ def serve_and_request(binary, name, cfg, env):
         except urllib.error.HTTPError as e:
             if e.code != 401:
                 fail(f"{name}: without a key: {e.code}")
-        print(f"ok: {name}: served with the chart's config; key → 200, no key → 401")
+        except (urllib.error.URLError, OSError) as e:
+            fail(f"{name}: {e}")
+        if len(failures) == before:
+            print(f"ok: {name}: served with the chart's config; key → 200, no key → 401")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if failures:
+            print(proc.stderr.read().decode(errors="replace")[-2000:])
 
 
-def start_redis(tmp):
+def start_redis(tmp, password=None):
     port = free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
+                             "--appendonly", "no", "--dir", tmp] + auth, stdout=subprocess.DEVNULL)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -214,7 +261,9 @@ def main():
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp(prefix="keygate-check-")
-    redis_proc, redis_url = start_redis(tmp)
+    redis_proc, plain_url = start_redis(tmp)
+    auth_proc, auth_url = start_redis(tmp, "unused-password")
+    redis_url = (plain_url, auth_url)
     try:
         cases = [("default", {})] + [
             (os.path.basename(p)[:-5], yaml.safe_load(open(p)))
@@ -233,7 +282,7 @@ def main():
             toml = config_of(docs)
             env = local_env(toml, case_tmp, upstream.server_address[1], redis_url)
             cfg = keygate_config_checks(binary, name, toml, env, case_tmp)
-            if name in ("file-store", "default"):
+            if name in ("file-store", "default", "standalone"):
                 serve_and_request(binary, name, cfg, env)
 
         # The sidecar's app is bound to loopback and reachable only through keygate.
@@ -243,21 +292,38 @@ def main():
         if not any("127.0.0.1:3000" in a for a in app["args"]) or app.get("ports"):
             fail("sidecar demo: the app is not bound to loopback only")
         svc = next(d for _, d in docs if d["kind"] == "Service")
-        if svc["spec"]["ports"][0]["targetPort"] != "http":
+        if svc["spec"]["ports"][0]["targetPort"] != "kg-http":
             fail("sidecar: the Service does not target keygate's port")
 
         # Values the chart must refuse.
-        for name, values in [
-            ("file store with 3 replicas", {"store": {"backend": "file"}, "replicaCount": 3}),
-            ("admin without a secret", {"admin": {"enabled": True}}),
-            ("sidecar without a selector", {"mode": "sidecar"}),
-            ("managed section in config", {"config": {"store": {"path": "/x"}}}),
+        for name, values, expected in [
+            ("file store with 3 replicas", {"store": {"backend": "file"}, "replicaCount": 3}, "more than one replica"),
+            ("file store with Redis limits", {"store": {"backend": "file"}, "replicaCount": 1}, "rate_limits.backend=redis"),
+            ("admin without a secret", {"admin": {"enabled": True}}, "secrets.existingSecret"),
+            ("sidecar without a selector", {"mode": "sidecar"}, "sidecar.podSelector"),
+            ("managed section in config", {"config": {"store": {"path": "/x"}}}, "set by the chart"),
+            ("null in config", {"config": {"auth": {"cache_ttl": None}}}, "null values"),
         ]:
             try:
                 render(values)
                 fail(f"chart accepted: {name}")
             except helm.HelmError as e:
-                print(f"ok: refused {name}: {str(e).splitlines()[-1][:120]}")
+                if expected not in str(e):
+                    fail(f"chart refused {name} for another reason: {e}")
+                else:
+                    print(f"ok: refused {name}")
+
+        # Awkward strings and keys survive the YAML → TOML rendering.
+        tricky = {"store": {"backend": "file"}, "replicaCount": 1, "config": {
+            "rate_limits": {"backend": "local", "tiers": {"gold tier": {"limit": 5, "window": "1m"}},
+                            "categories": {"pay.create": {"limit": 5, "window": "1h"}}},
+            "routes": [{"name": "quote\"back\\slash", "path": "/ünï/{id}", "scope": "a:b"}]}}
+        cfg = tomllib.loads(config_of(render(tricky)))
+        if "gold tier" not in cfg["rate_limits"]["tiers"] or "pay.create" not in cfg["rate_limits"]["categories"] \
+                or cfg["routes"][0]["name"] != "quote\"back\\slash" or cfg["routes"][0]["path"] != "/ünï/{id}":
+            fail(f"tricky values did not round-trip: {cfg}")
+        else:
+            print("ok: quoted keys, quotes, backslashes and unicode round-trip into sidecar.toml")
 
         # docker-compose
         compose = os.path.join(ROOT, "deploy", "docker-compose.yml")
@@ -286,6 +352,7 @@ def main():
             print("ok: Dockerfile lints clean (hadolint)")
     finally:
         redis_proc.terminate()
+        auth_proc.terminate()
         upstream.shutdown()
 
     if failures:

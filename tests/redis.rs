@@ -109,6 +109,11 @@ async fn redis_down_fails_closed_and_recovers_by_itself() {
     assert_eq!(wrongly_allowed, 0);
     let ready = get(&format!("http://{ops}/readyz"), &[]).await;
     assert_eq!(ready.status, 503, "readyz must report the store down");
+    let traffic = get(&format!("http://{ops}/readyz?store=ignore"), &[]).await;
+    assert_eq!(
+        traffic.status, 200,
+        "the store-independent readiness stays up"
+    );
 
     // Redis comes back (with its data): the proxy recovers without a restart.
     redis.restart();

@@ -1,5 +1,7 @@
 //! The ops listener: `/healthz` (the process is up), `/readyz` (the store answers and we are not
-//! draining) and `/metrics` (Prometheus text). Separate from the proxied port so these paths never
+//! draining; `/readyz?store=ignore`: not draining, whatever the store — for orchestrators that
+//! should keep sending traffic while cached keys are served through a store outage) and
+//! `/metrics` (Prometheus text). Separate from the proxied port so these paths never
 //! shadow the upstream's own.
 
 use std::convert::Infallible;
@@ -40,6 +42,8 @@ impl Ops {
                         StatusCode::SERVICE_UNAVAILABLE,
                         r#"{"status":"draining"}"#.into(),
                     )
+                } else if req.uri().query() == Some("store=ignore") {
+                    json(StatusCode::OK, r#"{"status":"ready"}"#.into())
                 } else {
                     match self.verifier.store().health().await {
                         Ok(()) => json(StatusCode::OK, r#"{"status":"ready","store":"ok"}"#.into()),

@@ -52,7 +52,7 @@ app.kubernetes.io/component: demo-app
 {{- if kindIs "map" . -}}
 {{- $parts := list -}}
 {{- range $k, $v := . -}}
-{{- $parts = append $parts (printf "%s = %s" $k (include "keygate.toml.value" $v)) -}}
+{{- $parts = append $parts (printf "%s = %s" (toJson $k) (include "keygate.toml.value" $v)) -}}
 {{- end -}}
 { {{- join ", " $parts -}} }
 {{- else if kindIs "slice" . -}}
@@ -61,6 +61,8 @@ app.kubernetes.io/component: demo-app
 {{- $parts = append $parts (include "keygate.toml.value" .) -}}
 {{- end -}}
 [{{ join ", " $parts }}]
+{{- else if kindIs "invalid" . -}}
+{{- fail "config: null values have no TOML form; leave the setting out instead" -}}
 {{- else -}}
 {{- toJson . -}}
 {{- end -}}
@@ -77,31 +79,44 @@ app.kubernetes.io/component: demo-app
 {{- if and (eq .Values.store.backend "file") (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) (eq .Values.mode "standalone") }}
 {{- fail "store.backend=file keeps keys in one pod: use store.backend=redis for more than one replica" }}
 {{- end -}}
+{{- if and (eq .Values.store.backend "file") (eq (dig "rate_limits" "backend" "local" .Values.config) "redis") }}
+{{- fail "config.rate_limits.backend=redis needs store.backend=redis (set it to local with the file store)" }}
+{{- end -}}
 # Rendered by the keygate Helm chart.
-environment = {{ .Values.environment | quote }}
+environment = {{ .Values.environment | toJson }}
 
 [listen]
 address = "0.0.0.0:{{ .Values.ports.http }}"
+{{- if .Values.tls.enabled }}
+
+[listen.tls]
+cert_file = "/etc/keygate/tls/tls.crt"
+key_file = "/etc/keygate/tls/tls.key"
+reload_interval = {{ .Values.tls.reloadInterval | toJson }}
+{{- if .Values.tls.clientCASecret }}
+client_ca_file = "/etc/keygate/client-ca/ca.crt"
+{{- end }}
+{{- end }}
 
 [ops]
 address = "0.0.0.0:{{ .Values.ports.ops }}"
 
 [admin]
-address = {{ .Values.admin.address | quote }}
+address = {{ .Values.admin.address | toJson }}
 {{- if .Values.admin.enabled }}
 tokens_file = "/etc/keygate/secrets/admin-tokens"
 {{- end }}
 
 [upstream]
-url = {{ .Values.upstream.url | quote }}
-connect_timeout = {{ .Values.upstream.connectTimeout | quote }}
-response_timeout = {{ .Values.upstream.responseTimeout | quote }}
+url = {{ .Values.upstream.url | toJson }}
+connect_timeout = {{ .Values.upstream.connectTimeout | toJson }}
+response_timeout = {{ .Values.upstream.responseTimeout | toJson }}
 
 [store]
 {{- if eq .Values.store.backend "redis" }}
 backend = "redis"
-url = {{ .Values.store.redis.url | quote }}
-key_prefix = {{ .Values.store.redis.keyPrefix | quote }}
+url = {{ .Values.store.redis.url | toJson }}
+key_prefix = {{ .Values.store.redis.keyPrefix | toJson }}
 {{- if .Values.store.redis.auth }}
 password_file = "/etc/keygate/secrets/redis-password"
 {{- end }}
@@ -122,15 +137,17 @@ pepper_file = "/etc/keygate/secrets/pepper"
 
 [[{{ $section }}]]
 {{- range $k, $v := . }}
-{{ $k }} = {{ include "keygate.toml.value" $v }}
+{{ toJson $k }} = {{ include "keygate.toml.value" $v }}
 {{- end }}
 {{- end }}
 {{- else if kindIs "map" $body }}
 
 [{{ $section }}]
 {{- range $k, $v := $body }}
-{{ $k }} = {{ include "keygate.toml.value" $v }}
+{{ toJson $k }} = {{ include "keygate.toml.value" $v }}
 {{- end }}
+{{- else }}
+{{- fail (printf "config.%s: a section (map) or, for routes, a list of maps" $section) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -142,20 +159,32 @@ pepper_file = "/etc/keygate/secrets/pepper"
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args: ["serve", "-c", "/etc/keygate/sidecar.toml"]
   ports:
-    - name: http
+    # Prefixed names: a Service's named targetPort resolves to the first container with that
+    # name, and the app's own "http" must never win.
+    - name: kg-http
       containerPort: {{ .Values.ports.http }}
       protocol: TCP
-    - name: ops
+    - name: kg-ops
       containerPort: {{ .Values.ports.ops }}
       protocol: TCP
+  # Starts once the store answers; afterwards readiness only follows draining, so a store
+  # outage leaves cached keys working (auth.stale_limit) instead of emptying the Service.
+  startupProbe:
+    httpGet: { path: /readyz, port: kg-ops }
+    periodSeconds: 2
+    failureThreshold: 60
   livenessProbe:
-    httpGet: { path: /healthz, port: ops }
+    httpGet: { path: /healthz, port: kg-ops }
     periodSeconds: 10
     failureThreshold: 3
   readinessProbe:
-    httpGet: { path: /readyz, port: ops }
+    httpGet: { path: "/readyz?store=ignore", port: kg-ops }
     periodSeconds: 5
     failureThreshold: 2
+  lifecycle:
+    # Keep serving while endpoints are updated, then drain on SIGTERM.
+    preStop:
+      sleep: { seconds: 5 }
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
   securityContext:
@@ -172,10 +201,34 @@ pepper_file = "/etc/keygate/secrets/pepper"
       mountPath: /etc/keygate/secrets
       readOnly: true
     {{- end }}
+    {{- if .Values.tls.enabled }}
+    - name: keygate-tls
+      mountPath: /etc/keygate/tls
+      readOnly: true
+    {{- if .Values.tls.clientCASecret }}
+    - name: keygate-client-ca
+      mountPath: /etc/keygate/client-ca
+      readOnly: true
+    {{- end }}
+    {{- end }}
 {{- end }}
 
 {{/* The volumes the keygate container mounts. */}}
 {{- define "keygate.sidecar.volumes" -}}
+{{- if .Values.tls.enabled }}
+- name: keygate-tls
+  secret:
+    secretName: {{ required "tls.secretName: a kubernetes.io/tls Secret" .Values.tls.secretName }}
+    defaultMode: 0444
+{{- if .Values.tls.clientCASecret }}
+- name: keygate-client-ca
+  secret:
+    secretName: {{ .Values.tls.clientCASecret }}
+    defaultMode: 0444
+    items:
+      - { key: ca.crt, path: ca.crt }
+{{- end }}
+{{- end }}
 - name: keygate-config
   configMap:
     name: {{ include "keygate.fullname" . }}
@@ -190,7 +243,8 @@ pepper_file = "/etc/keygate/secrets/pepper"
 - name: keygate-secrets
   secret:
     secretName: {{ include "keygate.secretName" . }}
-    defaultMode: 0400
+    # Readable by keygate's uid without an fsGroup; only containers mounting it see it.
+    defaultMode: 0444
     items:
       {{- if .Values.admin.enabled }}
       - { key: admin-tokens, path: admin-tokens }
