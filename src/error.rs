@@ -40,6 +40,9 @@ pub enum AuthError {
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
     BadRequest(&'static str),
+    /// `CONNECT`: keygate is not a forward proxy.
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(&'static str),
     #[error("{0}")]
     BadPath(crate::policy::PathError),
     #[error("the upstream service is unavailable")]
@@ -95,6 +98,7 @@ impl AuthError {
             AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AuthError::BadRequest(_) | AuthError::BadPath(_) => StatusCode::BAD_REQUEST,
+            AuthError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AuthError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             AuthError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             AuthError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -114,6 +118,7 @@ impl AuthError {
             AuthError::RateLimited { .. } => "rate_limited",
             AuthError::PayloadTooLarge { .. } => "payload_too_large",
             AuthError::BadRequest(_) | AuthError::BadPath(_) => "bad_request",
+            AuthError::MethodNotAllowed(_) => "method_not_allowed",
             AuthError::UpstreamUnavailable => "upstream_unavailable",
             AuthError::UpstreamTimeout => "upstream_timeout",
             AuthError::AuthUnavailable { .. } => "auth_unavailable",
@@ -148,6 +153,7 @@ impl AuthError {
             | AuthError::PayloadTooLarge { .. }
             | AuthError::BadRequest(_)
             | AuthError::BadPath(_)
+            | AuthError::MethodNotAllowed(_)
             | AuthError::UpstreamUnavailable
             | AuthError::UpstreamTimeout => {}
         }
@@ -196,6 +202,11 @@ mod tests {
                 "payload_too_large",
             ),
             (AuthError::BadRequest("x"), 400, "bad_request"),
+            (
+                AuthError::MethodNotAllowed("CONNECT"),
+                405,
+                "method_not_allowed",
+            ),
             (AuthError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (AuthError::UpstreamTimeout, 504, "upstream_timeout"),
             (

@@ -2,9 +2,12 @@
 //! plain atomics bumped on the request path; rendering happens only when scraped. No label ever
 //! carries a key, a key id or a client address.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -29,13 +32,110 @@ pub struct Metrics {
     pub audit_dropped: AtomicU64,
     pub audit_sink_errors: AtomicU64,
     pub tls_handshake_errors: AtomicU64,
+    /// Requests being forwarded (a gauge of upstream connection use).
+    pub upstream_in_flight: AtomicU64,
+    /// Whole requests, from the head received to the response head sent.
+    pub request_seconds: Histogram,
+    /// Upstream round trips, to the response head.
+    pub upstream_seconds: Histogram,
+    /// Key store lookups (cache misses).
+    pub store_seconds: Histogram,
+    /// Requests by route and outcome: `ok` (forwarded) or the error code.
+    pub by_route: RouteCounters,
+}
+
+/// Bucket bounds, seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket latency histogram: atomics only.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Time from a change in the store to this process applying it (Redis store: measured with
+/// the Redis server's clock stamped into the invalidation message). Process-wide.
+pub static REVOCATION_LAG: std::sync::LazyLock<Histogram> =
+    std::sync::LazyLock::new(Histogram::default);
+
+/// Counters keyed by (route name, outcome code). Both come from closed sets: route names from
+/// the configuration, codes from the error table.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    map: RwLock<HashMap<(Arc<str>, &'static str), Arc<AtomicU64>>>,
+}
+
+impl RouteCounters {
+    pub fn add(&self, route: &Arc<str>, code: &'static str) {
+        let key = (Arc::clone(route), code);
+        if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "keygate_route_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests by route and outcome (ok, or the error code).\n# TYPE {name} counter"
+        );
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = map.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        for ((route, code), n) in rows {
+            let route = route.replace(['\\', '"', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{route}\",outcome=\"{code}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 impl Metrics {
     /// Prometheus text exposition. `cached_keys` is sampled by the caller.
     pub fn render(&self, cached_keys: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "keygate_requests_total",
                 "Requests received on the proxy listener.",
@@ -112,6 +212,11 @@ impl Metrics {
                 &self.audit_dropped,
             ),
             (
+                "keygate_tls_handshake_errors_total",
+                "TLS handshakes that failed or timed out.",
+                &self.tls_handshake_errors,
+            ),
+            (
                 "keygate_audit_sink_errors_total",
                 "Audit events the sink failed to store.",
                 &self.audit_sink_errors,
@@ -132,6 +237,32 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP keygate_key_cache_entries Verified keys cached.\n# TYPE keygate_key_cache_entries gauge\nkeygate_key_cache_entries {cached_keys}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_upstream_in_flight Requests being forwarded (upstream connections in use).\n# TYPE keygate_upstream_in_flight gauge\nkeygate_upstream_in_flight {}",
+            self.upstream_in_flight.load(Ordering::Relaxed)
+        );
+        self.by_route.render(&mut out);
+        self.request_seconds.render(
+            &mut out,
+            "keygate_request_duration_seconds",
+            "Time from request head to response head, including the upstream.",
+        );
+        self.upstream_seconds.render(
+            &mut out,
+            "keygate_upstream_duration_seconds",
+            "Upstream round trip to the response head.",
+        );
+        self.store_seconds.render(
+            &mut out,
+            "keygate_store_lookup_duration_seconds",
+            "Key store lookups (cache misses).",
+        );
+        REVOCATION_LAG.render(
+            &mut out,
+            "keygate_revocation_lag_seconds",
+            "Time from a key change in the store to this replica applying it.",
         );
         out
     }

@@ -331,7 +331,10 @@ impl Verifier {
         let mut verified_phc = self.verified_phc.get(&hash);
         // An invalidation during the lookup means the record may be stale: read it again.
         for _ in 0..3 {
-            let record = match self.store.find_by_hash(hash).await {
+            let asked = Instant::now();
+            let found = self.store.find_by_hash(hash).await;
+            self.metrics.store_seconds.observe(asked.elapsed());
+            let record = match found {
                 Ok(Some(r)) => r,
                 Ok(None) => return self.finish(hash, flight, Err(FillError::Unknown)),
                 Err(e) => {

@@ -242,6 +242,8 @@ pub struct AuthConfig {
     pub stale_limit: Duration,
     /// What to do with `X-HTTP-Method-Override` and kin.
     pub method_override: MethodOverride,
+    /// Signs the identity of every forwarded request (`<prefix>Signature`, HMAC-SHA256).
+    pub signing_key: Option<Secret>,
 }
 
 /// Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`).
@@ -257,6 +259,8 @@ pub enum MethodOverride {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// One access log line per request (target `keygate::access`).
+    pub access: bool,
 }
 
 // ---- raw form: what the file says ----
@@ -397,6 +401,8 @@ struct RawAuth {
     last_used_flush_interval: Option<String>,
     stale_limit: Option<String>,
     method_override: Option<String>,
+    signing_key_env: Option<String>,
+    signing_key_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -404,6 +410,7 @@ struct RawAuth {
 struct RawLog {
     format: Option<String>,
     filter: Option<String>,
+    access: Option<bool>,
 }
 
 /// A byte size: an integer, or a string such as `"10MiB"`.
@@ -788,6 +795,20 @@ fn validate(
             secs(60),
         ),
         stale_limit: c.duration("auth.stale_limit", raw.auth.stale_limit, secs(900)),
+        signing_key: match read_secret(
+            &mut c,
+            "auth.signing_key",
+            raw.auth.signing_key_env,
+            "KEYGATE_SIGNING_KEY",
+            raw.auth.signing_key_file,
+            getenv,
+        ) {
+            Some(k) if k.len() < 32 => {
+                c.problem("auth.signing_key: must be at least 32 bytes".into());
+                None
+            }
+            k => k.map(Secret),
+        },
         method_override: match raw.auth.method_override.as_deref().unwrap_or("strip") {
             "strip" => MethodOverride::Strip,
             "honor" | "honour" => MethodOverride::Honor,
@@ -816,6 +837,7 @@ fn validate(
             }
         },
         filter: raw.log.filter.unwrap_or_else(|| "info".into()),
+        access: raw.log.access.unwrap_or(true),
     };
     if tracing_subscriber::EnvFilter::try_new(&log.filter).is_err() {
         c.problem(format!(

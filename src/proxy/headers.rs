@@ -152,6 +152,58 @@ pub struct HeaderPlan {
     upstream_authority: Authority,
     upstream_host: HeaderValue,
     preserve_host: bool,
+    signer: Option<Signer>,
+}
+
+/// Signs what keygate vouches for, so an upstream reachable by other paths can check that a
+/// request came through keygate: `<prefix>Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`
+/// over `v1\n<t>\n<key id>\n<owner>\n<scopes>\n<METHOD>\n<path and query>` (identity fields
+/// empty on public routes). See the README for the verification recipe.
+#[derive(Clone)]
+struct Signer {
+    header: HeaderName,
+    mac: hmac::Hmac<sha2::Sha256>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signature value for one request.
+pub fn sign_v1(
+    mac: &hmac::Hmac<sha2::Sha256>,
+    t: u64,
+    key_id: &[u8],
+    owner: &[u8],
+    scopes: &[u8],
+    method: &str,
+    path_and_query: &str,
+) -> String {
+    use hmac::Mac;
+    let mut mac = mac.clone();
+    for part in [
+        b"v1".as_slice(),
+        t.to_string().as_bytes(),
+        key_id,
+        owner,
+        scopes,
+        method.as_bytes(),
+    ] {
+        mac.update(part);
+        mac.update(b"\n");
+    }
+    mac.update(path_and_query.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut out = format!("t={t},v1=");
+    for b in digest {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 impl HeaderPlan {
@@ -187,6 +239,14 @@ impl HeaderPlan {
             upstream_host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
             upstream_authority: authority,
             preserve_host,
+            signer: match &auth.signing_key {
+                None => None,
+                Some(k) => Some(Signer {
+                    header: name("signature")?,
+                    mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(k.expose())
+                        .map_err(|e| e.to_string())?,
+                }),
+            },
         })
     }
 
@@ -250,6 +310,25 @@ impl HeaderPlan {
         }
         // Scheme, authority and path are all set, so this cannot fail.
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        if let Some(s) = &self.signer {
+            let empty = HeaderValue::from_static("");
+            let (key_id, owner, scopes) = match fwd.identity {
+                Some(i) => (&i.values().key_id, &i.values().owner, &i.values().scopes),
+                None => (&empty, &empty, &empty),
+            };
+            let value = sign_v1(
+                &s.mac,
+                crate::time::Timestamp::now().unix(),
+                key_id.as_bytes(),
+                owner.as_bytes(),
+                scopes.as_bytes(),
+                req.method().as_str(),
+                req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            );
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                req.headers_mut().insert(s.header.clone(), v);
+            }
+        }
         // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
     }

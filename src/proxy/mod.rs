@@ -113,6 +113,7 @@ impl Proxy {
             max_key_length: config.keys.max_length,
             max_request_body: config.listen.max_request_body,
             audit: Arc::clone(&audit),
+            access_log: config.log.access,
         });
         let admin = if config.admin.tokens.is_empty() {
             None
@@ -363,7 +364,7 @@ async fn accept_loop<F, S, B>(
                     };
                     let result = match tls {
                         None => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer, false));
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer, false));
                             watcher.watch(conn).await
                         }
                         Some((tls, limit, metrics)) => {
@@ -380,7 +381,7 @@ async fn accept_loop<F, S, B>(
                                     return;
                                 }
                             };
-                            let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer, true));
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer, true));
                             watcher.watch(conn).await
                         }
                     };

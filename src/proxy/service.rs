@@ -39,6 +39,8 @@ pub struct App {
     pub(crate) max_request_body: u64,
     pub(crate) honor_method_override: bool,
     pub(crate) audit: Arc<Audit>,
+    /// One `keygate::access` log line per request.
+    pub(crate) access_log: bool,
 }
 
 /// What the request path learned, for the audit trail (usage and failures).
@@ -51,7 +53,14 @@ struct Seen {
     key_prefix: Option<String>,
     /// The error code when keygate rejected the request.
     code: Option<&'static str>,
+    /// Why, for the access log.
+    reason: Option<String>,
+    /// Upstream round trip to the response head, microseconds (0: not forwarded).
+    upstream_us: u64,
 }
+
+/// The route label of requests refused before routing (e.g. a malformed path).
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
 
 /// A rejection, with the rate-limit state to report on it when a limit was involved.
 struct Rejection {
@@ -87,6 +96,7 @@ impl App {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = std::time::Instant::now();
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight::enter(&self.metrics);
         let request_id = request_id(req.headers());
@@ -104,10 +114,14 @@ impl App {
             Err(Rejection { err, rate }) => {
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 seen.code = Some(err.code());
-                tracing::info!(
-                    request_id = ?request_id, client.ip = %conn.peer.ip(), %method, path = uri.path(),
-                    status = err.status().as_u16(), code = err.code(), "request rejected: {err}"
-                );
+                if !self.access_log {
+                    tracing::info!(
+                        request_id = ?request_id, client.ip = %conn.peer.ip(), %method, path = uri.path(),
+                        status = err.status().as_u16(), code = err.code(), "request rejected: {err}"
+                    );
+                } else {
+                    seen.reason = Some(err.to_string());
+                }
                 let mut resp = err
                     .into_response(request_id.to_str().unwrap_or_default())
                     .map(Either::Right);
@@ -121,7 +135,29 @@ impl App {
         if let Some(d) = rate {
             headers::set_rate_limit_headers(resp.headers_mut(), &d, self.policy.header_styles());
         }
-        self.audit_request(&seen, &method, resp.status().as_u16(), conn.peer.ip());
+        let status = resp.status().as_u16();
+        self.audit_request(&seen, &method, status, conn.peer.ip());
+        let elapsed = started.elapsed();
+        self.metrics.request_seconds.observe(elapsed);
+        let route = seen.route.as_ref().unwrap_or(&NO_ROUTE);
+        self.metrics.by_route.add(route, seen.code.unwrap_or("ok"));
+        if self.access_log {
+            tracing::info!(
+                target: "keygate::access",
+                request_id = request_id.to_str().unwrap_or_default(),
+                method = %method,
+                path = uri.path(),
+                route = &**route,
+                status,
+                code = seen.code.unwrap_or("ok"),
+                key_id = seen.key_id.as_deref().unwrap_or("-"),
+                client_ip = %seen.client_ip.unwrap_or(conn.peer.ip()),
+                duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                upstream_us = seen.upstream_us,
+                reason = seen.reason.as_deref().unwrap_or(""),
+                "access"
+            );
+        }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         Ok(resp)
     }
@@ -156,6 +192,9 @@ impl App {
     ) -> Result<(Response<Incoming>, Option<Decision>), Rejection> {
         let client_ip = self.policy.client_ip(conn.peer.ip(), req.headers())?; // 400
         seen.client_ip = Some(client_ip);
+        if req.method() == http::Method::CONNECT {
+            return Err(AuthError::MethodNotAllowed("CONNECT").into()); // 405
+        }
         let normalized = match policy::normalize(req.uri().path())? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
@@ -207,6 +246,10 @@ impl App {
             rate: permit.rate,
         })?; // 413
         let mut req = req.map(|body| Limited::new(body, self.body_limit()));
+        // An authenticated upgrade (WebSocket, …): forwarded with its Upgrade header; if the
+        // upstream switches protocols, both connections are joined into a tunnel.
+        let upgrade = self.upgrade_of(&req);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let client_ip = conn.ip_value(client_ip);
         self.plan.prepare_request(
             &mut req,
@@ -219,7 +262,37 @@ impl App {
                 https: conn.tls,
             },
         );
-        match self.upstream.send(req, self.max_request_body).await {
+        if let Some(proto) = upgrade {
+            req.headers_mut().insert(http::header::UPGRADE, proto);
+            req.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let sent_at = std::time::Instant::now();
+        self.metrics
+            .upstream_in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        let result = self.upstream.send(req, self.max_request_body).await;
+        self.metrics
+            .upstream_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        let took = sent_at.elapsed();
+        self.metrics.upstream_seconds.observe(took);
+        seen.upstream_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        match result {
+            Ok(mut resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                let Some(client_upgrade) = client_upgrade else {
+                    tracing::warn!(
+                        "the upstream switched protocols on a request that did not ask to"
+                    );
+                    return Err(Rejection {
+                        err: AuthError::UpstreamUnavailable,
+                        rate: permit.rate,
+                    });
+                };
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                Ok((resp, permit.rate))
+            }
             Ok(resp) => Ok((resp, permit.rate)),
             Err(err) => {
                 if matches!(
@@ -234,6 +307,23 @@ impl App {
                 }) // 502 / 504 / 413 while streaming
             }
         }
+    }
+
+    /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and an
+    /// `Upgrade` header), when the upstream leg can carry it (HTTP/1.1).
+    fn upgrade_of<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
+        if req.version() != Version::HTTP_11 || self.upstream.is_http2() {
+            return None;
+        }
+        let asks = req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
+            .flatten()
     }
 
     fn body_limit(&self) -> usize {
@@ -253,6 +343,24 @@ impl App {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+/// Joins an upgraded client connection to the upgraded upstream connection until either
+/// side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match (client.await, upstream.await) {
+        (Ok(c), Ok(u)) => {
+            let (mut c, mut u) = (
+                hyper_util::rt::TokioIo::new(c),
+                hyper_util::rt::TokioIo::new(u),
+            );
+            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
 

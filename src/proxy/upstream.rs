@@ -30,6 +30,7 @@ enum Clients {
 pub struct Upstream {
     client: Clients,
     response_timeout: Duration,
+    http2: bool,
 }
 
 impl Upstream {
@@ -62,6 +63,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             response_timeout: cfg.response_timeout,
+            http2: cfg.http2,
         })
     }
 
@@ -80,8 +82,23 @@ impl Upstream {
             Ok(Err(e)) => return Err(classify(&e, body_limit)),
             Ok(Ok(resp)) => resp,
         };
+        // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
+        let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| resp.headers().get(http::header::UPGRADE).cloned())
+            .flatten();
         remove_hop_by_hop(resp.headers_mut());
+        if let Some(proto) = switched {
+            resp.headers_mut().insert(http::header::UPGRADE, proto);
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+        }
         Ok(resp)
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2
     }
 }
 

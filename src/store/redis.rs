@@ -12,7 +12,7 @@
 //! | `{p}:owner:<owner>` | set | key ids of that owner (the owner index) |
 //! | `{p}:ids` | sorted set | key ids in creation order (score from the `{p}:seq` counter) |
 //! | `{p}:used` | hash | key id → last used, unix seconds (written in batches) |
-//! | `{p}:invalidate` | pub/sub channel | lookup hash hex of a changed record, or `*` |
+//! | `{p}:invalidate` | pub/sub channel | `<lookup hash hex>@<Redis time, ms>` of a changed record, or `*` |
 //! | `{p}:audit` | stream | audit events, field `e` = the event JSON, capped with `MAXLEN ~` |
 //! | `{p}:usage:<key id>:<hour>` | hash | `<minute>:<status class>` → requests (expires after 26 h) |
 //!
@@ -53,7 +53,8 @@ static INSERT: LazyLock<Script> = LazyLock::new(|| {
         redis.call('SET', KEYS[2], ARGV[2])
         redis.call('SADD', KEYS[3], ARGV[3])
         redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[3])
-        redis.call('PUBLISH', ARGV[4], ARGV[2])
+        local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
+        redis.call('PUBLISH', ARGV[4], ARGV[2] .. at)
         return 'ok'",
     )
 });
@@ -63,7 +64,8 @@ static UPDATE: LazyLock<Script> = LazyLock::new(|| {
         r"-- KEYS: rec; ARGV: expected, updated, channel, hash
         if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'changed' end
         redis.call('SET', KEYS[1], ARGV[2])
-        redis.call('PUBLISH', ARGV[3], ARGV[4])
+        local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
+        redis.call('PUBLISH', ARGV[3], ARGV[4] .. at)
         return 'ok'",
     )
 });
@@ -79,8 +81,9 @@ static ROTATE: LazyLock<Script> = LazyLock::new(|| {
         redis.call('SET', KEYS[3], ARGV[4])
         redis.call('SADD', KEYS[4], ARGV[5])
         redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[5])
-        redis.call('PUBLISH', ARGV[6], ARGV[7])
-        redis.call('PUBLISH', ARGV[6], ARGV[4])
+        local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
+        redis.call('PUBLISH', ARGV[6], ARGV[7] .. at)
+        redis.call('PUBLISH', ARGV[6], ARGV[4] .. at)
         return 'ok'",
     )
 });
@@ -743,14 +746,22 @@ async fn follow(
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 let Ok(payload) = msg.get_payload::<String>() else { continue };
-                let inv = if payload == "*" {
+                let (hash, stamp) = payload.split_once('@').unwrap_or((&payload, ""));
+                let inv = if hash == "*" {
                     Invalidation::All
                 } else {
-                    match payload.parse::<LookupHash>() {
+                    match hash.parse::<LookupHash>() {
                         Ok(h) => Invalidation::Key(h),
                         Err(_) => continue,
                     }
                 };
+                if let Ok(at_ms) = stamp.parse::<u64>() {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    crate::telemetry::REVOCATION_LAG
+                        .observe(Duration::from_millis(now_ms.saturating_sub(at_ms)));
+                }
                 let _ = changes.send(inv);
             }
             _ = ping.tick() => {
