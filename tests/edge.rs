@@ -326,7 +326,7 @@ async fn trace_headers_pass_and_metrics_count_by_route_and_outcome() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     assert!(
-        !text.contains(&key) && !text.contains("key_"),
+        !text.contains(&key) && !text.contains(&id),
         "no key material or ids"
     );
 }
