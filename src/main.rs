@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> ExitCode {
             };
         }
         Command::Serve(a) => match load_config(&a.config) {
-            Ok(cfg) => serve(cfg).await,
+            Ok(cfg) => serve(cfg, &a.config).await,
             Err(code) => return code,
         },
         Command::Dev { listen } => keygate::dev::run(listen, shutdown_signal()).await,
@@ -303,7 +303,7 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, path: &Path) -> anyhow::Result<()> {
     keygate::telemetry::init_logging(&cfg.log);
     let proxy_listener = tokio::net::TcpListener::bind(cfg.listen.address).await?;
     let ops_listener = tokio::net::TcpListener::bind(cfg.ops.address).await?;
@@ -311,7 +311,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         listen = %proxy_listener.local_addr()?, ops = %ops_listener.local_addr()?,
         upstream = %cfg.upstream.url, environment = %cfg.environment, "keygate serving"
     );
-    let mut proxy = Proxy::new(&cfg)?;
+    let mut proxy = Proxy::new(&cfg)?.with_config_file(path.to_owned());
     if proxy.admin_enabled() {
         let admin = keygate::admin::AdminListener::bind(&cfg.admin.address).await?;
         tracing::info!(admin = %admin.describe(), tokens = cfg.admin.tokens.len(), "admin API serving");

@@ -349,3 +349,48 @@ fn keys_commands_work_against_redis() {
     let shown = stdout(&keygate(&["keys", "--config", cfg, "show", &id, "--json"]));
     assert!(shown.contains("\"revoked\""), "{shown}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_ip_rules_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let served = Served::start(&cfg);
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_7", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let auth = bearer(created["key"].as_str().unwrap());
+    let url = format!("http://{}/v1/charges", served.addr);
+    assert_eventually!(
+        get(&url, &[("authorization", &auth)]).await.status == 200,
+        Duration::from_secs(3),
+        "the new key never worked"
+    );
+
+    // Deny loopback and send SIGHUP: applied at once, without a restart.
+    write_config(dir.path(), &up.url(), "[ip]\ndeny = [\"127.0.0.0/8\"]\n");
+    served.signal("-HUP");
+    assert_eventually!(
+        get(&url, &[("authorization", &auth)]).await.code() == "ip_not_allowed",
+        Duration::from_millis(1500),
+        "SIGHUP did not apply the new IP rules"
+    );
+
+    // An invalid file is refused; the running rules stay.
+    write_config(dir.path(), &up.url(), "[ip]\ndeny = [\"not-a-network\"]\n");
+    served.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get(&url, &[("authorization", &auth)]).await.code(),
+        "ip_not_allowed"
+    );
+
+    // Fixed again; the file watch alone picks it up (no signal).
+    write_config(dir.path(), &up.url(), "");
+    assert_eventually!(
+        get(&url, &[("authorization", &auth)]).await.status == 200,
+        Duration::from_secs(5),
+        "the file watch did not reload"
+    );
+}

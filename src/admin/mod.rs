@@ -255,7 +255,13 @@ impl Admin {
             window: Duration::from_secs(60),
             algorithm: Algorithm::FixedWindow,
         };
-        let mut d = self.app.policy.limiter().acquire(&[(counter, limit)]).await;
+        let mut d = self
+            .app
+            .policy
+            .load()
+            .limiter()
+            .acquire(&[(counter, limit)])
+            .await;
         d.pop().unwrap_or(Decision {
             allowed: true,
             limit: per_minute,
@@ -291,7 +297,11 @@ impl Admin {
             }
         };
         if let Some(d) = rate {
-            set_rate_limit_headers(resp.headers_mut(), &d, self.app.policy.header_styles());
+            set_rate_limit_headers(
+                resp.headers_mut(),
+                &d,
+                self.app.policy.load().header_styles(),
+            );
         }
         Ok(resp)
     }

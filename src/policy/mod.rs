@@ -48,7 +48,8 @@ pub struct Policy {
     trusted: IpSet,
     allow: IpSet,
     deny: IpSet,
-    limiter: Limiter,
+    /// Shared across reloads, so counters survive a new route table.
+    limiter: Arc<Limiter>,
     config: PolicyConfig,
     environment: Environment,
     metrics: Arc<Metrics>,
@@ -61,7 +62,7 @@ impl Policy {
         store: &Store,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let limiter = match (config.rate_limits.backend, store) {
+        let limiter = Arc::new(match (config.rate_limits.backend, store) {
             (LimiterBackend::Redis, Store::Redis(r)) => Limiter::Redis(RedisLimiter::new(
                 r.clone(),
                 r.key_prefix(),
@@ -69,7 +70,33 @@ impl Policy {
             )),
             // Config validation refuses a Redis limiter without a Redis store.
             _ => Limiter::Local(LocalLimiter::default()),
-        };
+        });
+        Policy::with_limiter(config, environment, limiter, metrics)
+    }
+
+    /// The policy of a reloaded configuration. Rate-limit counters carry over unless the
+    /// limiter backend changed.
+    pub fn reconfigured(&self, config: &PolicyConfig, store: &Store) -> Policy {
+        let same_limiter = config.rate_limits.backend == self.config.rate_limits.backend
+            && config.rate_limits.replicas == self.config.rate_limits.replicas;
+        if same_limiter {
+            Policy::with_limiter(
+                config,
+                self.environment,
+                Arc::clone(&self.limiter),
+                Arc::clone(&self.metrics),
+            )
+        } else {
+            Policy::new(config, self.environment, store, Arc::clone(&self.metrics))
+        }
+    }
+
+    fn with_limiter(
+        config: &PolicyConfig,
+        environment: Environment,
+        limiter: Arc<Limiter>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Policy {
             names: CounterNames {
                 key: "key".into(),

@@ -51,6 +51,8 @@ pub struct Proxy {
     audit_interval: Duration,
     admin: Option<(Arc<Admin>, Option<AdminListener>)>,
     tls: Option<Arc<crate::tls::Listener>>,
+    /// Reloaded on SIGHUP and when it changes on disk.
+    config_file: Option<std::path::PathBuf>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -104,7 +106,7 @@ impl Proxy {
         };
         let app = Arc::new(App {
             verifier: Arc::clone(&verifier),
-            policy,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
             honor_method_override: config.auth.method_override == MethodOverride::Honor,
             upstream: upstream::Upstream::new(&config.upstream).map_err(anyhow::Error::msg)?,
             plan,
@@ -145,6 +147,7 @@ impl Proxy {
             audit_interval: config.audit.flush_interval,
             admin,
             tls,
+            config_file: None,
             background,
         })
     }
@@ -152,6 +155,19 @@ impl Proxy {
     /// Whether admin tokens are configured (the admin API is off without them).
     pub fn admin_enabled(&self) -> bool {
         self.admin.is_some()
+    }
+
+    /// Reloads the route table, rate limits and IP rules from `path` on SIGHUP and whenever the
+    /// file changes (polled every 2 s). An invalid new file is logged and the running
+    /// configuration kept; open connections are never touched.
+    pub fn with_config_file(mut self, path: std::path::PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
+    }
+
+    /// Applies the policy part of `path` now. Returns the problems when the file is invalid.
+    pub fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
+        reload(&self.app, path)
     }
 
     /// Serves the admin API on `listener` (ignored when the admin API is off).
@@ -211,6 +227,11 @@ impl Proxy {
             }
         }));
 
+        if let Some(path) = self.config_file.clone() {
+            self.background
+                .push(tokio::spawn(watch_config(Arc::clone(&self.app), path)));
+        }
+
         let audit = Arc::clone(&self.audit);
         let interval = self.audit_interval;
         self.background.push(tokio::spawn(async move {
@@ -238,7 +259,7 @@ impl Proxy {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                app.policy.limiter().sweep();
+                app.policy.load().limiter().sweep();
             }
         }));
 
@@ -303,6 +324,56 @@ impl Proxy {
             task.abort();
         }
         Ok(())
+    }
+}
+
+fn reload(app: &App, path: &std::path::Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let next = app
+        .policy
+        .load()
+        .reconfigured(&cfg.policy, app.verifier.store());
+    app.policy.store(Arc::new(next));
+    Ok(())
+}
+
+async fn watch_config(app: Arc<App>, path: std::path::PathBuf) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; watching the file only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last { continue; }
+                "file changed"
+            }
+        };
+        last = stamp(&path);
+        match reload(&app, &path) {
+            Ok(()) => tracing::info!(
+                trigger = why,
+                file = %path.display(),
+                "configuration reloaded: routes, rate limits and IP rules (other settings apply at restart)"
+            ),
+            Err(e) => tracing::warn!(
+                trigger = why,
+                file = %path.display(),
+                "new configuration rejected, keeping the running one: {e}"
+            ),
+        }
     }
 }
 

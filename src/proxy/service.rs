@@ -30,7 +30,8 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// Everything a request needs, shared by all connections.
 pub struct App {
     pub(crate) verifier: Arc<Verifier>,
-    pub(crate) policy: Policy,
+    /// Swapped whole on a configuration reload.
+    pub(crate) policy: arc_swap::ArcSwap<Policy>,
     pub(crate) upstream: Upstream,
     pub(crate) plan: HeaderPlan,
     pub(crate) metrics: Arc<Metrics>,
@@ -133,7 +134,11 @@ impl App {
             }
         };
         if let Some(d) = rate {
-            headers::set_rate_limit_headers(resp.headers_mut(), &d, self.policy.header_styles());
+            headers::set_rate_limit_headers(
+                resp.headers_mut(),
+                &d,
+                self.policy.load().header_styles(),
+            );
         }
         let status = resp.status().as_u16();
         self.audit_request(&seen, &method, status, conn.peer.ip());
@@ -190,7 +195,9 @@ impl App {
         request_id: &HeaderValue,
         seen: &mut Seen,
     ) -> Result<(Response<Incoming>, Option<Decision>), Rejection> {
-        let client_ip = self.policy.client_ip(conn.peer.ip(), req.headers())?; // 400
+        // One policy for the whole request, even if a reload swaps it meanwhile.
+        let policy = self.policy.load_full();
+        let client_ip = policy.client_ip(conn.peer.ip(), req.headers())?; // 400
         seen.client_ip = Some(client_ip);
         if req.method() == http::Method::CONNECT {
             return Err(AuthError::MethodNotAllowed("CONNECT").into()); // 405
@@ -200,10 +207,10 @@ impl App {
             Cow::Owned(p) => Some(p),
         }; // 400
         let path = normalized.as_deref().unwrap_or_else(|| req.uri().path());
-        let route = self.policy.route(req.method(), path);
+        let route = policy.route(req.method(), path);
         seen.route = Some(Arc::clone(&route.name));
-        self.policy.check_ip(client_ip, route)?; // 403
-        self.policy.check_ip_limits(client_ip, route).await?; // 429
+        policy.check_ip(client_ip, route)?; // 403
+        policy.check_ip_limits(client_ip, route).await?; // 429
 
         let (identity, permit) = if route.public {
             (None, Permit { rate: None })
@@ -222,20 +229,16 @@ impl App {
                         seen.key_id = self.verifier.cached_key_id(cred.key);
                         seen.key_prefix = self.verifier.display_prefix(cred.key).map(str::to_owned);
                         if matches!(err, AuthError::InvalidKey(_)) {
-                            self.policy.record_failed_auth(client_ip).await;
+                            policy.record_failed_auth(client_ip).await;
                         }
                         return Err(err.into()); // 401 / 503
                     }
                 }
             };
             seen.key_id = Some(Arc::clone(identity.key_id()));
-            let method = self.policy.effective_method(
-                req.method(),
-                req.headers(),
-                self.honor_method_override,
-            );
-            let permit = self
-                .policy
+            let method =
+                policy.effective_method(req.method(), req.headers(), self.honor_method_override);
+            let permit = policy
                 .authorize(&identity, route, &method, client_ip)
                 .await?; // 403 / 429
             (Some(identity), permit)
