@@ -89,11 +89,14 @@ impl Histogram {
 pub static REVOCATION_LAG: std::sync::LazyLock<Histogram> =
     std::sync::LazyLock::new(Histogram::default);
 
+/// (route name, outcome code)
+type RouteOutcome = (Arc<str>, &'static str);
+
 /// Counters keyed by (route name, outcome code). Both come from closed sets: route names from
 /// the configuration, codes from the error table.
 #[derive(Debug, Default)]
 pub struct RouteCounters {
-    map: RwLock<HashMap<(Arc<str>, &'static str), Arc<AtomicU64>>>,
+    map: RwLock<HashMap<RouteOutcome, Arc<AtomicU64>>>,
 }
 
 impl RouteCounters {

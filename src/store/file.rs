@@ -205,6 +205,13 @@ impl FileStore {
         }
         let keys = read_file(path)?;
         self.install(Snapshot::build(keys)?);
+        // Another writer's change, seen now: the time since the file was written.
+        if only_if_changed
+            && let Some(written) = stamp.modified
+            && let Ok(lag) = written.elapsed()
+        {
+            crate::telemetry::REVOCATION_LAG.observe(lag);
+        }
         *stamp_guard = Some(stamp);
         Ok(true)
     }
