@@ -41,6 +41,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+# A/B: another keygate binary (e.g. a build of an earlier commit) measured in the same rounds as
+# "keygate-base", with the same file store configuration.
+BASELINE = os.environ.get("KEYGATE_BASELINE")
 SECONDS = int(os.environ.get("SECONDS", "8"))
 CLIENT_CPU, SERVER_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -272,7 +275,7 @@ def run(binary, work):
         wait_port(p)
 
     limits = '[rate_limits]\nkey = { limit = 1000000000, window = "1m" }\n'
-    common = f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\npool_max_idle_per_host = 1024\n[log]\nfilter = "error"\n'
+    common = f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\npool_max_idle_per_host = 1024\n[log]\nfilter = "error"\naccess = false\n'
     cfg_file = os.path.join(work, "kg.toml")
     with open(cfg_file, "w") as f:
         f.write(f'[listen]\naddress = "127.0.0.1:{kg_port}"\n[ops]\naddress = "127.0.0.1:0"\n'
@@ -291,6 +294,19 @@ def run(binary, work):
 
     key = mint(cfg_file)
     key_redis = mint(cfg_redis)
+    base_port = free_port()
+    if BASELINE:
+        cfg_base = os.path.join(work, "kg-base.toml")
+        with open(cfg_base, "w") as f:
+            # Settings an older build knows: no log.access (it had no access log).
+            f.write(f'[listen]\naddress = "127.0.0.1:{base_port}"\n[ops]\naddress = "127.0.0.1:0"\n'
+                    f'[store]\npath = "{work}/keys-base.json"\n'
+                    + common.replace("access = false\n", "") + limits)
+        out = subprocess.run([BASELINE, "keys", "--config", cfg_base, "create", "--owner", "acct_load", "--scopes",
+                              "all", "--json"], capture_output=True, text=True, check=True, env=env).stdout
+        key_base = json.loads(out)["key"]
+        kgb = start([BASELINE, "serve", "--config", cfg_base], env=env)
+        wait_port(base_port)
     kg = start([binary, "serve", "--config", cfg_file], env=env)
     kgr = start([binary, "serve", "--config", cfg_redis], env=env)
     wait_port(kg_port)
@@ -306,6 +322,8 @@ def run(binary, work):
         "keygate": (kg_port, [kg.pid], auth),
         "keygate-redis": (kgr_port, [kgr.pid], auth_redis),
     }
+    if BASELINE:
+        servers["keygate-base"] = (base_port, [kgb.pid], f"Authorization: Bearer {key_base}")
     upstream_pids = [upstream.pid] + children(upstream.pid)
     for name, (port, _, header) in servers.items():  # warm up: pools, caches, JIT-free but page cache
         wrk_short = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c64", "-d1s"] + (["-H", header] if header else [])
@@ -360,7 +378,8 @@ def report(results, floods, syscalls, rss):
         print(f"  {'target':<14} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>11} {'x direct':>9} {'x nginx':>8} {'flags':<}")
         d = results[("direct", conns)]
         n = results[("nginx", conns)]
-        for name in ("direct", "nginx", "keygate", "keygate-redis"):
+        for name in [n for n in ("direct", "nginx", "keygate", "keygate-redis", "keygate-base")
+                     if (n, conns) in results]:
             rs = results[(name, conns)]
             flags = []
             if max(r["other_pct"] for r in rs) > 5:
@@ -378,7 +397,11 @@ def report(results, floods, syscalls, rss):
                   f"+{med(results[('keygate', 1)], 'p50') - base:.0f}us, keygate-redis "
                   f"+{med(results[('keygate-redis', 1)], 'p50') - base:.0f}us")
         n_cpu, k_cpu = med(n, "cpu_us"), med(results[("keygate", conns)], "cpu_us")
-        print(f"  keygate CPU per request vs nginx: {k_cpu / n_cpu:.2f}x\n")
+        print(f"  keygate CPU per request vs nginx: {k_cpu / n_cpu:.2f}x")
+        if ("keygate-base", conns) in results:
+            b_cpu = med(results[("keygate-base", conns)], "cpu_us")
+            print(f"  keygate CPU per request vs keygate-base: {k_cpu / b_cpu:.3f}x")
+        print()
     print("Floods against keygate-redis, 64 connections (all must be 401):")
     for name, r in floods.items():
         print(f"  {name:<34} {r['rps']:>9.0f} req/s  non-401 responses: {r['requests'] - r['non2xx']}"

@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn keygate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(args)
-        .env_remove("KEYGATE_PEPPER")
-        .output()
-        .unwrap()
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -175,54 +167,6 @@ fn key_lifecycle_through_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key with id"));
     let out = keygate(&["keys", "--config", &cfg, "create", "--owner", "bad owner!"]);
     assert_eq!(out.status.code(), Some(1));
-}
-
-/// A `keygate serve` child process; killed on drop.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Served {
-    fn start(cfg: &str) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args(["serve", "--config", cfg])
-            .env_remove("KEYGATE_PEPPER")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(listen) = v["fields"]["listen"].as_str()
-                {
-                    let _ = tx.send(listen.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("keygate serve did not log its address");
-        Served { child, addr }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -449,3 +449,64 @@ pub async fn mint_with(
     edit(&mut req);
     kg.tool.create(req, "test").await.unwrap().0.key.clone()
 }
+
+/// Runs the `keygate` binary to completion.
+pub fn keygate(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env_remove("KEYGATE_PEPPER")
+        .output()
+        .unwrap()
+}
+
+/// A `keygate serve` child process; killed on drop.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Served {
+    pub fn start(cfg: &str) -> Served {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["serve", "--config", cfg])
+            .env_remove("KEYGATE_PEPPER")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(listen) = v["fields"]["listen"].as_str()
+                {
+                    let _ = tx.send(listen.parse::<std::net::SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("keygate serve did not log its address");
+        Served { child, addr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -83,19 +83,30 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: &'static [&'static str],
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With an append-only file fsynced on every write: a kill and restart keeps the data.
+    pub fn start_persistent() -> Redis {
+        Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    fn start_with(extra: &'static [&'static str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn_redis(port, dir.path(), &[]);
+            let mut child = spawn_redis(port, dir.path(), extra);
             if wait_ready(port, &mut child) {
                 return Redis {
                     port,
                     child: Some(child),
                     dir,
+                    extra,
                 };
             }
             let _ = child.kill();
@@ -121,10 +132,10 @@ impl Redis {
         }
     }
 
-    /// Starts again on the same port (empty: nothing persisted).
+    /// Starts again on the same port (empty unless started persistent).
     pub fn restart(&mut self) {
         self.kill();
-        let mut child = spawn_redis(self.port, self.dir.path(), &[]);
+        let mut child = spawn_redis(self.port, self.dir.path(), self.extra);
         assert!(
             wait_ready(self.port, &mut child),
             "redis-server did not restart on port {}",
