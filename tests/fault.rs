@@ -18,7 +18,7 @@ use common::{Served, bearer, get, keygate};
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -179,7 +179,7 @@ async fn hold_the_line_through_redis_and_upstream_restarts() {
     stop.store(true, Ordering::Relaxed);
     while workers.join_next().await.is_some() {}
 
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     eprintln!("hold the line: {:?}", tally.counts);
     let count = |kind: &'static str, outcome: &str| {
         tally
