@@ -330,3 +330,64 @@ async fn trace_headers_pass_and_metrics_count_by_route_and_outcome() {
         "no key material or ids"
     );
 }
+
+#[tokio::test]
+async fn connect_is_tunnelled_when_allowed() {
+    // The upstream is a forward proxy: it answers CONNECT with 200 and echoes upper-cased.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = format!("http://{}", l.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen_up = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_until(&mut s, "\r\n\r\n").await;
+        *seen_up.lock().unwrap() = head;
+        s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let kg = Keygate::start(&up, "[listen]\nallow_connect = true\n").await;
+    let (key, id) = kg.live_key().await;
+
+    let mut s = TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut s, "\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+
+    let mut s = TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(
+        format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nauthorization: Bearer {key}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut s, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"through the tunnel").await.unwrap();
+    assert_eq!(read_until(&mut s, "TUNNEL").await, "THROUGH THE TUNNEL");
+    let upstream_saw = seen.lock().unwrap().to_ascii_lowercase();
+    assert!(
+        upstream_saw.starts_with("connect example.com:443 http/1.1"),
+        "{upstream_saw}"
+    );
+    assert!(upstream_saw.contains(&format!("x-auth-key-id: {}", id.to_ascii_lowercase())));
+    assert!(
+        !upstream_saw.contains("authorization"),
+        "the key stays with keygate"
+    );
+}

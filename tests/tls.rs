@@ -350,7 +350,8 @@ async fn check_config_reports_unloadable_certificates() {
     assert!(err.contains("upstream:"), "{err}");
 }
 
-/// keygate → an HTTPS upstream that trusts only its own CA, over HTTP/1.1 and HTTP/2.
+/// keygate → an HTTPS upstream that trusts only its own CA and requires a client certificate
+/// from it, over HTTP/1.1 and HTTP/2; without the client certificate the upstream refuses (502).
 #[tokio::test]
 async fn upstream_over_tls() {
     let ca = Ca::new();
@@ -361,7 +362,14 @@ async fn upstream_over_tls() {
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_no_client_auth()
+    .with_client_cert_verifier(
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(ca.roots()),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap(),
+    )
     .with_single_cert(
         CertificateDer::pem_slice_iter(c.as_bytes())
             .map(Result::unwrap)
@@ -398,10 +406,16 @@ async fn upstream_over_tls() {
         }
     });
     let ca_file = write(dir.path(), "ca.crt", &ca.pem);
+    let (cc, ck, _) = ca.issue(&["keygate"], true);
+    let client = format!(
+        "client_cert_file = {:?}\nclient_key_file = {:?}\n",
+        write(dir.path(), "client.crt", &cc),
+        write(dir.path(), "client.key", &ck)
+    );
     for (http2, version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
         let kg = Keygate::start_with_upstream(
             &format!("https://localhost:{port}"),
-            &format!("ca_file = {ca_file:?}\nhttp2 = {http2}\n"),
+            &format!("ca_file = {ca_file:?}\nhttp2 = {http2}\n{client}"),
             "",
         )
         .await;
@@ -411,4 +425,13 @@ async fn upstream_over_tls() {
         assert_eq!(r.json()["tls_upstream"], true);
         assert_eq!(r.json()["version"], version);
     }
+    let kg = Keygate::start_with_upstream(
+        &format!("https://localhost:{port}"),
+        &format!("ca_file = {ca_file:?}\n"),
+        "",
+    )
+    .await;
+    let (key, _) = kg.live_key().await;
+    let r = common::get(&kg.url("/v1/x"), &[("authorization", &bearer(&key))]).await;
+    assert_eq!(r.code(), "upstream_unavailable", "no client certificate");
 }

@@ -157,6 +157,8 @@ pub struct ListenConfig {
     pub proxy_protocol: bool,
     /// Terminate TLS on the listener.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Forward authenticated `CONNECT` requests to the upstream (refused with 405 otherwise).
+    pub allow_connect: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -316,6 +318,7 @@ struct RawListen {
     drain_timeout: Option<String>,
     proxy_protocol: Option<bool>,
     tls: Option<RawTls>,
+    allow_connect: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -625,6 +628,7 @@ fn validate(
         drain_timeout: c.duration("listen.drain_timeout", raw.listen.drain_timeout, secs(30)),
         proxy_protocol: raw.listen.proxy_protocol.unwrap_or(false),
         tls: None,
+        allow_connect: raw.listen.allow_connect.unwrap_or(false),
     };
     let listen = ListenConfig {
         tls: raw.listen.tls.and_then(|t| validate_tls(&mut c, t)),

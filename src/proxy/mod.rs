@@ -116,6 +116,7 @@ impl Proxy {
             max_request_body: config.listen.max_request_body,
             audit: Arc::clone(&audit),
             access_log: config.log.access,
+            allow_connect: config.listen.allow_connect,
         });
         let admin = if config.admin.tokens.is_empty() {
             None

@@ -42,6 +42,8 @@ pub struct App {
     pub(crate) audit: Arc<Audit>,
     /// One `keygate::access` log line per request.
     pub(crate) access_log: bool,
+    /// Forward authenticated `CONNECT` requests to the upstream (a forward proxy).
+    pub(crate) allow_connect: bool,
 }
 
 /// What the request path learned, for the audit trail (usage and failures).
@@ -199,14 +201,20 @@ impl App {
         let policy = self.policy.load_full();
         let client_ip = policy.client_ip(conn.peer.ip(), req.headers())?; // 400
         seen.client_ip = Some(client_ip);
-        if req.method() == http::Method::CONNECT {
+        let connect = req.method() == http::Method::CONNECT;
+        if connect && !self.allow_connect {
             return Err(AuthError::MethodNotAllowed("CONNECT").into()); // 405
         }
-        let normalized = match policy::normalize(req.uri().path())? {
+        // CONNECT names a host:port, not a path: it is routed as "/".
+        let normalized = match policy::normalize(if connect { "/" } else { req.uri().path() })? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         }; // 400
-        let path = normalized.as_deref().unwrap_or_else(|| req.uri().path());
+        let path = if connect {
+            "/"
+        } else {
+            normalized.as_deref().unwrap_or_else(|| req.uri().path())
+        };
         let route = policy.route(req.method(), path);
         seen.route = Some(Arc::clone(&route.name));
         policy.check_ip(client_ip, route)?; // 403
@@ -249,6 +257,16 @@ impl App {
             rate: permit.rate,
         })?; // 413
         let mut req = req.map(|body| Limited::new(body, self.body_limit()));
+        if connect {
+            return self
+                .forward_connect(req, conn, client_ip, identity.as_ref(), request_id)
+                .await
+                .map(|resp| (resp, permit.rate))
+                .map_err(|err| Rejection {
+                    err,
+                    rate: permit.rate,
+                });
+        }
         // An authenticated upgrade (WebSocket, …): forwarded with its Upgrade header; if the
         // upstream switches protocols, both connections are joined into a tunnel.
         let upgrade = self.upgrade_of(&req);
@@ -310,6 +328,40 @@ impl App {
                 }) // 502 / 504 / 413 while streaming
             }
         }
+    }
+
+    /// An authenticated `CONNECT` (only with `listen.allow_connect`): sent as-is (authority-form
+    /// target, identity headers added) over a fresh connection to the upstream — a forward proxy
+    /// keygate guards — and tunnelled once it answers 2xx.
+    async fn forward_connect(
+        &self,
+        mut req: Request<super::upstream::UpstreamBody>,
+        conn: &ConnInfo,
+        client_ip: std::net::IpAddr,
+        identity: Option<&crate::auth::Identity>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, AuthError> {
+        let target = req.uri().clone();
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let client_ip = conn.ip_value(client_ip);
+        self.plan.prepare_request(
+            &mut req,
+            &Forward {
+                client_ip: &client_ip,
+                identity,
+                request_id,
+                normalized_path: None,
+                keep_method_override: false,
+                https: conn.tls,
+            },
+        );
+        *req.uri_mut() = target;
+        let mut resp = self.upstream.connect_tunnel(req).await?;
+        if resp.status().is_success() {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        }
+        Ok(resp)
     }
 
     /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and an

@@ -31,6 +31,9 @@ pub struct Upstream {
     client: Clients,
     response_timeout: Duration,
     http2: bool,
+    connect_timeout: Duration,
+    /// `host:port` of an `http://` upstream, for CONNECT.
+    plain_addr: Option<String>,
 }
 
 impl Upstream {
@@ -64,6 +67,15 @@ impl Upstream {
             client,
             response_timeout: cfg.response_timeout,
             http2: cfg.http2,
+            connect_timeout: cfg.connect_timeout,
+            plain_addr: (cfg.url.scheme_str() == Some("http"))
+                .then(|| {
+                    cfg.url.authority().map(|a| match a.port_u16() {
+                        Some(_) => a.as_str().to_owned(),
+                        None => format!("{}:80", a.host()),
+                    })
+                })
+                .flatten(),
         })
     }
 
@@ -95,6 +107,39 @@ impl Upstream {
             );
         }
         Ok(resp)
+    }
+
+    /// Sends a `CONNECT` over a new HTTP/1.1 connection to the upstream (not pooled: it becomes
+    /// a tunnel). Plain `http://` upstreams only.
+    pub async fn connect_tunnel(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, AuthError> {
+        let Some(addr) = &self.plain_addr else {
+            tracing::warn!("CONNECT needs an http:// upstream");
+            return Err(AuthError::UpstreamUnavailable);
+        };
+        let tcp = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(addr.as_str()),
+        )
+        .await
+        {
+            Err(_) => return Err(AuthError::UpstreamTimeout),
+            Ok(Err(_)) => return Err(AuthError::UpstreamUnavailable),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|_| AuthError::UpstreamUnavailable)?;
+        tokio::spawn(conn.with_upgrades());
+        match tokio::time::timeout(self.response_timeout, send.send_request(req)).await {
+            Err(_) => Err(AuthError::UpstreamTimeout),
+            Ok(Err(_)) => Err(AuthError::UpstreamUnavailable),
+            Ok(Ok(resp)) => Ok(resp),
+        }
     }
 
     pub fn is_http2(&self) -> bool {
