@@ -233,7 +233,18 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One core available (a pinned sidecar, `cpus: 1`): a single-threaded scheduler does the
+    // same work without the multi-thread scheduler's cross-thread bookkeeping.
+    let single = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
+        || std::env::var("KEYGATE_RUNTIME").as_deref() == Ok("current_thread");
+    let built = if single && std::env::var("KEYGATE_RUNTIME").as_deref() != Ok("multi_thread") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
