@@ -30,6 +30,20 @@ async fn read_until(s: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Echoes what arrives, upper-cased, until the peer closes.
+async fn shout_back(mut s: TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A raw upstream: answers `Upgrade: shout` with 101 and then echoes bytes upper-cased; any
 /// other request gets a small 200.
 async fn upgrade_upstream() -> String {
@@ -48,17 +62,7 @@ async fn upgrade_upstream() -> String {
                         s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: shout\r\n\r\n")
                             .await
                             .unwrap();
-                        let mut buf = [0u8; 1024];
-                        loop {
-                            let n = match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            let up = buf[..n].to_ascii_uppercase();
-                            if s.write_all(&up).await.is_err() {
-                                return;
-                            }
-                        }
+                        return shout_back(s).await;
                     }
                     s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                         .await
@@ -345,16 +349,7 @@ async fn connect_is_tunnelled_when_allowed() {
         s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
-                return;
-            }
-        }
+        shout_back(s).await;
     });
     let kg = Keygate::start(&up, "[listen]\nallow_connect = true\n").await;
     let (key, id) = kg.live_key().await;

@@ -218,14 +218,9 @@ impl Proxy {
             .max_concurrent_streams(256);
 
         let verifier = Arc::clone(&self.app.verifier);
-        let interval = self.usage_interval;
-        self.background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                verifier.flush_usage().await;
-            }
+        self.background.push(every(self.usage_interval, move || {
+            let verifier = Arc::clone(&verifier);
+            async move { verifier.flush_usage().await }
         }));
 
         if let Some(path) = self.config_file.clone() {
@@ -234,14 +229,9 @@ impl Proxy {
         }
 
         let audit = Arc::clone(&self.audit);
-        let interval = self.audit_interval;
-        self.background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                audit.flush_aggregates().await;
-            }
+        self.background.push(every(self.audit_interval, move || {
+            let audit = Arc::clone(&audit);
+            async move { audit.flush_aggregates().await }
         }));
 
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -326,6 +316,22 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Runs `job` every `interval` (first after one interval), until the task is aborted.
+fn every<F, Fut>(interval: Duration, job: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            job().await;
+        }
+    })
 }
 
 fn reload(app: &App, path: &std::path::Path) -> Result<(), String> {
