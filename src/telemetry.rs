@@ -34,6 +34,8 @@ pub struct Metrics {
     pub tls_handshake_errors: AtomicU64,
     /// Requests being forwarded (a gauge of upstream connection use).
     pub upstream_in_flight: AtomicU64,
+    /// Open tunnels (upgrades, CONNECT).
+    pub tunnels_open: AtomicU64,
     /// Whole requests, from the head received to the response head sent.
     pub request_seconds: Histogram,
     /// Upstream round trips, to the response head.
@@ -245,6 +247,11 @@ impl Metrics {
             out,
             "# HELP keygate_upstream_in_flight Requests being forwarded (upstream connections in use).\n# TYPE keygate_upstream_in_flight gauge\nkeygate_upstream_in_flight {}",
             self.upstream_in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_tunnels_open Open tunnels (upgraded connections, CONNECT).\n# TYPE keygate_tunnels_open gauge\nkeygate_tunnels_open {}",
+            self.tunnels_open.load(Ordering::Relaxed)
         );
         self.by_route.render(&mut out);
         self.request_seconds.render(

@@ -44,8 +44,9 @@ async fn shout_back(mut s: TcpStream) {
     }
 }
 
-/// A raw upstream: answers `Upgrade: shout` with 101 and then echoes bytes upper-cased; any
-/// other request gets a small 200.
+/// A raw upstream that switches to any protocol it is asked for (`Upgrade: websocket`, and a
+/// lenient `h2c` too) and then echoes bytes upper-cased; any other request gets `200 plain:<head
+/// had http2-settings>`.
 async fn upgrade_upstream() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -58,15 +59,26 @@ async fn upgrade_upstream() -> String {
                     if head.is_empty() {
                         return;
                     }
-                    if head.to_ascii_lowercase().contains("upgrade: shout") {
-                        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: shout\r\n\r\n")
+                    let lower = head.to_ascii_lowercase();
+                    if let Some(proto) = ["websocket", "h2c"]
+                        .into_iter()
+                        .find(|p| lower.contains(&format!("upgrade: {p}")))
+                    {
+                        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {proto}\r\n\r\n").as_bytes())
                             .await
                             .unwrap();
                         return shout_back(s).await;
                     }
-                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
+                    let body = format!("plain:{}", lower.contains("http2-settings"));
+                    s.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await
+                    .unwrap();
                 }
             });
         }
@@ -82,14 +94,14 @@ async fn authenticated_upgrades_become_tunnels() {
 
     let mut s = TcpStream::connect(kg.addr).await.unwrap();
     s.write_all(
-        format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: shout\r\n\r\n")
+        format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
             .as_bytes(),
     )
     .await
     .unwrap();
     let head = read_until(&mut s, "\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: shout"));
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"));
     for msg in ["hello", "again, both ways"] {
         s.write_all(msg.as_bytes()).await.unwrap();
         let got = read_until(&mut s, &msg.to_uppercase()).await;
@@ -99,9 +111,11 @@ async fn authenticated_upgrades_become_tunnels() {
 
     // Without a key the upgrade is refused like any request, and nothing is tunnelled.
     let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: shout\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let head = read_until(&mut s, "\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }
@@ -191,7 +205,13 @@ async fn http2_end_to_end_keeps_trailers() {
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let version = format!("{:?}", req.version());
+                        let version = format!(
+                            "{:?};te={}",
+                            req.version(),
+                            req.headers()
+                                .get("te")
+                                .map_or("-", |v| v.to_str().unwrap_or("?"))
+                        );
                         let frames = vec![
                             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(version))),
                             Ok(Frame::trailers({
@@ -234,7 +254,11 @@ async fn http2_end_to_end_keeps_trailers() {
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(collected.to_bytes(), "HTTP/2.0");
+    assert_eq!(
+        collected.to_bytes(),
+        "HTTP/2.0;te=trailers",
+        "TE: trailers is kept (gRPC)"
+    );
 }
 
 #[tokio::test]
@@ -385,4 +409,76 @@ async fn connect_is_tunnelled_when_allowed() {
         !upstream_saw.contains("authorization"),
         "the key stays with keygate"
     );
+}
+
+#[tokio::test]
+async fn h2c_upgrades_are_never_passed_through() {
+    let up = upgrade_upstream().await;
+    let kg = Keygate::start(&up, "").await;
+    let (key, _) = kg.live_key().await;
+    let mut s = TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Forwarded as a plain request: the upstream saw neither the upgrade nor the settings.
+    let resp = read_until(&mut s, "plain:").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let resp = resp + &read_until(&mut s, "e").await;
+    assert!(resp.ends_with("plain:false"), "{resp}");
+}
+
+#[tokio::test]
+async fn idle_tunnels_are_closed() {
+    let up = upgrade_upstream().await;
+    let kg = Keygate::start(&up, "[listen]\ntunnel_idle_timeout = \"300ms\"\n").await;
+    let (key, _) = kg.live_key().await;
+    let mut s = TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(
+        format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_until(&mut s, "\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
+    s.write_all(b"ping").await.unwrap();
+    assert_eq!(read_until(&mut s, "PING").await, "PING");
+    let metrics = get(&format!("http://{}/metrics", kg.ops_addr), &[]).await;
+    assert!(String::from_utf8_lossy(&metrics.body).contains("keygate_tunnels_open 1"));
+    // Silence: keygate closes the tunnel.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    assert_eventually!(
+        String::from_utf8_lossy(
+            &get(&format!("http://{}/metrics", kg.ops_addr), &[])
+                .await
+                .body
+        )
+        .contains("keygate_tunnels_open 0"),
+        Duration::from_secs(2),
+        "the tunnel gauge did not drop"
+    );
+}
+
+#[tokio::test]
+async fn connect_on_a_public_route_still_needs_a_key() {
+    let up = upgrade_upstream().await;
+    let kg = Keygate::start(
+        &up,
+        "[listen]\nallow_connect = true\n[default_route]\npublic = true\n",
+    )
+    .await;
+    let mut s = TcpStream::connect(kg.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut s, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }

@@ -159,6 +159,12 @@ pub struct ListenConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Forward authenticated `CONNECT` requests to the upstream (refused with 405 otherwise).
     pub allow_connect: bool,
+    /// `Upgrade` protocols passed through to the upstream (lower case); never `h2c`.
+    pub upgrades: Vec<String>,
+    /// A tunnel with no byte moving either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// No tunnel lives longer than this.
+    pub tunnel_max_lifetime: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -319,6 +325,9 @@ struct RawListen {
     proxy_protocol: Option<bool>,
     tls: Option<RawTls>,
     allow_connect: Option<bool>,
+    upgrades: Option<Vec<String>>,
+    tunnel_idle_timeout: Option<String>,
+    tunnel_max_lifetime: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -629,7 +638,31 @@ fn validate(
         proxy_protocol: raw.listen.proxy_protocol.unwrap_or(false),
         tls: None,
         allow_connect: raw.listen.allow_connect.unwrap_or(false),
+        upgrades: raw
+            .listen
+            .upgrades
+            .unwrap_or_else(|| vec!["websocket".into()])
+            .into_iter()
+            .map(|u| u.trim().to_ascii_lowercase())
+            .collect(),
+        tunnel_idle_timeout: c.duration(
+            "listen.tunnel_idle_timeout",
+            raw.listen.tunnel_idle_timeout,
+            secs(600),
+        ),
+        tunnel_max_lifetime: c.duration(
+            "listen.tunnel_max_lifetime",
+            raw.listen.tunnel_max_lifetime,
+            secs(24 * 3600),
+        ),
     };
+    for u in &listen.upgrades {
+        if u == "h2c" || u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            c.problem(format!(
+                "listen.upgrades: {u:?} cannot be passed through (one protocol token; never h2c)"
+            ));
+        }
+    }
     let listen = ListenConfig {
         tls: raw.listen.tls.and_then(|t| validate_tls(&mut c, t)),
         ..listen
@@ -926,6 +959,21 @@ fn validate_tls(c: &mut Check<'_>, raw: RawTls) -> Option<crate::tls::TlsConfig>
             c.problem(format!(
                 "listen.tls.sni[{i}].names: at least one server name"
             ));
+        }
+        for name in &s.names {
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            let valid = !bare.is_empty()
+                && bare.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                c.problem(format!(
+                    "listen.tls.sni[{i}].names: {name:?} is not a host name (a wildcard is only a leading \"*.\")"
+                ));
+            }
         }
     }
     // Load everything now, so a bad file is reported by check-config, not at the first handshake.

@@ -26,7 +26,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy `Proxy-Connection`): never forwarded.
-static HOP_BY_HOP: [&HeaderName; 8] = [
+static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
@@ -35,7 +35,10 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
     &header::PROXY_AUTHORIZATION,
+    // Only meaningful with `Upgrade: h2c`, which keygate never forwards.
+    &HTTP2_SETTINGS,
 ];
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Forwarding headers keygate sets itself; client-sent values are spoofable and dropped.
 static FORWARDING: [&HeaderName; 5] = [
@@ -254,7 +257,14 @@ impl HeaderPlan {
     pub fn prepare_request<B>(&self, req: &mut Request<B>, fwd: &Forward<'_>) {
         let client_host = host_of(req);
         let headers = req.headers_mut();
+        // `TE: trailers` is the one TE value worth keeping: gRPC servers require it.
+        let te_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         remove_hop_by_hop(headers);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         self.strip_identity_namespace(headers);
         for name in &self.strip_credentials {
             headers.remove(name);
@@ -310,27 +320,37 @@ impl HeaderPlan {
         }
         // Scheme, authority and path are all set, so this cannot fail.
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-        if let Some(s) = &self.signer {
-            let empty = HeaderValue::from_static("");
-            let (key_id, owner, scopes) = match fwd.identity {
-                Some(i) => (&i.values().key_id, &i.values().owner, &i.values().scopes),
-                None => (&empty, &empty, &empty),
-            };
-            let value = sign_v1(
-                &s.mac,
-                crate::time::Timestamp::now().unix(),
-                key_id.as_bytes(),
-                owner.as_bytes(),
-                scopes.as_bytes(),
-                req.method().as_str(),
-                req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-            );
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                req.headers_mut().insert(s.header.clone(), v);
-            }
-        }
-        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
+        self.sign(req, fwd.identity);
+        // HTTP/1.1 unless the upstream client speaks HTTP/2 (it then sets the version itself).
         *req.version_mut() = Version::HTTP_11;
+    }
+
+    /// Sets the signature header for the request as it will be sent: method and request target
+    /// (path and query; `host:port` for CONNECT). Call again after changing either.
+    pub fn sign<B>(&self, req: &mut Request<B>, identity: Option<&Identity>) {
+        let Some(s) = &self.signer else { return };
+        let empty = HeaderValue::from_static("");
+        let (key_id, owner, scopes) = match identity {
+            Some(i) => (&i.values().key_id, &i.values().owner, &i.values().scopes),
+            None => (&empty, &empty, &empty),
+        };
+        let target = match (req.uri().path_and_query(), req.uri().authority()) {
+            (Some(pq), _) => pq.as_str(),
+            (None, Some(a)) => a.as_str(),
+            (None, None) => "/",
+        };
+        let value = sign_v1(
+            &s.mac,
+            crate::time::Timestamp::now().unix(),
+            key_id.as_bytes(),
+            owner.as_bytes(),
+            scopes.as_bytes(),
+            req.method().as_str(),
+            target,
+        );
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            req.headers_mut().insert(s.header.clone(), v);
+        }
     }
 
     /// Removes every header in the identity namespace, in any spelling a framework might map to

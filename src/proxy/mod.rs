@@ -7,6 +7,7 @@ pub mod headers;
 mod ops;
 pub mod proxy_protocol;
 mod service;
+mod tunnel;
 mod upstream;
 
 use std::error::Error as StdError;
@@ -117,6 +118,11 @@ impl Proxy {
             audit: Arc::clone(&audit),
             access_log: config.log.access,
             allow_connect: config.listen.allow_connect,
+            upgrades: config.listen.upgrades.clone(),
+            tunnel_limits: tunnel::Limits {
+                idle: config.listen.tunnel_idle_timeout,
+                max_lifetime: config.listen.tunnel_max_lifetime,
+            },
         });
         let admin = if config.admin.tokens.is_empty() {
             None
@@ -167,8 +173,8 @@ impl Proxy {
     }
 
     /// Applies the policy part of `path` now. Returns the problems when the file is invalid.
-    pub fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
-        reload(&self.app, path)
+    pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
+        reload(&self.app, path).await
     }
 
     /// Serves the admin API on `listener` (ignored when the admin API is off).
@@ -334,8 +340,13 @@ where
     })
 }
 
-fn reload(app: &App, path: &std::path::Path) -> Result<(), String> {
-    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+async fn reload(app: &App, path: &std::path::Path) -> Result<(), String> {
+    // Reading and validating touch the disk (and TLS files): off the runtime threads.
+    let owned = path.to_owned();
+    let cfg = tokio::task::spawn_blocking(move || Config::load(&owned))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let next = app
         .policy
         .load()
@@ -369,7 +380,7 @@ async fn watch_config(app: Arc<App>, path: std::path::PathBuf) {
             }
         };
         last = stamp(&path);
-        match reload(&app, &path) {
+        match reload(&app, &path).await {
             Ok(()) => tracing::info!(
                 trigger = why,
                 file = %path.display(),

@@ -44,6 +44,9 @@ pub struct App {
     pub(crate) access_log: bool,
     /// Forward authenticated `CONNECT` requests to the upstream (a forward proxy).
     pub(crate) allow_connect: bool,
+    /// `Upgrade` protocols passed through (lower case), e.g. `websocket`.
+    pub(crate) upgrades: Vec<String>,
+    pub(crate) tunnel_limits: super::tunnel::Limits,
 }
 
 /// What the request path learned, for the audit trail (usage and failures).
@@ -220,7 +223,8 @@ impl App {
         policy.check_ip(client_ip, route)?; // 403
         policy.check_ip_limits(client_ip, route).await?; // 429
 
-        let (identity, permit) = if route.public {
+        // A CONNECT tunnel is never public: it always needs a key.
+        let (identity, permit) = if route.public && !connect {
             (None, Permit { rate: None })
         } else {
             let carriers = if route.carriers.is_empty() {
@@ -289,13 +293,9 @@ impl App {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
         let sent_at = std::time::Instant::now();
-        self.metrics
-            .upstream_in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        let forwarding = Forwarding::enter(&self.metrics);
         let result = self.upstream.send(req, self.max_request_body).await;
-        self.metrics
-            .upstream_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        drop(forwarding);
         let took = sent_at.elapsed();
         self.metrics.upstream_seconds.observe(took);
         seen.upstream_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
@@ -311,7 +311,12 @@ impl App {
                     });
                 };
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                tokio::spawn(super::tunnel::run(
+                    client_upgrade,
+                    upstream_upgrade,
+                    self.tunnel_limits,
+                    Arc::clone(&self.metrics),
+                ));
                 Ok((resp, permit.rate))
             }
             Ok(resp) => Ok((resp, permit.rate)),
@@ -356,10 +361,17 @@ impl App {
             },
         );
         *req.uri_mut() = target;
+        // Signed over the target actually sent (`host:port`), not the routing path.
+        self.plan.sign(&mut req, identity);
         let mut resp = self.upstream.connect_tunnel(req).await?;
         if resp.status().is_success() {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(super::tunnel::run(
+                client_upgrade,
+                upstream_upgrade,
+                self.tunnel_limits,
+                Arc::clone(&self.metrics),
+            ));
         }
         Ok(resp)
     }
@@ -377,8 +389,15 @@ impl App {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-        asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
-            .flatten()
+        // Only listed protocols: `h2c` in particular would turn the tunnel into an HTTP/2
+        // connection to the upstream that keygate never sees into.
+        let proto = req.headers().get(http::header::UPGRADE)?;
+        let allowed = proto.to_str().is_ok_and(|p| {
+            self.upgrades
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(p.trim()))
+        });
+        (asks && allowed).then(|| proto.clone())
     }
 
     fn body_limit(&self) -> usize {
@@ -401,21 +420,19 @@ impl App {
     }
 }
 
-/// Joins an upgraded client connection to the upgraded upstream connection until either
-/// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match (client.await, upstream.await) {
-        (Ok(c), Ok(u)) => {
-            let (mut c, mut u) = (
-                hyper_util::rt::TokioIo::new(c),
-                hyper_util::rt::TokioIo::new(u),
-            );
-            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-                Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
+/// Counts a request as being forwarded until dropped (also when the client goes away).
+struct Forwarding<'a>(&'a Metrics);
+
+impl<'a> Forwarding<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.upstream_in_flight.fetch_add(1, Ordering::Relaxed);
+        Forwarding(metrics)
+    }
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        self.0.upstream_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -138,7 +138,10 @@ impl Upstream {
         match tokio::time::timeout(self.response_timeout, send.send_request(req)).await {
             Err(_) => Err(AuthError::UpstreamTimeout),
             Ok(Err(_)) => Err(AuthError::UpstreamUnavailable),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                remove_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
         }
     }
 

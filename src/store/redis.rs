@@ -12,7 +12,7 @@
 //! | `{p}:owner:<owner>` | set | key ids of that owner (the owner index) |
 //! | `{p}:ids` | sorted set | key ids in creation order (score from the `{p}:seq` counter) |
 //! | `{p}:used` | hash | key id → last used, unix seconds (written in batches) |
-//! | `{p}:invalidate` | pub/sub channel | `<lookup hash hex>@<Redis time, ms>` of a changed record, or `*` |
+//! | `{p}:invalidate` | pub/sub channel | the lookup hash hex of a changed record (or `*`), then the same stamped `<hash>@<Redis time, ms>` for the revocation-lag metric; replicas of the previous release read the first and skip the second, so a rolling upgrade never misses a change |
 //! | `{p}:audit` | stream | audit events, field `e` = the event JSON, capped with `MAXLEN ~` |
 //! | `{p}:usage:<key id>:<hour>` | hash | `<minute>:<status class>` → requests (expires after 26 h) |
 //!
@@ -54,7 +54,7 @@ static INSERT: LazyLock<Script> = LazyLock::new(|| {
         redis.call('SADD', KEYS[3], ARGV[3])
         redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[3])
         local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
-        redis.call('PUBLISH', ARGV[4], ARGV[2] .. at)
+        redis.call('PUBLISH', ARGV[4], ARGV[2]); redis.call('PUBLISH', ARGV[4], ARGV[2] .. at)
         return 'ok'",
     )
 });
@@ -65,7 +65,7 @@ static UPDATE: LazyLock<Script> = LazyLock::new(|| {
         if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'changed' end
         redis.call('SET', KEYS[1], ARGV[2])
         local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
-        redis.call('PUBLISH', ARGV[3], ARGV[4] .. at)
+        redis.call('PUBLISH', ARGV[3], ARGV[4]); redis.call('PUBLISH', ARGV[3], ARGV[4] .. at)
         return 'ok'",
     )
 });
@@ -82,8 +82,8 @@ static ROTATE: LazyLock<Script> = LazyLock::new(|| {
         redis.call('SADD', KEYS[4], ARGV[5])
         redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[5])
         local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
-        redis.call('PUBLISH', ARGV[6], ARGV[7] .. at)
-        redis.call('PUBLISH', ARGV[6], ARGV[4] .. at)
+        redis.call('PUBLISH', ARGV[6], ARGV[7]); redis.call('PUBLISH', ARGV[6], ARGV[7] .. at)
+        redis.call('PUBLISH', ARGV[6], ARGV[4]); redis.call('PUBLISH', ARGV[6], ARGV[4] .. at)
         return 'ok'",
     )
 });
