@@ -257,7 +257,8 @@ async fn redis_changes_reach_other_replicas_over_pubsub() {
     let rec = mint("acct_1");
     a.insert(rec.clone()).await.unwrap();
     a.revoke(&rec.id, Timestamp::now()).await.unwrap();
-    for _ in 0..2 {
+    // Two changes, each published bare (for replicas of the previous release) and stamped.
+    for _ in 0..4 {
         let got = tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .unwrap()
