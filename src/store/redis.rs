@@ -627,6 +627,8 @@ impl RedisStore {
             }
             pipe.cmd("EXPIRE").arg(&key).arg(26 * 3600).ignore();
         }
+        // One flush is seen whole or not at all by readers.
+        pipe.atomic();
         self.write_pipe(pipe).await
     }
 
