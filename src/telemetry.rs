@@ -46,6 +46,22 @@ pub struct Metrics {
     pub by_route: RouteCounters,
 }
 
+/// Holds a gauge one higher for as long as it lives (also when a future is dropped midway).
+pub struct Held<'a>(&'a AtomicU64);
+
+impl<'a> Held<'a> {
+    pub fn enter(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Held(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Bucket bounds, seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -30,6 +30,14 @@ async fn read_until(s: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Connects, sends `request`, and reads the response head (or what came within 3 s).
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let head = read_until(&mut s, "\r\n\r\n").await;
+    (s, head)
+}
+
 /// Echoes what arrives, upper-cased, until the peer closes.
 async fn shout_back(mut s: TcpStream) {
     let mut buf = [0u8; 1024];
@@ -92,14 +100,7 @@ async fn authenticated_upgrades_become_tunnels() {
     let kg = Keygate::start(&up, "").await;
     let (key, _) = kg.live_key().await;
 
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let head = read_until(&mut s, "\r\n\r\n").await;
+    let (mut s, head) = exchange(kg.addr, &format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("upgrade: websocket"));
     for msg in ["hello", "again, both ways"] {
@@ -110,13 +111,11 @@ async fn authenticated_upgrades_become_tunnels() {
     drop(s);
 
     // Without a key the upgrade is refused like any request, and nothing is tunnelled.
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    let (_, head) = exchange(
+        kg.addr,
+        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let head = read_until(&mut s, "\r\n\r\n").await;
+    .await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }
 
@@ -125,14 +124,7 @@ async fn an_upgrade_answered_without_101_is_no_tunnel() {
     let up = Upstream::start().await; // answers everything with 200
     let kg = Keygate::start(&up.url(), "").await;
     let (key, _) = kg.live_key().await;
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let first = read_until(&mut s, "\r\n\r\n").await;
+    let (mut s, first) = exchange(kg.addr, &format!("GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     // The connection still speaks HTTP: a request without a key is parsed and refused.
     let _ = read_until(&mut s, "}").await;
@@ -150,26 +142,17 @@ async fn expect_100_continue_only_after_authentication() {
     let kg = Keygate::start(&up.url(), "").await;
     let (key, _) = kg.live_key().await;
 
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    let (_, head) = exchange(
+        kg.addr,
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let head = read_until(&mut s, "\r\n\r\n").await;
+    .await;
     assert!(
         head.starts_with("HTTP/1.1 401"),
         "no 100 before authentication: {head}"
     );
 
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        format!("POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let interim = read_until(&mut s, "\r\n\r\n").await;
+    let (mut s, interim) = exchange(kg.addr, &format!("POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")).await;
     assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
     s.write_all(b"hello").await.unwrap();
     let resp = read_until(&mut s, "}").await;
@@ -182,14 +165,7 @@ async fn connect_is_refused() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&up.url(), "").await;
     let (key, _) = kg.live_key().await;
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nauthorization: Bearer {key}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let head = read_until(&mut s, "\r\n\r\n").await;
+    let (_, head) = exchange(kg.addr, &format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nauthorization: Bearer {key}\r\n\r\n")).await;
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     assert_eq!(up.hits(), 0);
 }
@@ -378,24 +354,18 @@ async fn connect_is_tunnelled_when_allowed() {
     let kg = Keygate::start(&up, "[listen]\nallow_connect = true\n").await;
     let (key, id) = kg.live_key().await;
 
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(
-        read_until(&mut s, "\r\n\r\n")
-            .await
-            .starts_with("HTTP/1.1 401")
-    );
-
-    let mut s = TcpStream::connect(kg.addr).await.unwrap();
-    s.write_all(
-        format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nauthorization: Bearer {key}\r\n\r\n")
-            .as_bytes(),
+    let (_, head) = exchange(
+        kg.addr,
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let head = read_until(&mut s, "\r\n\r\n").await;
+    .await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    let (mut s, head) = exchange(
+        kg.addr,
+        &format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nauthorization: Bearer {key}\r\n\r\n"),
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"through the tunnel").await.unwrap();
     assert_eq!(read_until(&mut s, "TUNNEL").await, "THROUGH THE TUNNEL");

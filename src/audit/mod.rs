@@ -67,12 +67,19 @@ impl Sink {
                 store: r.clone(),
                 max_len: cfg.stream_max_len,
             },
-            (Store::File(_), Some(path)) => Sink::File(FileSink::new(
+            (Store::File(_), _) => Sink::file_or_log(cfg),
+        }
+    }
+
+    /// The file store's sink: the audit file, or only the log line when there is none.
+    fn file_or_log(cfg: &AuditConfig) -> Sink {
+        match &cfg.file {
+            Some(path) => Sink::File(FileSink::new(
                 path.clone(),
                 cfg.max_file_size,
                 cfg.keep_files,
             )),
-            (Store::File(_), None) => Sink::LogOnly,
+            None => Sink::LogOnly,
         }
     }
 
@@ -83,14 +90,7 @@ impl Sink {
                 store: RedisStore::open(r)?,
                 max_len: cfg.stream_max_len,
             }),
-            StoreConfig::File { .. } => Ok(match &cfg.file {
-                Some(path) => Sink::File(FileSink::new(
-                    path.clone(),
-                    cfg.max_file_size,
-                    cfg.keep_files,
-                )),
-                None => Sink::LogOnly,
-            }),
+            StoreConfig::File { .. } => Ok(Sink::file_or_log(cfg)),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::config::Carrier;
 use crate::error::AuthError;
 use crate::policy::ratelimit::Decision;
 use crate::policy::{self, PathError, Permit, Policy};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Held, Metrics};
 
 /// What the client receives: the upstream's streamed body, or keygate's JSON error.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -104,7 +104,7 @@ impl App {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = std::time::Instant::now();
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight::enter(&self.metrics);
+        let _in_flight = Held::enter(&self.metrics.in_flight);
         let request_id = request_id(req.headers());
         // An HTTP/1 request whose body we never read leaves unread bytes on the connection;
         // closing it is the only way those bytes can never be parsed as another request.
@@ -293,7 +293,7 @@ impl App {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
         let sent_at = std::time::Instant::now();
-        let forwarding = Forwarding::enter(&self.metrics);
+        let forwarding = Held::enter(&self.metrics.upstream_in_flight);
         let result = self.upstream.send(req, self.max_request_body).await;
         drop(forwarding);
         let took = sent_at.elapsed();
@@ -417,37 +417,5 @@ impl App {
             }),
             _ => Ok(()),
         }
-    }
-}
-
-/// Counts a request as being forwarded until dropped (also when the client goes away).
-struct Forwarding<'a>(&'a Metrics);
-
-impl<'a> Forwarding<'a> {
-    fn enter(metrics: &'a Metrics) -> Self {
-        metrics.upstream_in_flight.fetch_add(1, Ordering::Relaxed);
-        Forwarding(metrics)
-    }
-}
-
-impl Drop for Forwarding<'_> {
-    fn drop(&mut self) {
-        self.0.upstream_in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a request as in flight until dropped, including when the client goes away mid-request.
-struct InFlight<'a>(&'a Metrics);
-
-impl<'a> InFlight<'a> {
-    fn enter(metrics: &'a Metrics) -> Self {
-        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(metrics)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

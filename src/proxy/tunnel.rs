@@ -14,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::telemetry::Metrics;
+use crate::telemetry::{Held, Metrics};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -73,15 +73,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
     }
 }
 
-/// Counts an open tunnel until dropped.
-struct Open(Arc<Metrics>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.tunnels_open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Waits for both upgrades, then copies both ways within `limits`.
 pub async fn run(client: OnUpgrade, upstream: OnUpgrade, limits: Limits, metrics: Arc<Metrics>) {
     let (c, u) = match (client.await, upstream.await) {
@@ -91,8 +82,7 @@ pub async fn run(client: OnUpgrade, upstream: OnUpgrade, limits: Limits, metrics
             return;
         }
     };
-    metrics.tunnels_open.fetch_add(1, Ordering::Relaxed);
-    let _open = Open(metrics);
+    let _open = Held::enter(&metrics.tunnels_open);
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut c = Activity {

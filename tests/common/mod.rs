@@ -386,7 +386,10 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bod
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client().request(req.body(body).unwrap()).await.unwrap();
+    read_whole(client().request(req.body(body).unwrap()).await.unwrap()).await
+}
+
+async fn read_whole(resp: Response<Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Resp {
@@ -425,14 +428,7 @@ pub async fn get_from(local: std::net::IpAddr, url: &str, headers: &[(&str, &str
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(empty()).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    read_whole(client.request(req.body(empty()).unwrap()).await.unwrap()).await
 }
 
 /// Mints a key with the given scopes and options through the proxy's own store.
