@@ -44,6 +44,9 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 # A/B: another keygate binary (e.g. a build of an earlier commit) measured in the same rounds as
 # "keygate-base", with the same file store configuration.
 BASELINE = os.environ.get("KEYGATE_BASELINE")
+# With a baseline: AB_ONLY=1 measures only keygate and keygate-base, at 64 connections, and prints
+# the CPU ratio of each round's pair (the quick check after a hot-path change).
+AB_ONLY = bool(BASELINE) and os.environ.get("AB_ONLY") == "1"
 SECONDS = int(os.environ.get("SECONDS", "8"))
 CLIENT_CPU, SERVER_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -329,8 +332,10 @@ def run(binary, work):
         wrk_short = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c64", "-d1s"] + (["-H", header] if header else [])
         subprocess.run(wrk_short + [f"http://127.0.0.1:{port}/v1/items"], capture_output=True)
 
+    if AB_ONLY:
+        servers = {k: servers[k] for k in ("keygate", "keygate-base")}
     results = {}
-    for conns in (64, 1):
+    for conns in (64,) if AB_ONLY else (64, 1):
         for rnd in range(ROUNDS):
             for name, (port, pids, header) in servers.items():
                 own = pids if name != "direct" else upstream_pids
@@ -348,6 +353,13 @@ def run(binary, work):
                 log(f"round {rnd + 1}/{ROUNDS} c={conns:>2} {name:<14} {r['rps']:>9.0f} req/s  p50 {r['p50']:>7.0f}us"
                     f"  cpu {r['cpu_us']:>6.1f}us/req  other {r['other_pct']:>4.1f}%")
 
+    if AB_ONLY:
+        pairs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(results[("keygate", 64)], results[("keygate-base", 64)])]
+        print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s: keygate CPU us/req "
+              f"{med(results[('keygate', 64)], 'cpu_us'):.1f}, keygate-base {med(results[('keygate-base', 64)], 'cpu_us'):.1f}")
+        print("  per-round ratio keygate/keygate-base: " + " ".join(f"{r:.3f}" for r in pairs)
+              + f"  median {statistics.median(pairs):.3f}")
+        return
     floods = {}
     for name, header in (("bogus key (unknown, well-formed)", f"Authorization: Bearer {unknown_key}"),
                          ("malformed key", "Authorization: Bearer sk_live_not_a_key")):

@@ -558,3 +558,60 @@ async fn readyz_and_healthz_on_the_ops_listener() {
     assert_eq!(r.code(), "unauthorized");
     kg.stop().await.unwrap();
 }
+
+/// keygate's keep-alive pool: sequential requests share one upstream connection whatever their
+/// response (plain, HEAD, a large streamed body); concurrent ones each get their own and never
+/// see another's response; a response the client abandons halfway costs only its connection;
+/// a timed-out request does not poison the pool.
+#[tokio::test]
+async fn upstream_connections_are_reused_but_never_shared_mid_response() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await;
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let headers = [("authorization", auth.as_str())];
+    for i in 0..5 {
+        let r = get(&kg.url(&format!("/seq/{i}")), &headers).await;
+        assert_eq!(r.json()["path"], format!("/seq/{i}"));
+    }
+    let r = send(Method::HEAD, &kg.url("/head"), &headers, empty()).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
+    let r = get(&kg.url("/download/300000"), &headers).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 300_000));
+    let r = get(&kg.url("/after"), &headers).await;
+    assert_eq!(r.json()["path"], "/after");
+    assert_eq!(
+        up.connections(),
+        1,
+        "sequential requests share one connection"
+    );
+
+    let concurrent = (0..8).map(|i| {
+        let url = kg.url(&format!("/par/{i}"));
+        let auth = auth.clone();
+        tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await })
+    });
+    for (i, r) in futures_util::future::join_all(concurrent)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r.unwrap().json()["path"], format!("/par/{i}"));
+    }
+
+    // Abandon a large download after its first bytes.
+    let mut s = tokio::net::TcpStream::connect(kg.addr).await.unwrap();
+    let req =
+        format!("GET /download/50000000 HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    let r = send(Method::GET, &kg.url("/slow/10000"), &headers, empty()).await;
+    assert_eq!(r.status.as_u16(), 504); // response_timeout = 2s in the harness
+    for i in 0..20 {
+        let r = get(&kg.url(&format!("/again/{i}")), &headers).await;
+        assert_eq!(r.json()["path"], format!("/again/{i}"));
+    }
+}

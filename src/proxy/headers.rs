@@ -261,21 +261,11 @@ impl HeaderPlan {
         let te_trailers = headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        remove_hop_by_hop(headers);
+        for name in self.doomed(headers, fwd.keep_method_override) {
+            headers.remove(name);
+        }
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        self.strip_identity_namespace(headers);
-        for name in &self.strip_credentials {
-            headers.remove(name);
-        }
-        for name in FORWARDING {
-            headers.remove(name);
-        }
-        if !fwd.keep_method_override {
-            for name in METHOD_OVERRIDES {
-                headers.remove(name);
-            }
         }
 
         headers.insert(X_FORWARDED_FOR.clone(), fwd.client_ip.clone());
@@ -357,28 +347,42 @@ impl HeaderPlan {
     /// it (`X-Auth-Owner`, `x_auth_owner`: CGI-style servers treat `_` and `-` alike).
     /// The same for underscore spellings of the forwarding headers (`x_forwarded_for`), which
     /// such servers would read as the real thing.
-    fn strip_identity_namespace(&self, headers: &mut HeaderMap) {
+    /// Every client header the upstream must not receive, found in one pass over the names
+    /// the request carries (most carry none but the credential): hop-by-hop headers and those
+    /// `Connection` names, the credential carriers (unless forwarded), forwarding headers
+    /// (keygate sets its own), method overrides (unless honoured) and anything in the identity
+    /// namespace or spelled like a forwarding header with `_` for `-`.
+    fn doomed(&self, headers: &HeaderMap, keep_method_override: bool) -> Vec<HeaderName> {
+        let mut doomed = connection_named(headers);
+        doomed.extend(
+            headers
+                .keys()
+                .filter(|name| {
+                    HOP_BY_HOP.contains(name)
+                        || FORWARDING.contains(name)
+                        || self.strip_credentials.contains(name)
+                        || (!keep_method_override && METHOD_OVERRIDES.contains(name))
+                        || self.spoofed(name)
+                })
+                .cloned(),
+        );
+        doomed
+    }
+
+    /// In the identity namespace, or a forwarding header spelled with `_` for `-` (which some
+    /// servers read as the same header).
+    fn spoofed(&self, name: &HeaderName) -> bool {
         let prefix = self.identity_prefix.as_bytes();
         // `_` reads as `-`; the header names here are all lower-case already.
         let same = |a: &u8, b: &u8| *a == *b || (*a == b'_' && *b == b'-');
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| {
-                let n = name.as_str().as_bytes();
-                let in_namespace =
-                    n.len() >= prefix.len() && n.iter().zip(prefix).all(|(a, b)| same(a, b));
-                let forwarding_lookalike = n.contains(&b'_')
-                    && FORWARDING.iter().any(|f| {
-                        let f = f.as_str().as_bytes();
-                        f.len() == n.len() && n.iter().zip(f).all(|(a, b)| same(a, b))
-                    });
-                in_namespace || forwarding_lookalike
-            })
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(&name);
-        }
+        let n = name.as_str().as_bytes();
+        let in_namespace = n.len() >= prefix.len() && n.iter().zip(prefix).all(|(a, b)| same(a, b));
+        let forwarding_lookalike = n.contains(&b'_')
+            && FORWARDING.iter().any(|f| {
+                let f = f.as_str().as_bytes();
+                f.len() == n.len() && n.iter().zip(f).all(|(a, b)| same(a, b))
+            });
+        in_namespace || forwarding_lookalike
     }
 }
 
@@ -393,19 +397,27 @@ fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, first those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let mut doomed = connection_named(headers);
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|name| HOP_BY_HOP.contains(name))
+            .cloned(),
+    );
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The headers a message's `Connection` header names (hop-by-hop by declaration).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(&name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 /// The client's `X-Request-Id` when it is sane, or a fresh one.
@@ -425,8 +437,21 @@ fn new_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(|| crate::key::random_base62(10));
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix}-{n:x}"))
+    id_value(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `<prefix>-<n in hex>`, built by hand: this runs on every request without an `X-Request-Id`.
+fn id_value(prefix: &str, n: u64) -> HeaderValue {
+    let mut id = Vec::with_capacity(prefix.len() + 17);
+    id.extend_from_slice(prefix.as_bytes());
+    id.push(b'-');
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    id.extend(
+        (0..digits)
+            .rev()
+            .map(|i| b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]),
+    );
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
@@ -449,6 +474,13 @@ mod tests {
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             vec!["x-kept"]
         );
+    }
+
+    #[test]
+    fn request_id_counter_is_hex() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 0xdead_beef, u64::MAX] {
+            assert_eq!(id_value("p", n), format!("p-{n:x}").as_str(), "{n}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod headers;
 mod ops;
+mod pool;
 pub mod proxy_protocol;
 mod service;
 mod tunnel;

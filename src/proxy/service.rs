@@ -15,6 +15,7 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 
 use super::headers::{self, ConnInfo, Forward, HeaderPlan, X_REQUEST_ID, request_id};
+use super::pool::PooledBody;
 use super::upstream::Upstream;
 use crate::audit::Audit;
 use crate::auth::{self, Verifier};
@@ -25,7 +26,7 @@ use crate::policy::{self, PathError, Permit, Policy};
 use crate::telemetry::{Held, Metrics};
 
 /// What the client receives: the upstream's streamed body, or keygate's JSON error.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -199,7 +200,7 @@ impl App {
         conn: &ConnInfo,
         request_id: &HeaderValue,
         seen: &mut Seen,
-    ) -> Result<(Response<Incoming>, Option<Decision>), Rejection> {
+    ) -> Result<(Response<PooledBody>, Option<Decision>), Rejection> {
         // One policy for the whole request, even if a reload swaps it meanwhile.
         let policy = self.policy.load_full();
         let client_ip = policy.client_ip(conn.peer.ip(), req.headers())?; // 400
@@ -265,7 +266,7 @@ impl App {
             return self
                 .forward_connect(req, conn, client_ip, identity.as_ref(), request_id)
                 .await
-                .map(|resp| (resp, permit.rate))
+                .map(|resp| (resp.map(PooledBody::unpooled), permit.rate))
                 .map_err(|err| Rejection {
                     err,
                     rate: permit.rate,

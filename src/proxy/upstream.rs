@@ -1,6 +1,7 @@
-//! The forwarding client: one pooled hyper-util client to the configured upstream (plain HTTP,
-//! or TLS through rustls for `https://`; HTTP/1.1, or HTTP/2 when configured), with connect and
-//! response-header timeouts, and the mapping of its failures to 502/504/413.
+//! The forwarding client to the configured upstream, with connect and response-header timeouts
+//! and the mapping of its failures to 502/504/413: keygate's own keep-alive pool
+//! ([`super::pool`]) for plain HTTP/1.1, the hot path; a pooled hyper-util client for TLS
+//! through rustls (`https://`) and for HTTP/2.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::remove_hop_by_hop;
+use super::pool::{H1Pool, PooledBody};
 use crate::config::UpstreamConfig;
 use crate::error::AuthError;
 
@@ -23,6 +25,7 @@ pub type UpstreamBody = Limited<Incoming>;
 /// Plain and TLS clients are different types; the plain one keeps the hot path free of the
 /// TLS wrapper.
 enum Clients {
+    Pooled(std::sync::Arc<H1Pool>),
     Plain(Client<HttpConnector, UpstreamBody>),
     Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
 }
@@ -47,7 +50,22 @@ impl Upstream {
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .http2_only(cfg.http2);
-        let client = if cfg.url.scheme_str() == Some("https") {
+        let plain_addr = (cfg.url.scheme_str() == Some("http"))
+            .then(|| {
+                cfg.url.authority().map(|a| match a.port_u16() {
+                    Some(_) => a.as_str().to_owned(),
+                    None => format!("{}:80", a.host()),
+                })
+            })
+            .flatten();
+        let client = if let Some(addr) = plain_addr.clone().filter(|_| !cfg.http2) {
+            Clients::Pooled(H1Pool::new(
+                addr,
+                cfg.connect_timeout,
+                cfg.pool_idle_timeout,
+                cfg.pool_max_idle_per_host,
+            ))
+        } else if cfg.url.scheme_str() == Some("https") {
             connector.enforce_http(false);
             let tls = crate::tls::upstream_client_config(&cfg.tls)?;
             let connector_builder = HttpsConnectorBuilder::new()
@@ -68,14 +86,7 @@ impl Upstream {
             response_timeout: cfg.response_timeout,
             http2: cfg.http2,
             connect_timeout: cfg.connect_timeout,
-            plain_addr: (cfg.url.scheme_str() == Some("http"))
-                .then(|| {
-                    cfg.url.authority().map(|a| match a.port_u16() {
-                        Some(_) => a.as_str().to_owned(),
-                        None => format!("{}:80", a.host()),
-                    })
-                })
-                .flatten(),
+            plain_addr,
         })
     }
 
@@ -84,15 +95,25 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
         body_limit: u64,
-    ) -> Result<Response<Incoming>, AuthError> {
-        let sent = match &self.client {
-            Clients::Plain(c) => c.request(req),
-            Clients::Tls(c) => c.request(req),
+    ) -> Result<Response<PooledBody>, AuthError> {
+        let sent = async {
+            match &self.client {
+                Clients::Pooled(pool) => pool.send(req).await.map_err(|e| classify(&e, body_limit)),
+                Clients::Plain(c) => c
+                    .request(req)
+                    .await
+                    .map(|r| r.map(PooledBody::unpooled))
+                    .map_err(|e| classify(&e, body_limit)),
+                Clients::Tls(c) => c
+                    .request(req)
+                    .await
+                    .map(|r| r.map(PooledBody::unpooled))
+                    .map_err(|e| classify(&e, body_limit)),
+            }
         };
         let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
             Err(_) => return Err(AuthError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(classify(&e, body_limit)),
-            Ok(Ok(resp)) => resp,
+            Ok(result) => result?,
         };
         // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
         let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
@@ -150,8 +171,8 @@ impl Upstream {
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, body_limit: u64) -> AuthError {
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+fn classify(e: &(dyn StdError + 'static), body_limit: u64) -> AuthError {
+    let mut source = Some(e);
     while let Some(s) = source {
         if s.is::<LengthLimitError>() {
             return AuthError::PayloadTooLarge { limit: body_limit };
@@ -163,6 +184,6 @@ fn classify(e: &hyper_util::client::legacy::Error, body_limit: u64) -> AuthError
         }
         source = s.source();
     }
-    tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
+    tracing::warn!(error = %e, "upstream request failed");
     AuthError::UpstreamUnavailable
 }

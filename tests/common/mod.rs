@@ -52,6 +52,7 @@ macro_rules! assert_eventually {
 pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,11 +62,14 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&hits);
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -78,7 +82,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            connections,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -87,6 +96,11 @@ impl Upstream {
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

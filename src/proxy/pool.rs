@@ -1,0 +1,234 @@
+//! Keep-alive connections to a plain `http://` HTTP/1.1 upstream: the hot path's client.
+//!
+//! A request takes the most recently used idle connection (or opens one) and sends on it in the
+//! caller's task. The connection goes back to the pool when the response body has been read to
+//! its end — from the body itself ([`PooledBody`]), so no task is spawned per request and no
+//! connection is shared before its previous exchange is over. A request that never left (the
+//! idle connection had been closed meanwhile) is sent again on another connection; one that
+//! left is never resent.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::upstream::UpstreamBody;
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection within the connect timeout.
+    ConnectTimeout,
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::ConnectTimeout => f.write_str("connect timed out"),
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::ConnectTimeout => None,
+            SendError::Connect(e) => Some(e),
+            SendError::Http(e) => Some(e),
+        }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+pub struct H1Pool {
+    /// `host:port`.
+    addr: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// Most recently used at the back; the oldest (first to expire) at the front.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+/// How many pooled connections one request tries before opening a new one.
+const REUSE_ATTEMPTS: usize = 2;
+
+impl H1Pool {
+    pub fn new(
+        addr: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Arc<Self> {
+        Arc::new(H1Pool {
+            addr,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Sends `req` and resolves to the response head; its body hands the connection back.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        for _ in 0..REUSE_ATTEMPTS {
+            let Some(mut sender) = self.checkout() else {
+                break;
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection had closed (or was not ready yet).
+                    Some(unsent) => {
+                        req = unsent;
+                        self.checkin(sender);
+                    }
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok(self.wrap(resp, sender))
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: SendRequest<UpstreamBody>,
+    ) -> Response<PooledBody> {
+        resp.map(|inner| PooledBody {
+            inner,
+            home: Some((sender, Arc::clone(self))),
+        })
+    }
+
+    /// The most recently used idle connection that can take a request now. Closed and
+    /// expired ones met on the way are dropped.
+    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop_back() {
+            if c.sender.is_closed() || c.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            if c.sender.is_ready() {
+                return Some(c.sender);
+            }
+            // Still finishing its previous exchange: leave it for a later request.
+            idle.push_back(c);
+            return None;
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle
+            .front()
+            .is_some_and(|c| c.since.elapsed() > self.idle_timeout || c.sender.is_closed())
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(self.addr.as_str()),
+        )
+        .await
+        .map_err(|_| SendError::ConnectTimeout)?
+        .map_err(SendError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// An upstream response body; when it has been read to its end, its connection goes back to
+/// the pool (a body dropped before its end takes its connection down with it).
+pub struct PooledBody {
+    inner: Incoming,
+    home: Option<(SendRequest<UpstreamBody>, Arc<H1Pool>)>,
+}
+
+impl PooledBody {
+    /// A body whose connection is not pooled here.
+    pub fn unpooled(inner: Incoming) -> Self {
+        PooledBody { inner, home: None }
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.home.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
