@@ -68,6 +68,8 @@ pub struct H1Pool {
 
 /// How many pooled connections one request tries before opening a new one.
 const REUSE_ATTEMPTS: usize = 2;
+/// How many busy idle-list entries a checkout passes over before opening a new connection.
+const CHECKOUT_SCAN: usize = 4;
 
 impl H1Pool {
     pub fn new(
@@ -116,26 +118,29 @@ impl H1Pool {
         resp: Response<Incoming>,
         sender: SendRequest<UpstreamBody>,
     ) -> Response<PooledBody> {
-        resp.map(|inner| PooledBody {
-            inner,
-            home: Some((sender, Arc::clone(self))),
-        })
+        // A connection that switched protocols is a tunnel now, never reusable.
+        let home = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| (sender, Arc::clone(self)));
+        resp.map(|inner| PooledBody { inner, home })
     }
 
-    /// The most recently used idle connection that can take a request now. Closed and
-    /// expired ones met on the way are dropped.
+    /// The most recently used idle connection that can take a request now, among the last
+    /// few checked in. Closed and expired ones met on the way are dropped; one still finishing
+    /// its previous exchange (a request body the upstream answered early) stays for later.
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(c) = idle.pop_back() {
+        let mut i = idle.len();
+        let mut looked = 0;
+        while i > 0 && looked < CHECKOUT_SCAN {
+            i -= 1;
+            let c = &idle[i];
             if c.sender.is_closed() || c.since.elapsed() > self.idle_timeout {
-                continue;
+                idle.remove(i);
+            } else if c.sender.is_ready() {
+                return idle.remove(i).map(|c| c.sender);
+            } else {
+                looked += 1;
             }
-            if c.sender.is_ready() {
-                return Some(c.sender);
-            }
-            // Still finishing its previous exchange: leave it for a later request.
-            idle.push_back(c);
-            return None;
         }
         None
     }
