@@ -74,6 +74,7 @@ pub struct Forward<'a> {
 /// Sets the rate-limit headers of one decision in the configured styles.
 pub fn set_rate_limit_headers(headers: &mut HeaderMap, d: &Decision, styles: HeaderStyles) {
     let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    headers.reserve(8);
     if styles.x_ratelimit {
         let reset_at = crate::time::Timestamp::now().unix() + reset_secs;
         headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
@@ -257,6 +258,8 @@ impl HeaderPlan {
     pub fn prepare_request<B>(&self, req: &mut Request<B>, fwd: &Forward<'_>) {
         let client_host = host_of(req);
         let headers = req.headers_mut();
+        // Room for what is added below, so the map grows at most once.
+        headers.reserve(16);
         // `TE: trailers` is the one TE value worth keeping: gRPC servers require it.
         let te_trailers = headers
             .get(header::TE)
@@ -416,9 +419,20 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter_map(|token| {
+            let token = token.trim();
+            // The usual values, without parsing a name for them.
+            if token.eq_ignore_ascii_case("keep-alive") {
+                Some(KEEP_ALIVE.clone())
+            } else if token.eq_ignore_ascii_case("close") {
+                Some(CLOSE.clone())
+            } else {
+                HeaderName::from_bytes(token.as_bytes()).ok()
+            }
+        })
         .collect()
 }
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// The client's `X-Request-Id` when it is sane, or a fresh one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
