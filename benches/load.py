@@ -44,8 +44,9 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 # A/B: another keygate binary (e.g. a build of an earlier commit) measured in the same rounds as
 # "keygate-base", with the same file store configuration.
 BASELINE = os.environ.get("KEYGATE_BASELINE")
-# With a baseline: AB_ONLY=1 measures only keygate and keygate-base, at 64 connections, and prints
-# the CPU ratio of each round's pair (the quick check after a hot-path change).
+# With a baseline: AB_ONLY=1 measures only keygate, keygate-base and nginx, at 64 connections, and
+# prints the CPU ratio of each round's pairs (the quick check after a hot-path change: per-round
+# ratios of neighbouring runs hold up far better than absolute figures on a noisy machine).
 AB_ONLY = bool(BASELINE) and os.environ.get("AB_ONLY") == "1"
 SECONDS = int(os.environ.get("SECONDS", "8"))
 CLIENT_CPU, SERVER_CPU = "0", "1"
@@ -333,7 +334,7 @@ def run(binary, work):
         subprocess.run(wrk_short + [f"http://127.0.0.1:{port}/v1/items"], capture_output=True)
 
     if AB_ONLY:
-        servers = {k: servers[k] for k in ("keygate", "keygate-base")}
+        servers = {k: servers[k] for k in ("keygate", "keygate-base", "nginx")}
     results = {}
     for conns in (64,) if AB_ONLY else (64, 1):
         for rnd in range(ROUNDS):
@@ -354,11 +355,12 @@ def run(binary, work):
                     f"  cpu {r['cpu_us']:>6.1f}us/req  other {r['other_pct']:>4.1f}%")
 
     if AB_ONLY:
-        pairs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(results[("keygate", 64)], results[("keygate-base", 64)])]
-        print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s: keygate CPU us/req "
-              f"{med(results[('keygate', 64)], 'cpu_us'):.1f}, keygate-base {med(results[('keygate-base', 64)], 'cpu_us'):.1f}")
-        print("  per-round ratio keygate/keygate-base: " + " ".join(f"{r:.3f}" for r in pairs)
-              + f"  median {statistics.median(pairs):.3f}")
+        print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s, CPU us/req: "
+              + ", ".join(f"{n} {med(results[(n, 64)], 'cpu_us'):.1f}" for n in servers))
+        for other in ("keygate-base", "nginx"):
+            pairs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(results[("keygate", 64)], results[(other, 64)])]
+            print(f"  per-round ratio keygate/{other}: " + " ".join(f"{r:.3f}" for r in pairs)
+                  + f"  median {statistics.median(pairs):.3f}")
         return
     floods = {}
     for name, header in (("bogus key (unknown, well-formed)", f"Authorization: Bearer {unknown_key}"),

@@ -571,8 +571,9 @@ async fn upstream_connections_are_reused_but_never_shared_mid_response() {
     let auth = bearer(&key);
     let headers = [("authorization", auth.as_str())];
     for i in 0..5 {
-        let r = get(&kg.url(&format!("/seq/{i}")), &headers).await;
-        assert_eq!(r.json()["path"], format!("/seq/{i}"));
+        let r = get(&kg.url(&format!("/seq/{i}?q={i}")), &headers).await;
+        // Origin-form on the wire, as from any client of an origin server.
+        assert_eq!(r.json()["target"], format!("/seq/{i}?q={i}"));
     }
     let r = send(Method::HEAD, &kg.url("/head"), &headers, empty()).await;
     assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));

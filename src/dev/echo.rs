@@ -65,6 +65,8 @@ pub async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
     let body = serde_json::json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
+        // The request target as it arrived: origin-form (`/path?q`) unless a proxy sent more.
+        "target": parts.uri.to_string(),
         "query": parts.uri.query(),
         "version": format!("{:?}", parts.version),
         "headers": headers,

@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -92,6 +93,16 @@ impl H1Pool {
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        // Origin-form (`/path?query`) on the wire, as a client of an origin server sends it;
+        // hyper's connection writes whatever form the URI has.
+        if req.uri().authority().is_some() {
+            let target = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(target);
+        }
         for _ in 0..REUSE_ATTEMPTS {
             let Some(mut sender) = self.checkout() else {
                 break;
