@@ -616,3 +616,25 @@ async fn upstream_connections_are_reused_but_never_shared_mid_response() {
         assert_eq!(r.json()["path"], format!("/again/{i}"));
     }
 }
+
+/// Idle upstream connections are closed after `upstream.pool_idle_timeout` even when no request
+/// comes along to notice.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start_with_upstream(&up.url(), "pool_idle_timeout = \"1s\"\n", "").await;
+    let (key, _) = kg.live_key().await;
+    let r = get(&kg.url("/once"), &[("authorization", &bearer(&key))]).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!((up.connections(), up.closed()), (1, 0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while up.closed() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Closed by keygate's reaper (1 s timeout, checked every second), not by a request.
+    assert_eq!(up.connections(), 1);
+}

@@ -65,6 +65,8 @@ pub struct H1Pool {
     max_idle: usize,
     /// Most recently used at the back; the oldest (first to expire) at the front.
     idle: Mutex<VecDeque<Idle>>,
+    /// The task closing expired idle connections runs (started with the first connection).
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 /// How many pooled connections one request tries before opening a new one.
@@ -85,6 +87,7 @@ impl H1Pool {
             idle_timeout,
             max_idle,
             idle: Mutex::new(VecDeque::new()),
+            reaping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -161,12 +164,7 @@ impl H1Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|c| c.since.elapsed() > self.idle_timeout || c.sender.is_closed())
-        {
-            idle.pop_front();
-        }
+        self.evict_expired(&mut idle);
         if idle.len() < self.max_idle {
             idle.push_back(Idle {
                 sender,
@@ -175,7 +173,39 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, SendError> {
+    /// Drops (closes) the oldest idle connections while they are expired or closed.
+    fn evict_expired(&self, idle: &mut VecDeque<Idle>) {
+        while idle
+            .front()
+            .is_some_and(|c| c.since.elapsed() > self.idle_timeout || c.sender.is_closed())
+        {
+            idle.pop_front();
+        }
+    }
+
+    /// Closes expired idle connections even when no request comes to do it, until the pool
+    /// itself is gone.
+    fn start_reaper(self: &Arc<Self>) {
+        if self
+            .reaping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                pool.evict_expired(&mut idle);
+            }
+        });
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<UpstreamBody>, SendError> {
+        self.start_reaper();
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(self.addr.as_str()),

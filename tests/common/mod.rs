@@ -53,6 +53,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,6 +65,8 @@ impl Upstream {
         let counter = Arc::clone(&hits);
         let connections = Arc::new(AtomicU64::new(0));
         let accepted = Arc::clone(&connections);
+        let closed = Arc::new(AtomicU64::new(0));
+        let ended = Arc::clone(&closed);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -71,6 +74,7 @@ impl Upstream {
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = Arc::clone(&counter);
+                let ended = Arc::clone(&ended);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -79,6 +83,7 @@ impl Upstream {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -86,6 +91,7 @@ impl Upstream {
             addr,
             hits,
             connections,
+            closed,
             task,
         }
     }
@@ -101,6 +107,11 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that have ended so far.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
