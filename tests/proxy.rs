@@ -638,3 +638,38 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     // Closed by keygate's reaper (1 s timeout, checked every second), not by a request.
     assert_eq!(up.connections(), 1);
 }
+
+/// An upstream that accepts no connection within `upstream.connect_timeout` is a 504, like one
+/// that answers too late (not a 502: nothing refused).
+#[tokio::test]
+async fn upstream_connect_timeout_is_504() {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    sock.bind(&any.into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue, never accepting: later SYNs are dropped and connects hang.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(300), connect).await {
+            fillers.push(s);
+        }
+    }
+    let kg = Keygate::start(&format!("http://{addr}"), "").await; // connect_timeout = 1s
+    let (key, _) = kg.live_key().await;
+    let started = std::time::Instant::now();
+    let r = get(&kg.url("/"), &[("authorization", &bearer(&key))]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (504, "upstream_timeout")
+    );
+    // At the connect timeout (1 s), not the response timeout (2 s): the connect itself hung.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        "answered after {took:?}"
+    );
+    drop(fillers);
+}

@@ -5,7 +5,8 @@
 //! its end — from the body itself ([`PooledBody`]), so no task is spawned per request and no
 //! connection is shared before its previous exchange is over. A request that never left (the
 //! idle connection had been closed meanwhile) is sent again on another connection; one that
-//! left is never resent.
+//! left is never resent. Connections are dialled by hyper-util's `HttpConnector` (connect
+//! timeout, happy eyeballs over the resolved addresses, `TCP_NODELAY`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -19,23 +20,23 @@ use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service as _;
 
 use super::upstream::UpstreamBody;
 
 /// Why a request got no response head.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection within the connect timeout.
-    ConnectTimeout,
-    Connect(std::io::Error),
+    /// Dialling failed (its source says why: a timed-out connect is an `io::Error` of kind
+    /// `TimedOut`).
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     Http(hyper::Error),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::ConnectTimeout => f.write_str("connect timed out"),
             SendError::Connect(e) => write!(f, "connect: {e}"),
             SendError::Http(e) => write!(f, "{e}"),
         }
@@ -45,8 +46,7 @@ impl std::fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SendError::ConnectTimeout => None,
-            SendError::Connect(e) => Some(e),
+            SendError::Connect(e) => Some(&**e),
             SendError::Http(e) => Some(e),
         }
     }
@@ -58,9 +58,9 @@ struct Idle {
 }
 
 pub struct H1Pool {
-    /// `host:port`.
-    addr: String,
-    connect_timeout: Duration,
+    /// `http://host:port` of the upstream.
+    target: Uri,
+    connector: HttpConnector,
     idle_timeout: Duration,
     max_idle: usize,
     /// Most recently used at the back; the oldest (first to expire) at the front.
@@ -75,15 +75,16 @@ const REUSE_ATTEMPTS: usize = 2;
 const CHECKOUT_SCAN: usize = 4;
 
 impl H1Pool {
+    /// `connector` carries the connect timeout and socket options.
     pub fn new(
-        addr: String,
-        connect_timeout: Duration,
+        target: Uri,
+        connector: HttpConnector,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Arc<Self> {
         Arc::new(H1Pool {
-            addr,
-            connect_timeout,
+            target,
+            connector,
             idle_timeout,
             max_idle,
             idle: Mutex::new(VecDeque::new()),
@@ -113,11 +114,8 @@ impl H1Pool {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),
                 Err(mut e) => match e.take_message() {
-                    // Never written: the connection had closed (or was not ready yet).
-                    Some(unsent) => {
-                        req = unsent;
-                        self.checkin(sender);
-                    }
+                    // Never written: the connection had closed (or was busy); let it go.
+                    Some(unsent) => req = unsent,
                     None => return Err(SendError::Http(e.into_error())),
                 },
             }
@@ -160,17 +158,19 @@ impl H1Pool {
     }
 
     fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         self.evict_expired(&mut idle);
-        if idle.len() < self.max_idle {
-            idle.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        // Full: the oldest goes, never the connection that just proved itself.
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
         }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// Drops (closes) the oldest idle connections while they are expired or closed.
@@ -206,15 +206,13 @@ impl H1Pool {
 
     async fn connect(self: &Arc<Self>) -> Result<SendRequest<UpstreamBody>, SendError> {
         self.start_reaper();
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(self.addr.as_str()),
-        )
-        .await
-        .map_err(|_| SendError::ConnectTimeout)?
-        .map_err(SendError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(SendError::Http)?;
         tokio::spawn(async move {
@@ -255,8 +253,11 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.release();
+        match &polled {
+            // Trailers end a body too; servers may drop it right after them.
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.release(),
+            _ => {}
         }
         polled
     }

@@ -52,16 +52,16 @@ impl Upstream {
             .http2_only(cfg.http2);
         let plain_addr = (cfg.url.scheme_str() == Some("http"))
             .then(|| {
-                cfg.url.authority().map(|a| match a.port_u16() {
-                    Some(_) => a.as_str().to_owned(),
-                    None => format!("{}:80", a.host()),
-                })
+                // Host and port only: never the URL's user info.
+                cfg.url
+                    .authority()
+                    .map(|a| format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
             })
             .flatten();
-        let client = if let Some(addr) = plain_addr.clone().filter(|_| !cfg.http2) {
+        let client = if cfg.url.scheme_str() == Some("http") && !cfg.http2 {
             Clients::Pooled(H1Pool::new(
-                addr,
-                cfg.connect_timeout,
+                cfg.url.clone(),
+                connector,
                 cfg.pool_idle_timeout,
                 cfg.pool_max_idle_per_host,
             ))
