@@ -215,6 +215,46 @@ def well_formed_unknown_key():
     return head + tail
 
 
+DISTINCT_LUA = """
+local keys, i, sent = {}, 0, 0
+for line in io.lines(os.getenv("KEYGATE_KEYS_FILE")) do keys[#keys + 1] = line end
+request = function()
+  i = i % #keys + 1
+  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. keys[i]})
+end
+response = function()
+  sent = sent + 1
+  if sent >= #keys then wrk.thread:stop() end
+end
+"""
+
+
+def distinct_bogus_keys(port, pid, work, n=1_000_000):
+    """`n` distinct well-formed unknown keys, one request each, in two halves against `pid`:
+    (requests, 2xx/3xx answers, req/s, RSS before, after the first half, after the second).
+    Memory must stay bounded by the negative cache: the second half must not grow it again."""
+    lua = os.path.join(work, "distinct.lua")
+    with open(lua, "w") as f:
+        f.write(DISTINCT_LUA)
+    rss, requests, answered_ok, rates = [rss_kib(pid)], 0, 0, []
+    for half in range(2):
+        keys_file = os.path.join(work, f"bogus-keys-{half}.txt")
+        with open(keys_file, "w") as f:
+            f.writelines(well_formed_unknown_key() + "\n" for _ in range(n // 2))
+        # The Lua script stops after one request per key; wrk still waits out -d.
+        out = subprocess.run(["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c64", f"-d{max(10, n // 30_000)}s",
+                              "-s", lua, f"http://127.0.0.1:{port}/v1/items"], capture_output=True, text=True,
+                             check=True, env={**os.environ, "KEYGATE_KEYS_FILE": keys_file}).stdout
+        done = int(WRK_RE["requests"].search(out).group(1))
+        m = WRK_RE["non2xx"].search(out)
+        requests += done
+        answered_ok += done - (int(m.group(1)) if m else 0)
+        rate = re.search(r"Req/Sec\s+([\d.]+)(k?)", out)
+        rates.append(float(rate.group(1)) * (1000 if rate.group(2) else 1))
+        rss.append(rss_kib(pid))
+    return requests, answered_ok, statistics.median(rates), *rss
+
+
 def idle_connections_rss(port, pid, n=10_000):
     """RSS of `pid` after `n` keep-alive connections each made one request and went idle."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -377,14 +417,15 @@ def run(binary, work):
         syscalls[name] = perf_syscalls(pid, 4, port, 64, header)
 
     rss = idle_connections_rss(kg_port, kg.pid)
-    report(results, floods, syscalls, rss)
+    distinct = distinct_bogus_keys(kg_port, kg.pid, work)
+    report(results, floods, syscalls, rss, distinct)
 
 
 def med(rs, k):
     return statistics.median(r[k] for r in rs)
 
 
-def report(results, floods, syscalls, rss):
+def report(results, floods, syscalls, rss, distinct):
     print(f"\nkeygate load benchmark: {ROUNDS} interleaved rounds x {SECONDS}s, wrk pinned to CPU {CLIENT_CPU}, "
           f"servers to CPU {SERVER_CPU}. Medians over rounds.\n")
     for conns in (64, 1):
@@ -420,6 +461,10 @@ def report(results, floods, syscalls, rss):
     for name, r in floods.items():
         print(f"  {name:<34} {r['rps']:>9.0f} req/s  non-401 responses: {r['requests'] - r['non2xx']}"
               f"  redis commands in total: {r['redis_total']}")
+    n, ok, rate, before, half, after = distinct
+    print(f"  {n:,} distinct unknown keys, one request each (keygate, file store, negative cache of 100,000):"
+          f" ~{rate:,.0f} req/s, non-401 responses: {ok}; RSS {before / 1024:.1f} MiB before,"
+          f" {half / 1024:.1f} after the first half, {after / 1024:.1f} after the second")
     print("\nSyscalls per request (perf, separate 4 s run at 64 connections):")
     for name, v in syscalls.items():
         print(f"  {name:<14} {'n/a' if v is None else f'{v:.2f}'}")
