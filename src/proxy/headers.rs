@@ -346,10 +346,6 @@ impl HeaderPlan {
         }
     }
 
-    /// Removes every header in the identity namespace, in any spelling a framework might map to
-    /// it (`X-Auth-Owner`, `x_auth_owner`: CGI-style servers treat `_` and `-` alike).
-    /// The same for underscore spellings of the forwarding headers (`x_forwarded_for`), which
-    /// such servers would read as the real thing.
     /// Every client header the upstream must not receive, found in one pass over the names
     /// the request carries (most carry none but the credential): hop-by-hop headers and those
     /// `Connection` names, the credential carriers (unless forwarded), forwarding headers
@@ -372,8 +368,9 @@ impl HeaderPlan {
         doomed
     }
 
-    /// In the identity namespace, or a forwarding header spelled with `_` for `-` (which some
-    /// servers read as the same header).
+    /// In the identity namespace, in any spelling a framework might map to it (`X-Auth-Owner`,
+    /// `x_auth_owner`: CGI-style servers treat `_` and `-` alike); or an underscore spelling of a
+    /// forwarding header (`x_forwarded_for`), which such servers would read as the real thing.
     fn spoofed(&self, name: &HeaderName) -> bool {
         let prefix = self.identity_prefix.as_bytes();
         // `_` reads as `-`; the header names here are all lower-case already.

@@ -146,7 +146,7 @@ impl H1Pool {
         while i > 0 && looked < CHECKOUT_SCAN {
             i -= 1;
             let c = &idle[i];
-            if c.sender.is_closed() || c.since.elapsed() > self.idle_timeout {
+            if self.expired(c) {
                 idle.remove(i);
             } else if c.sender.is_ready() {
                 return idle.remove(i).map(|c| c.sender);
@@ -175,12 +175,14 @@ impl H1Pool {
 
     /// Drops (closes) the oldest idle connections while they are expired or closed.
     fn evict_expired(&self, idle: &mut VecDeque<Idle>) {
-        while idle
-            .front()
-            .is_some_and(|c| c.since.elapsed() > self.idle_timeout || c.sender.is_closed())
-        {
+        while idle.front().is_some_and(|c| self.expired(c)) {
             idle.pop_front();
         }
+    }
+
+    /// Idle too long, or closed by the upstream.
+    fn expired(&self, c: &Idle) -> bool {
+        c.sender.is_closed() || c.since.elapsed() > self.idle_timeout
     }
 
     /// Closes expired idle connections even when no request comes to do it, until the pool

@@ -311,13 +311,7 @@ impl App {
                         rate: permit.rate,
                     });
                 };
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(super::tunnel::run(
-                    client_upgrade,
-                    upstream_upgrade,
-                    self.tunnel_limits,
-                    Arc::clone(&self.metrics),
-                ));
+                self.spawn_tunnel(client_upgrade, &mut resp);
                 Ok((resp, permit.rate))
             }
             Ok(resp) => Ok((resp, permit.rate)),
@@ -366,15 +360,20 @@ impl App {
         self.plan.sign(&mut req, identity);
         let mut resp = self.upstream.connect_tunnel(req).await?;
         if resp.status().is_success() {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(super::tunnel::run(
-                client_upgrade,
-                upstream_upgrade,
-                self.tunnel_limits,
-                Arc::clone(&self.metrics),
-            ));
+            self.spawn_tunnel(client_upgrade, &mut resp);
         }
         Ok(resp)
+    }
+
+    /// Joins the client's connection and the upstream's, once both have been handed over by
+    /// hyper, into a bounded tunnel.
+    fn spawn_tunnel<B>(&self, client: hyper::upgrade::OnUpgrade, upstream: &mut Response<B>) {
+        tokio::spawn(super::tunnel::run(
+            client,
+            hyper::upgrade::on(upstream),
+            self.tunnel_limits,
+            Arc::clone(&self.metrics),
+        ));
     }
 
     /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and an

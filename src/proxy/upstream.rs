@@ -22,8 +22,8 @@ use crate::error::AuthError;
 /// The request body on its way upstream: streamed, never buffered, capped at the configured size.
 pub type UpstreamBody = Limited<Incoming>;
 
-/// Plain and TLS clients are different types; the plain one keeps the hot path free of the
-/// TLS wrapper.
+/// One client per kind of upstream: keygate's pool for plain HTTP/1.1 (the hot path);
+/// hyper-util for plain HTTP/2 (prior knowledge) and for TLS.
 enum Clients {
     Pooled(std::sync::Arc<H1Pool>),
     Plain(Client<HttpConnector, UpstreamBody>),
@@ -99,16 +99,8 @@ impl Upstream {
         let sent = async {
             match &self.client {
                 Clients::Pooled(pool) => pool.send(req).await.map_err(|e| classify(&e, body_limit)),
-                Clients::Plain(c) => c
-                    .request(req)
-                    .await
-                    .map(|r| r.map(PooledBody::unpooled))
-                    .map_err(|e| classify(&e, body_limit)),
-                Clients::Tls(c) => c
-                    .request(req)
-                    .await
-                    .map(|r| r.map(PooledBody::unpooled))
-                    .map_err(|e| classify(&e, body_limit)),
+                Clients::Plain(c) => through(c, req, body_limit).await,
+                Clients::Tls(c) => through(c, req, body_limit).await,
             }
         };
         let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
@@ -168,6 +160,21 @@ impl Upstream {
 
     pub fn is_http2(&self) -> bool {
         self.http2
+    }
+}
+
+/// A request through a hyper-util client (its bodies are never pooled by keygate).
+async fn through<C>(
+    client: &Client<C, UpstreamBody>,
+    req: Request<UpstreamBody>,
+    body_limit: u64,
+) -> Result<Response<PooledBody>, AuthError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    match client.request(req).await {
+        Ok(resp) => Ok(resp.map(PooledBody::unpooled)),
+        Err(e) => Err(classify(&e, body_limit)),
     }
 }
 
