@@ -22,13 +22,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keygate::auth::Credential;
-use keygate::cli::KeyTool;
 use keygate::config::{Carrier, Config};
 use keygate::key::{Environment, KeyFormat, KeyHasher, KeyType};
+use keygate::manage::KeyTool;
 use keygate::policy::ip::IpSet;
 use keygate::policy::ratelimit::{Algorithm, Counter, Limit, LocalLimiter, Subject};
 use keygate::policy::routes::PathPattern;
-use keygate::proxy::Proxy;
+use keygate::server::Server;
 use keygate::store::NewRecord;
 
 fn keys(c: &mut Criterion) {
@@ -54,7 +54,7 @@ fn verification(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let config = config_for("http://127.0.0.1:9", &dir.path().join("keys.json"), "");
     let (proxy, key) = rt.block_on(async {
-        let proxy = Proxy::new(&config).unwrap();
+        let proxy = Server::new(&config).unwrap();
         let key = mint(&proxy, &config).await;
         (proxy, key)
     });
@@ -264,7 +264,7 @@ fn pipeline(c: &mut Criterion) {
             &dir.path().join("keys.json"),
             "[rate_limits]\nkey = { limit = 1000000000, window = \"1m\" }\n",
         );
-        let proxy = Proxy::new(&config).unwrap();
+        let proxy = Server::new(&config).unwrap();
         let key = mint(&proxy, &config).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -311,7 +311,7 @@ fn config_for(upstream: &str, store: &std::path::Path, extra: &str) -> Config {
     Config::from_toml(&toml, Vec::new(), |_| None).unwrap()
 }
 
-async fn mint(proxy: &Proxy, config: &Config) -> String {
+async fn mint(proxy: &Server, config: &Config) -> String {
     let tool = KeyTool::with_store(proxy.store(), config).unwrap();
     let (key, _) = tool
         .create(

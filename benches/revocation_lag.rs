@@ -14,10 +14,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use keygate::cli::KeyTool;
 use keygate::config::Config;
 use keygate::key::{Environment, KeyType};
-use keygate::proxy::Proxy;
+use keygate::manage::KeyTool;
+use keygate::server::Server;
 use keygate::store::{NewRecord, Store};
 use tokio::net::TcpListener;
 
@@ -35,7 +35,7 @@ async fn start_proxy(config: &Config) -> (SocketAddr, Store) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let proxy = Proxy::new(config).unwrap();
+    let proxy = Server::new(config).unwrap();
     let store = proxy.store();
     tokio::spawn(proxy.serve(listener, ops, std::future::pending()));
     (addr, store)

@@ -28,13 +28,15 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
-pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;
 pub mod key;
+pub mod manage;
+pub mod net;
 pub mod policy;
 pub mod proxy;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -1,19 +1,12 @@
 //! The `keygate` binary: parses the command line and calls into the library. Nothing else.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use keygate::admin::client as admin_client;
-use keygate::cli::{ImportOutcome, KeyTool, read_import, render_new_key, render_table};
+use clap::{Parser, Subcommand};
 use keygate::config::Config;
-use keygate::key::{Environment, KeyType};
-use keygate::proxy::Proxy;
-use keygate::store::{KeyPatch, KeyRateLimit, NewRecord};
-use keygate::time::Timestamp;
+use keygate::manage::command::{self as keys, KeysCommand};
 
 #[derive(Parser)]
 #[command(
@@ -85,144 +78,6 @@ enum AuditCommand {
     Verify,
 }
 
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create a key; prints it once.
-    Create {
-        #[arg(long)]
-        owner: String,
-        #[arg(long, value_enum, default_value = "live")]
-        env: EnvArg,
-        #[arg(long = "type", value_enum, default_value = "secret")]
-        key_type: TypeArg,
-        #[arg(long)]
-        name: Option<String>,
-        /// Comma-separated scopes, e.g. `payments:read,payments:write`.
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
-        /// Lifetime, e.g. `30d`, `12h`.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        expires_in: Option<Duration>,
-        /// Free metadata, `key=value`; repeatable.
-        #[arg(long = "meta", value_parser = parse_meta)]
-        metadata: Vec<(String, String)>,
-        /// Client addresses allowed to use the key (IP or CIDR); repeatable. Default: any.
-        #[arg(long = "allow-ip", value_parser = parse_net_arg)]
-        allow_ip: Vec<ipnet::IpNet>,
-        /// A rate-limit tier from `[rate_limits.tiers]`, e.g. `pro`.
-        #[arg(long, conflicts_with = "rate_limit")]
-        tier: Option<String>,
-        /// The key's own rate limit, e.g. `100/1m`.
-        #[arg(long = "rate-limit", value_parser = parse_rate)]
-        rate_limit: Option<(u64, Duration)>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List keys (metadata only).
-    List {
-        #[arg(long)]
-        owner: Option<String>,
-        #[arg(long, value_enum)]
-        env: Option<EnvArg>,
-        /// `active`, `expired` or `revoked`.
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one key's metadata.
-    Show {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Change a key's name, scopes, IP allowlist, rate limit or expiry.
-    Update {
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        /// Replaces the scopes (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        scopes: Option<Vec<String>>,
-        /// Replaces the IP allowlist; repeatable.
-        #[arg(long = "allow-ip", value_parser = parse_net_arg)]
-        allow_ip: Option<Vec<ipnet::IpNet>>,
-        #[arg(long, conflicts_with = "rate_limit")]
-        tier: Option<String>,
-        #[arg(long = "rate-limit", value_parser = parse_rate)]
-        rate_limit: Option<(u64, Duration)>,
-        /// New lifetime from now, e.g. `30d`.
-        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "no_expiry")]
-        expires_in: Option<Duration>,
-        /// Remove the expiry.
-        #[arg(long)]
-        no_expiry: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Issue a successor and retire the key (at once, or after --grace).
-    Rotate {
-        id: String,
-        /// Keep the old key working this long, e.g. `1h`.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        grace: Option<Duration>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a key for good.
-    Revoke {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Request counts of the last 24 hours (admin API only: counts live in the proxy).
-    Usage { id: String },
-    /// Import existing plaintext keys (hashed on the way in; the plaintext is not kept).
-    /// JSON lines, or CSV with a header `key,owner,scopes,env,type,name`. Store only.
-    Import {
-        file: PathBuf,
-        #[arg(long)]
-        csv: bool,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum EnvArg {
-    Live,
-    Test,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TypeArg {
-    Secret,
-    Publishable,
-}
-
-fn parse_net_arg(s: &str) -> Result<ipnet::IpNet, String> {
-    keygate::config::parse_net(s).ok_or_else(|| format!("{s:?} is not an IP address or CIDR"))
-}
-
-fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
-    let (n, w) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?} is not LIMIT/WINDOW, e.g. 100/1m"))?;
-    let n: u64 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("{n:?} is not a number"))?;
-    let w = humantime::parse_duration(w.trim()).map_err(|e| format!("{w:?}: {e}"))?;
-    if n == 0 || w.as_secs() == 0 {
-        return Err("limit and window (whole seconds) must be greater than zero".into());
-    }
-    Ok((n, w))
-}
-
-fn parse_meta(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
-}
-
 /// mimalloc: the request path allocates small, short-lived buffers on every request, where
 /// glibc's allocator showed up at ~8% of CPU in profiles (see README, Performance).
 #[global_allocator]
@@ -233,18 +88,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One core available (a pinned sidecar, `cpus: 1`): a single-threaded scheduler does the
-    // same work without the multi-thread scheduler's cross-thread bookkeeping.
-    let single = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
-        || std::env::var("KEYGATE_RUNTIME").as_deref() == Ok("current_thread");
-    let built = if single && std::env::var("KEYGATE_RUNTIME").as_deref() != Ok("multi_thread") {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Runtime::new()
-    };
-    let runtime = match built {
+    let runtime = match keygate::server::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -266,35 +110,33 @@ async fn run(cli: Cli) -> ExitCode {
             };
         }
         Command::Serve(a) => match load_config(&a.config) {
-            Ok(cfg) => serve(cfg, &a.config).await,
+            Ok(cfg) => {
+                keygate::server::run(cfg, &a.config, keygate::server::shutdown_signal()).await
+            }
             Err(code) => return code,
         },
-        Command::Dev { listen } => keygate::dev::run(listen, shutdown_signal()).await,
+        Command::Dev { listen } => {
+            keygate::dev::run(listen, keygate::server::shutdown_signal()).await
+        }
         Command::Keys {
-            config,
             admin_url: Some(url),
             command,
-        } => {
-            let _ = config;
-            match admin_client::AdminClient::from_env(&url) {
-                Ok(client) => keys(&Backend::Admin(client), command).await,
-                Err(e) => Err(e),
-            }
-        }
+            ..
+        } => keys::run_remote(&url, command).await,
         Command::Keys {
             config,
             admin_url: None,
             command,
         } => match load_config(&config.config) {
-            Ok(cfg) => keys_on_store(&cfg, command).await,
+            Ok(cfg) => keys::run_on_store(&cfg, command).await,
             Err(code) => return code,
         },
-        Command::Probe { url } => return probe(&url).await,
+        Command::Probe { url } => return exit(keygate::proxy::probe(&url).await),
         Command::Audit {
             config,
             command: AuditCommand::Verify,
         } => match load_config(&config.config) {
-            Ok(cfg) => return audit_verify(&cfg).await,
+            Ok(cfg) => return exit(keygate::audit::verify_trail(&cfg).await),
             Err(code) => return code,
         },
     };
@@ -307,449 +149,17 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprint!("{}: {e}", path.display());
         ExitCode::from(EXIT_CONFIG)
     })
-}
-
-async fn serve(cfg: Config, path: &Path) -> anyhow::Result<()> {
-    keygate::telemetry::init_logging(&cfg.log);
-    let proxy_listener = tokio::net::TcpListener::bind(cfg.listen.address).await?;
-    let ops_listener = tokio::net::TcpListener::bind(cfg.ops.address).await?;
-    tracing::info!(
-        listen = %proxy_listener.local_addr()?, ops = %ops_listener.local_addr()?,
-        upstream = %cfg.upstream.url, environment = %cfg.environment, "keygate serving"
-    );
-    let mut proxy = Proxy::new(&cfg)?.with_config_file(path.to_owned());
-    if proxy.admin_enabled() {
-        let admin = keygate::admin::AdminListener::bind(&cfg.admin.address).await?;
-        tracing::info!(admin = %admin.describe(), tokens = cfg.admin.tokens.len(), "admin API serving");
-        proxy = proxy.with_admin_listener(admin);
-    } else {
-        tracing::info!("admin API off: no admin tokens configured (KEYGATE_ADMIN_TOKENS)");
-    }
-    proxy
-        .serve(proxy_listener, ops_listener, shutdown_signal())
-        .await
-}
-
-async fn probe(url: &str) -> ExitCode {
-    use http_body_util::Empty;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let uri = match url.parse::<http::Uri>() {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("error: {url}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(3), client.get(uri)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
-        Ok(Ok(resp)) => {
-            eprintln!("{url}: {}", resp.status());
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            eprintln!("{url}: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("{url}: timed out");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn audit_verify(cfg: &Config) -> ExitCode {
-    let sink = match keygate::audit::Sink::for_store_config(&cfg.audit, &cfg.store) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let lines = match sink.read_lines(None, None).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: reading {}: {e}", sink.describe());
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut events = Vec::with_capacity(lines.len());
-    let mut unreadable = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<keygate::audit::Event>(line) {
-            Ok(e) => events.push(e),
-            Err(_) => unreadable.push(format!("entry {}: not an audit event (edited?)", i + 1)),
-        }
-    }
-    let mut v = keygate::audit::verify(&events);
-    v.problems.extend(unreadable);
-    println!(
-        "{}: {} events in {} chains",
-        sink.describe(),
-        v.events,
-        v.chains
-    );
-    if v.truncated_chains > 0 {
-        println!(
-            "{} chains start after their first event (older events rotated or trimmed away)",
-            v.truncated_chains
-        );
-    }
-    if v.problems.is_empty() {
-        println!("ok: no event was edited, removed or reordered");
-        ExitCode::SUCCESS
-    } else {
-        for p in &v.problems {
-            println!("TAMPERED: {p}");
-        }
-        ExitCode::FAILURE
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
-/// Where `keys …` commands go: the store directly, or a running instance's admin API. Both
-/// answer with the admin API's JSON shapes, so output is rendered one way.
-enum Backend {
-    Store(KeyTool),
-    Admin(admin_client::AdminClient),
-}
-
-async fn keys_on_store(cfg: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let store = keygate::store::Store::open(&cfg.store)?;
-    let metrics = std::sync::Arc::new(keygate::telemetry::Metrics::default());
-    let audit = keygate::audit::Audit::start(&cfg.audit, &store, metrics);
-    let tool = KeyTool::with_store(store, cfg)?.with_audit(std::sync::Arc::clone(&audit));
-    let result = match command {
-        KeysCommand::Import { file, csv } => import(&tool, &file, csv).await,
-        command => keys(&Backend::Store(tool), command).await,
-    };
-    audit.drain().await;
-    result
-}
-
-fn cli_actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
-}
-
-async fn import(tool: &KeyTool, file: &Path, csv: bool) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let rows = read_import(&text, csv).map_err(anyhow::Error::msg)?;
-    let outcomes = tool.import(rows, &cli_actor()).await;
-    let mut failed = 0;
-    for o in &outcomes {
-        match o {
-            ImportOutcome::Imported { line, id } => println!("row {line}: imported as {id}"),
-            ImportOutcome::AlreadyPresent { line } => println!("row {line}: already in the store"),
-            ImportOutcome::Failed { line, error } => {
-                failed += 1;
-                println!("row {line}: FAILED: {error}");
-            }
-        }
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} rows failed", outcomes.len());
-    }
-    Ok(())
-}
-
-fn print_view(view: &serde_json::Value, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(view).unwrap_or_default());
-    } else {
-        print!("{}", render_table(std::slice::from_ref(view)));
-    }
-}
-
-fn rate_limit_arg(tier: Option<String>, rate: Option<(u64, Duration)>) -> Option<KeyRateLimit> {
-    match (tier, rate) {
-        (Some(tier), _) => Some(KeyRateLimit::Tier { tier }),
-        (None, Some((limit, window))) => Some(KeyRateLimit::Explicit {
-            limit,
-            window_secs: window.as_secs(),
-        }),
-        (None, None) => None,
-    }
-}
-
-async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
-    let now = Timestamp::now();
-    let actor = cli_actor();
-    let view =
-        |r: &keygate::store::KeyRecord| serde_json::to_value(r.view(now)).unwrap_or_default();
-    match command {
-        KeysCommand::Create {
-            owner,
-            env,
-            key_type,
-            name,
-            scopes,
-            expires_in,
-            metadata,
-            allow_ip,
-            tier,
-            rate_limit,
-            json,
-        } => {
-            let req = NewRecord {
-                name,
-                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
-                expires_in,
-                metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
-                ip_allowlist: allow_ip,
-                rate_limit: rate_limit_arg(tier, rate_limit),
-                ..NewRecord::new(owner, env.into(), key_type.into())
-            };
-            let out = match backend {
-                Backend::Store(tool) => {
-                    let (key, rec) = tool.create(req, &actor).await?;
-                    serde_json::json!({ "key": key.key, "record": view(&rec) })
-                }
-                Backend::Admin(c) => {
-                    let body = serde_json::json!({
-                        "owner": req.owner, "environment": req.environment, "type": req.key_type,
-                        "name": req.name, "scopes": req.scopes,
-                        "expires_in": req.expires_in.map(|d| d.as_secs()),
-                        "metadata": req.metadata, "ip_allowlist": req.ip_allowlist,
-                        "rate_limit": req.rate_limit,
-                    });
-                    c.call("POST", "/v1/keys", Some(body)).await?
-                }
-            };
-            if json {
-                println!("{out}");
-            } else {
-                print!(
-                    "{}",
-                    render_new_key(
-                        out["key"].as_str().unwrap_or_default(),
-                        &out["record"],
-                        "Created"
-                    )
-                );
-            }
-        }
-        KeysCommand::List {
-            owner,
-            env,
-            state,
-            json,
-        } => {
-            let views: Vec<serde_json::Value> = match backend {
-                Backend::Store(tool) => tool
-                    .list(owner.as_deref())
-                    .await?
-                    .iter()
-                    .filter(|r| env.is_none_or(|e| r.environment == e.into()))
-                    .filter(|r| state.as_deref().is_none_or(|s| r.state(now).as_str() == s))
-                    .map(|r| view(r))
-                    .collect(),
-                Backend::Admin(c) => {
-                    let mut query = Vec::new();
-                    if let Some(o) = &owner {
-                        query.push(format!("owner={}", admin_client::encode(o)));
-                    }
-                    if let Some(e) = env {
-                        query.push(format!("env={}", Environment::from(e)));
-                    }
-                    if let Some(s) = &state {
-                        query.push(format!("state={}", admin_client::encode(s)));
-                    }
-                    c.list_all(&query).await?
-                }
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&views)?);
-            } else {
-                print!("{}", render_table(&views));
-            }
-        }
-        KeysCommand::Show { id, json } => {
-            let v = match backend {
-                Backend::Store(tool) => view(&*tool.get(&id).await?),
-                Backend::Admin(c) => {
-                    c.call(
-                        "GET",
-                        &format!("/v1/keys/{}", admin_client::encode(&id)),
-                        None,
-                    )
-                    .await?
-                }
-            };
-            print_view(&v, json);
-        }
-        KeysCommand::Update {
-            id,
-            name,
-            scopes,
-            allow_ip,
-            tier,
-            rate_limit,
-            expires_in,
-            no_expiry,
-            json,
-        } => {
-            let patch = KeyPatch {
-                name: name.map(Some),
-                scopes,
-                ip_allowlist: allow_ip,
-                rate_limit: rate_limit_arg(tier, rate_limit).map(Some),
-                expires_at: match (expires_in, no_expiry) {
-                    (Some(d), _) => Some(Some(now.saturating_add(d))),
-                    (None, true) => Some(None),
-                    (None, false) => None,
-                },
-                metadata: None,
-            };
-            let v = match backend {
-                Backend::Store(tool) => view(&tool.update(&id, patch, &actor).await?),
-                Backend::Admin(c) => {
-                    let mut body = serde_json::Map::new();
-                    if let Some(n) = &patch.name {
-                        body.insert("name".into(), serde_json::json!(n));
-                    }
-                    if let Some(s) = &patch.scopes {
-                        body.insert("scopes".into(), serde_json::json!(s));
-                    }
-                    if let Some(a) = &patch.ip_allowlist {
-                        body.insert("ip_allowlist".into(), serde_json::json!(a));
-                    }
-                    if let Some(r) = &patch.rate_limit {
-                        body.insert("rate_limit".into(), serde_json::json!(r));
-                    }
-                    if let Some(e) = &patch.expires_at {
-                        body.insert("expires_at".into(), serde_json::json!(e));
-                    }
-                    c.call(
-                        "PATCH",
-                        &format!("/v1/keys/{}", admin_client::encode(&id)),
-                        Some(body.into()),
-                    )
-                    .await?
-                }
-            };
-            print_view(&v, json);
-        }
-        KeysCommand::Rotate { id, grace, json } => {
-            let out = match backend {
-                Backend::Store(tool) => {
-                    let (key, new, old) = tool.rotate(&id, grace, &actor).await?;
-                    serde_json::json!({ "key": key.key, "record": view(&new), "previous": view(&old) })
-                }
-                Backend::Admin(c) => {
-                    let body = serde_json::json!({ "grace_period": grace.map(|g| g.as_secs()) });
-                    c.call(
-                        "POST",
-                        &format!("/v1/keys/{}/rotate", admin_client::encode(&id)),
-                        Some(body),
-                    )
-                    .await?
-                }
-            };
-            if json {
-                println!("{out}");
-            } else {
-                print!(
-                    "{}",
-                    render_new_key(
-                        out["key"].as_str().unwrap_or_default(),
-                        &out["record"],
-                        "Rotated to"
-                    )
-                );
-                let old = &out["previous"];
-                let old_id = old["id"].as_str().unwrap_or_default();
-                match old["expires_at"]
-                    .as_str()
-                    .filter(|_| old["revoked_at"].is_null())
-                {
-                    Some(t) => println!("{old_id} keeps working until {t}."),
-                    None => println!("{old_id} is revoked."),
-                }
-            }
-        }
-        KeysCommand::Revoke { id, json } => {
-            let v = match backend {
-                Backend::Store(tool) => view(&tool.revoke(&id, &actor).await?),
-                Backend::Admin(c) => {
-                    c.call(
-                        "POST",
-                        &format!("/v1/keys/{}/revoke", admin_client::encode(&id)),
-                        None,
-                    )
-                    .await?
-                }
-            };
-            if json {
-                print_view(&v, true);
-            } else {
-                println!(
-                    "Revoked {} ({}) of {}.",
-                    v["id"].as_str().unwrap_or_default(),
-                    v["display_prefix"].as_str().unwrap_or_default(),
-                    v["owner"].as_str().unwrap_or_default()
-                );
-            }
-        }
-        KeysCommand::Usage { id } => match backend {
-            Backend::Admin(c) => {
-                let v = c
-                    .call(
-                        "GET",
-                        &format!("/v1/keys/{}/usage", admin_client::encode(&id)),
-                        None,
-                    )
-                    .await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            }
-            Backend::Store(_) => anyhow::bail!(
-                "usage counts live in the running proxy: use --admin-url (and KEYGATE_ADMIN_TOKEN)"
-            ),
-        },
-        KeysCommand::Import { .. } => anyhow::bail!(
-            "import writes to the store: run it without --admin-url, where the store is reachable"
-        ),
-    }
-    Ok(())
-}
-
-impl From<EnvArg> for Environment {
-    fn from(e: EnvArg) -> Self {
-        match e {
-            EnvArg::Live => Environment::Live,
-            EnvArg::Test => Environment::Test,
-        }
-    }
-}
-
-impl From<TypeArg> for KeyType {
-    fn from(t: TypeArg) -> Self {
-        match t {
-            TypeArg::Secret => KeyType::Secret,
-            TypeArg::Publishable => KeyType::Publishable,
-        }
-    }
 }

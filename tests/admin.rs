@@ -286,7 +286,7 @@ async fn the_admin_api_is_not_on_the_proxied_port() {
         cfg.admin.tokens.is_empty(),
         "no tokens: the admin API is off"
     );
-    assert!(!keygate::proxy::Proxy::new(&cfg).unwrap().admin_enabled());
+    assert!(!keygate::server::Server::new(&cfg).unwrap().admin_enabled());
 }
 
 #[tokio::test]
@@ -491,7 +491,7 @@ async fn the_admin_api_serves_on_a_unix_socket() {
             .await
             .unwrap();
     // A second proxy on the same store, serving its admin API on the socket.
-    let proxy = keygate::proxy::Proxy::new(&{
+    let proxy = keygate::server::Server::new(&{
         let mut c = kg.config.clone();
         c.admin.tokens = vec![keygate::config::AdminToken {
             name: "ops".into(),
@@ -693,21 +693,21 @@ async fn imported_legacy_keys_authenticate_without_plaintext_in_the_store() {
         "{{\"key\": \"{legacy}\", \"owner\": \"acct_old\", \"scopes\": [\"all\"], \"env\": \"live\"}}\n\
          {{\"key\": \"short\", \"owner\": \"acct_old\"}}\n"
     );
-    let rows = keygate::cli::read_import(&jsonl, false).unwrap();
+    let rows = keygate::manage::read_import(&jsonl, false).unwrap();
     let outcomes = kg.tool.import(rows, "test").await;
     assert!(matches!(
         outcomes[0],
-        keygate::cli::ImportOutcome::Imported { .. }
+        keygate::manage::ImportOutcome::Imported { .. }
     ));
     assert!(matches!(
         outcomes[1],
-        keygate::cli::ImportOutcome::Failed { .. }
+        keygate::manage::ImportOutcome::Failed { .. }
     ));
     // Importing again skips it.
-    let rows = keygate::cli::read_import(&jsonl, false).unwrap();
+    let rows = keygate::manage::read_import(&jsonl, false).unwrap();
     assert_eq!(
         kg.tool.import(rows, "test").await[0],
-        keygate::cli::ImportOutcome::AlreadyPresent { line: 1 }
+        keygate::manage::ImportOutcome::AlreadyPresent { line: 1 }
     );
 
     let r = proxied(&kg, legacy).await;
@@ -719,7 +719,7 @@ async fn imported_legacy_keys_authenticate_without_plaintext_in_the_store() {
 
     // CSV too, with scopes in one cell.
     let csv = "key,owner,scopes,env\nlegacy-csv-000000000000000042,acct_csv,payments:read;refunds:write,test\n";
-    let rows = keygate::cli::read_import(csv, true).unwrap();
+    let rows = keygate::manage::read_import(csv, true).unwrap();
     assert_eq!(rows[0].owner, "acct_csv");
     kg.tool.import(rows, "test").await;
     let imported = kg.tool.list(Some("acct_csv")).await.unwrap();
@@ -731,7 +731,7 @@ async fn imported_legacy_keys_authenticate_without_plaintext_in_the_store() {
 async fn legacy_keys_are_refused_unless_enabled() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&up.url(), "").await;
-    let rows = keygate::cli::read_import(
+    let rows = keygate::manage::read_import(
         "{\"key\": \"legacy-4c1f0e9a7d2b8e6f3a5c\", \"owner\": \"acct_old\"}",
         false,
     )

@@ -450,7 +450,7 @@ async fn store_changes_by_another_writer_reach_the_running_proxy() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&up.url(), "").await;
     // A second handle on the same file stands in for the CLI in another process.
-    let other = keygate::cli::KeyTool::from_config(&kg.config).unwrap();
+    let other = keygate::manage::KeyTool::from_config(&kg.config).unwrap();
     let (key, rec) = other
         .create(
             NewRecord::new("acct_9", Environment::Live, KeyType::Secret),

@@ -12,8 +12,12 @@
 //! `GET /v1/keys/{id}/usage`), and failures per client, code and key per minute, so a flood of
 //! bad keys costs a bounded number of events rather than one per request.
 
+mod check;
 pub mod event;
 mod file;
+mod redis;
+mod sink;
+mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -23,14 +27,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Method;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+pub use check::verify_trail;
 pub use event::{Action, Event, Verification, verify};
 pub use file::FileSink;
+pub use sink::Sink;
+pub use usage::{Bucket, Usage};
+use usage::{UsageBook, class_counts, minute_of, status_class};
 
-use crate::config::{AuditConfig, StoreConfig};
-use crate::store::{RedisStore, Store, StoreError};
+use crate::config::AuditConfig;
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::time::Timestamp;
 
@@ -47,117 +54,6 @@ const DAY: u64 = 24 * 3600;
 static OTHER_METHOD: std::sync::LazyLock<Method> =
     std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::GET));
 static ANY_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("*"));
-
-/// Where sealed events are stored.
-#[derive(Clone, Debug)]
-pub enum Sink {
-    File(FileSink),
-    Redis {
-        store: RedisStore,
-        max_len: u64,
-    },
-    /// Only the log line (a read-only file store without an audit file).
-    LogOnly,
-}
-
-impl Sink {
-    pub fn for_config(cfg: &AuditConfig, store: &Store) -> Sink {
-        match (store, &cfg.file) {
-            (Store::Redis(r), _) => Sink::Redis {
-                store: r.clone(),
-                max_len: cfg.stream_max_len,
-            },
-            (Store::File(_), _) => Sink::file_or_log(cfg),
-        }
-    }
-
-    /// The file store's sink: the audit file, or only the log line when there is none.
-    fn file_or_log(cfg: &AuditConfig) -> Sink {
-        match &cfg.file {
-            Some(path) => Sink::File(FileSink::new(
-                path.clone(),
-                cfg.max_file_size,
-                cfg.keep_files,
-            )),
-            None => Sink::LogOnly,
-        }
-    }
-
-    /// Like [`Sink::for_config`] without an open store (`keygate audit verify`).
-    pub fn for_store_config(cfg: &AuditConfig, store: &StoreConfig) -> Result<Sink, StoreError> {
-        match store {
-            StoreConfig::Redis(r) => Ok(Sink::Redis {
-                store: RedisStore::open(r)?,
-                max_len: cfg.stream_max_len,
-            }),
-            StoreConfig::File { .. } => Ok(Sink::file_or_log(cfg)),
-        }
-    }
-
-    async fn append(&self, lines: Vec<String>) -> Result<(), String> {
-        match self {
-            Sink::File(f) => {
-                let f = f.clone();
-                tokio::task::spawn_blocking(move || f.append(&lines))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("{}: {e}", self.describe()))
-            }
-            Sink::Redis { store, max_len } => store
-                .audit_append(&lines, *max_len)
-                .await
-                .map_err(|e| e.to_string()),
-            Sink::LogOnly => Ok(()),
-        }
-    }
-
-    /// The hash of the newest stored event, for a new chain to link to.
-    async fn last_hash(&self) -> Result<Option<String>, String> {
-        let line = match self {
-            Sink::File(f) => {
-                let f = f.clone();
-                tokio::task::spawn_blocking(move || f.last_line())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?
-            }
-            Sink::Redis { store, .. } => store.audit_last().await.map_err(|e| e.to_string())?,
-            Sink::LogOnly => None,
-        };
-        Ok(line.and_then(|l| serde_json::from_str::<Event>(&l).ok().map(|e| e.hash)))
-    }
-
-    /// Stored events as raw JSON lines, oldest first, optionally limited to a time range.
-    pub async fn read_lines(
-        &self,
-        since: Option<Timestamp>,
-        until: Option<Timestamp>,
-    ) -> Result<Vec<String>, String> {
-        match self {
-            Sink::File(f) => {
-                let f = f.clone();
-                tokio::task::spawn_blocking(move || f.read_all())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            }
-            Sink::Redis { store, .. } => {
-                let from = since.map_or(0, |t| t.unix() * 1000);
-                let to = until.map_or(u64::MAX, |t| t.unix().saturating_mul(1000) + 999);
-                store.audit_read(from, to).await.map_err(|e| e.to_string())
-            }
-            Sink::LogOnly => Err("no audit sink is configured (audit.file)".into()),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Sink::File(f) => f.path().display().to_string(),
-            Sink::Redis { store, .. } => format!("redis stream {{{}}}:audit", store.key_prefix()),
-            Sink::LogOnly => "log only".into(),
-        }
-    }
-}
 
 /// Which events `GET /v1/audit` returns.
 #[derive(Clone, Debug, Default)]
@@ -215,14 +111,6 @@ struct FailureKey {
 struct Failures {
     rows: HashMap<FailureKey, u64>,
     overflow: u64,
-}
-
-/// Per-minute request counts for the usage endpoint.
-enum UsageBook {
-    /// This process's own counts (file store: one process serves the keys).
-    Memory(Mutex<HashMap<String, BTreeMap<u64, [u64; 5]>>>),
-    /// Shared by all replicas.
-    Redis(RedisStore),
 }
 
 /// The audit trail of one process.
@@ -416,7 +304,7 @@ impl Audit {
                 book.retain(|_, minutes| !minutes.is_empty());
             }
             UsageBook::Redis(r) => {
-                if let Err(e) = r.usage_add(&batch).await {
+                if let Err(e) = redis::usage_add(r, &batch).await {
                     tracing::warn!(error = %e, "could not record usage counters");
                 }
             }
@@ -465,7 +353,7 @@ impl Audit {
                 .unwrap_or_default(),
             UsageBook::Redis(r) => {
                 let hours: Vec<u64> = (0..=24).map(|h| (now - h * 3600) / 3600 * 3600).collect();
-                r.usage_read(key_id, &hours)
+                redis::usage_read(r, key_id, &hours)
                     .await?
                     .into_iter()
                     .filter(|(m, _)| *m >= first_minute)
@@ -478,79 +366,6 @@ impl Audit {
     pub fn sink(&self) -> &Sink {
         &self.sink
     }
-}
-
-/// What `GET /v1/keys/{id}/usage` reports for one key.
-#[derive(Debug, Serialize)]
-pub struct Usage {
-    pub key_id: String,
-    pub total: BTreeMap<String, u64>,
-    /// Minutes with requests, oldest first.
-    pub per_minute: Vec<Bucket>,
-    /// Hours with requests, oldest first.
-    pub per_hour: Vec<Bucket>,
-    /// The last minute with a request.
-    pub last_request_minute: Option<Timestamp>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Bucket {
-    pub start: Timestamp,
-    #[serde(flatten)]
-    pub counts: BTreeMap<String, u64>,
-}
-
-impl Usage {
-    fn from_minutes(key_id: &str, minutes: &[(u64, [u64; 5])]) -> Usage {
-        let mut total = [0u64; 5];
-        let mut hours: BTreeMap<u64, [u64; 5]> = BTreeMap::new();
-        for (m, c) in minutes {
-            let h = hours.entry(m / 3600 * 3600).or_default();
-            for i in 0..5 {
-                total[i] += c[i];
-                h[i] += c[i];
-            }
-        }
-        Usage {
-            key_id: key_id.to_owned(),
-            total: class_counts(&total),
-            per_minute: minutes
-                .iter()
-                .map(|(m, c)| Bucket {
-                    start: Timestamp::from_unix(*m),
-                    counts: class_counts(c),
-                })
-                .collect(),
-            per_hour: hours
-                .into_iter()
-                .map(|(h, c)| Bucket {
-                    start: Timestamp::from_unix(h),
-                    counts: class_counts(&c),
-                })
-                .collect(),
-            last_request_minute: minutes.last().map(|(m, _)| Timestamp::from_unix(*m)),
-        }
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.total.values().sum()
-    }
-}
-
-fn minute_of(t: Timestamp) -> u64 {
-    t.unix() / 60 * 60
-}
-
-fn status_class(status: u16) -> usize {
-    usize::from((status / 100).clamp(1, 5) - 1)
-}
-
-fn class_counts(c: &[u64; 5]) -> BTreeMap<String, u64> {
-    c.iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(i, n)| (format!("{}xx", i + 1), *n))
-        .collect()
 }
 
 async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metrics>) {
@@ -611,30 +426,5 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metric
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usage_buckets_by_hour_and_class() {
-        let u = Usage::from_minutes(
-            "key_1",
-            &[
-                (3600, [0, 2, 0, 1, 0]),
-                (3660, [0, 1, 0, 0, 0]),
-                (7200, [0, 0, 0, 0, 4]),
-            ],
-        );
-        assert_eq!(u.requests(), 8);
-        assert_eq!(u.per_hour.len(), 2);
-        assert_eq!(u.per_hour[0].counts["2xx"], 3);
-        assert_eq!(u.per_hour[1].counts["5xx"], 4);
-        assert_eq!(u.last_request_minute, Some(Timestamp::from_unix(7200)));
-        assert_eq!(status_class(204), 1);
-        assert_eq!(status_class(999), 4);
-        assert_eq!(status_class(0), 0);
     }
 }

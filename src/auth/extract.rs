@@ -3,11 +3,13 @@
 //! carriers with different values, is refused rather than guessed at.
 
 use http::HeaderMap;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HeaderName};
 
+use super::{AuthFailure, InvalidKey};
 use crate::config::Carrier;
-use crate::error::{AuthError, InvalidKey};
-use crate::proxy::headers::X_API_KEY;
+
+/// The `X-Api-Key` carrier.
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A credential as found in the request. Borrows the header; never logged.
 pub struct Credential<'a> {
@@ -30,7 +32,7 @@ pub fn extract<'a>(
     carriers: &[Carrier],
     allowed: &[Carrier],
     max_len: usize,
-) -> Result<Credential<'a>, AuthError> {
+) -> Result<Credential<'a>, AuthFailure> {
     let mut found: Option<Credential<'a>> = None;
     for &carrier in carriers {
         let name = match carrier {
@@ -60,7 +62,7 @@ pub fn extract<'a>(
             return Err(InvalidKey::TooLong.into());
         }
         if token.is_empty() {
-            return Err(AuthError::InvalidKey(InvalidKey::Format(
+            return Err(AuthFailure::Invalid(InvalidKey::Format(
                 crate::key::KeyFormatError::Malformed,
             )));
         }
@@ -76,7 +78,7 @@ pub fn extract<'a>(
             Some(_) => return Err(InvalidKey::Ambiguous.into()),
         }
     }
-    found.ok_or(AuthError::Unauthorized)
+    found.ok_or(AuthFailure::Missing)
 }
 
 const BEARER: &[u8] = b"bearer";
@@ -151,7 +153,7 @@ mod tests {
     fn refuses_ambiguity_and_junk() {
         type Headers<'a> = &'a [(&'a str, &'a [u8])];
         let cases: &[(Headers, &str)] = &[
-            (&[], "Unauthorized"),
+            (&[], "Missing"),
             (
                 &[("authorization", b"Bearer a"), ("x-api-key", b"b")],
                 "Ambiguous",
@@ -197,13 +199,13 @@ mod tests {
         let err = extract(&h, BOTH, &[Carrier::ApiKeyHeader], 64).unwrap_err();
         assert!(matches!(
             err,
-            AuthError::InvalidKey(InvalidKey::WrongCarrier)
+            AuthFailure::Invalid(InvalidKey::WrongCarrier)
         ));
         // A carrier keygate is not configured to read is the upstream's business.
         let only_api_key = [Carrier::ApiKeyHeader];
         assert!(matches!(
             extract(&h, &only_api_key, &only_api_key, 64),
-            Err(AuthError::Unauthorized)
+            Err(AuthFailure::Missing)
         ));
     }
 }

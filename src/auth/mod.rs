@@ -3,7 +3,9 @@
 //! [`Identity`], is the only thing later stages accept as proof of authentication.
 
 mod extract;
+mod failure;
 mod verifier;
 
-pub use extract::{Credential, extract};
+pub use extract::{Credential, X_API_KEY, extract};
+pub use failure::{AuthFailure, InvalidKey};
 pub use verifier::{Identity, IdentityValues, Verifier, VerifierSettings};

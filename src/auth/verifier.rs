@@ -4,7 +4,9 @@
 //! Concurrent first requests for one key share a single *flight*: one store lookup and one
 //! Argon2id run, however many requests wait. Invalidations (revocation, rotation, edits) and
 //! flights meet under one mutex, so a fill that raced a revocation is redone rather than
-//! caching the record it read before the change.
+//! caching the record it read before the change. Invalidations are applied synchronously by the
+//! store (see `Store::on_change`): when a revoke or rotate returns, this process already refuses
+//! the old key.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,13 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore};
 
-use super::Credential;
-use crate::error::{AuthError, InvalidKey};
+use super::{AuthFailure, Credential, InvalidKey};
 use crate::key::{KeyFormat, KeyHasher, LookupHash};
-use crate::policy::ip::IpSet;
-use crate::policy::ratelimit::Subject;
+use crate::net::IpSet;
 use crate::store::{Invalidation, KeyRecord, KeyState, KeyStore, Store};
 use crate::telemetry::Metrics;
 use crate::time::Timestamp;
@@ -66,11 +66,6 @@ impl Identity {
 
     pub fn key_id(&self) -> &Arc<str> {
         &self.entry.key_id
-    }
-
-    /// The subject of this key's rate-limit counters.
-    pub fn limit_subject(&self) -> Subject {
-        Subject::Key(Arc::clone(&self.entry.key_id))
     }
 
     /// Whether the key's IP allowlist admits `ip` (an empty list admits everyone).
@@ -180,7 +175,7 @@ impl Verifier {
             .max_capacity(settings.cache_max_entries)
             .time_to_live(settings.stale_limit.max(settings.cache_ttl))
             .build();
-        Arc::new(Verifier {
+        let verifier = Arc::new(Verifier {
             format,
             verified_phc,
             hasher,
@@ -191,7 +186,16 @@ impl Verifier {
             negative,
             flights: Mutex::new(HashMap::new()),
             metrics,
-        })
+        });
+        // Every change — made through this process or heard from other writers — is applied
+        // before the store call that carries it returns: no window where a revoked key passes.
+        let weak = Arc::downgrade(&verifier);
+        verifier.store.on_change(Arc::new(move |inv| {
+            if let Some(v) = weak.upgrade() {
+                v.invalidate(inv);
+            }
+        }));
+        verifier
     }
 
     /// The id of the cached record `key` stands for (e.g. an expired or revoked key), for the
@@ -211,7 +215,7 @@ impl Verifier {
     }
 
     /// Verifies a credential and applies the record-only checks.
-    pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthError> {
+    pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthFailure> {
         let key = match self.format.parse(cred.key) {
             Ok(parsed) => parsed.as_str(),
             Err(_) if self.settings.accept_legacy && is_legacy_shaped(cred.key) => cred.key,
@@ -257,7 +261,7 @@ impl Verifier {
         let now = Timestamp::now();
         match entry.record.state(now) {
             KeyState::Active => {}
-            KeyState::Expired | KeyState::Revoked => return Err(AuthError::ExpiredKey),
+            KeyState::Expired | KeyState::Revoked => return Err(AuthFailure::Expired),
         }
         // A shared cache line: write it only when the second changed.
         if entry.last_used.load(Ordering::Relaxed) != now.unix() {
@@ -266,10 +270,10 @@ impl Verifier {
         Ok(Identity { entry })
     }
 
-    fn fill_error(&self, e: FillError) -> AuthError {
+    fn fill_error(&self, e: FillError) -> AuthFailure {
         match e {
-            FillError::Unknown => AuthError::InvalidKey(InvalidKey::Unknown),
-            FillError::Unavailable | FillError::Changing => AuthError::AuthUnavailable {
+            FillError::Unknown => AuthFailure::Invalid(InvalidKey::Unknown),
+            FillError::Unavailable | FillError::Changing => AuthFailure::Unavailable {
                 retry_after: self.settings.retry_after,
             },
         }
@@ -431,29 +435,6 @@ impl Verifier {
             }
         }
         self.metrics.invalidations.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Applies the store's invalidations until the store goes away.
-    pub fn spawn_invalidation_listener(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let mut rx = self.store.subscribe();
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let inv = match rx.recv().await {
-                    Ok(inv) => inv,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(
-                            missed = n,
-                            "invalidation listener fell behind; clearing the key cache"
-                        );
-                        Invalidation::All
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let Some(v) = weak.upgrade() else { return };
-                v.invalidate(inv);
-            }
-        })
     }
 
     /// Usage seen since the last call, as `(key id, last used)`; marks it as taken.

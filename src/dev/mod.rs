@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 
-use crate::cli::KeyTool;
 use crate::config::Config;
 use crate::key::{Environment, KeyType};
-use crate::proxy::Proxy;
+use crate::manage::KeyTool;
+use crate::server::Server;
 use crate::store::NewRecord;
 
 pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -52,7 +52,7 @@ async fn run_in(
         })?;
     let ops_listener = tokio::net::TcpListener::bind(config.ops.address).await?;
     let (addr, ops) = (proxy_listener.local_addr()?, ops_listener.local_addr()?);
-    let proxy = Proxy::new(&config)?;
+    let proxy = Server::new(&config)?;
 
     let tool = KeyTool::with_store(proxy.store(), &config)?;
     let (key, rec) = tool

@@ -1,36 +1,133 @@
 //! Policy: everything enforced once the request's route and (for non-public routes) its key are
-//! known — global IP rules, the per-IP floor and failed-auth throttle (before verification, so
-//! floods never reach the store or Argon2), then environment, key type, per-key IP allowlist,
-//! scope and rate limits. Each rule can run in report-only mode per route.
+//! known. Two stages, each returning a value that proves it passed:
+//!
+//! - [`Policy::admit`]: client address, normalised path, route, the global IP lists, the
+//!   failed-auth throttle and the per-IP floor — before verification, so floods never reach the
+//!   store or Argon2 — giving an [`Admitted`] request;
+//! - [`Policy::authorize`]: the route's [`Rule`]s against the verified key (environment, key
+//!   type, the key's IP allowlist, scope, rate limits — see [`rules`]), giving the [`Permit`] the
+//!   forwarder needs. Only this module can make a permit, public routes included
+//!   ([`Policy::public`]).
+//!
+//! Each rule can run in report-only mode per route.
 
 pub mod ip;
 pub mod path;
 pub mod ratelimit;
 pub mod routes;
+mod rules;
 pub mod scopes;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
 use crate::auth::Identity;
-use crate::config::{LimiterBackend, PolicyConfig, RouteConfig};
-use crate::error::AuthError;
-use crate::key::{Environment, KeyType};
-use crate::store::{KeyRateLimit, Store};
+use crate::config::{LimiterBackend, PolicyConfig, RouteConfig, RuleKind};
+use crate::key::Environment;
+use crate::net::IpSet;
+use crate::store::Store;
 use crate::telemetry::Metrics;
-use ip::IpSet;
-use ratelimit::{Counter, Decision, Limit, Limiter, LocalLimiter, RedisLimiter, Subject};
+use ratelimit::{Counter, Limit, Limiter, LocalLimiter, RateReport, RedisLimiter, Subject};
 use routes::Routes;
 
+pub use crate::config::Rule;
 pub use path::{PathError, normalize};
 
-/// Proof that a verified key may make this request; carries the rate-limit state to report.
+/// Why the policy refused a request: one variant per rule, plus what admission checks.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Denial {
+    #[error("{0}")]
+    BadPath(PathError),
+    /// A trusted proxy sent a forwarding header that does not parse: fail closed.
+    #[error("cannot determine the client address")]
+    UnknownClient,
+    #[error("requests from {0} are not allowed for this API key")]
+    IpNotAllowed(IpAddr),
+    #[error("API key is for the {key} environment; this endpoint serves {instance}")]
+    WrongEnvironment {
+        key: &'static str,
+        instance: &'static str,
+    },
+    #[error("publishable keys are not allowed here; use a secret key")]
+    KeyTypeNotAllowed,
+    #[error("API key lacks the scope `{0}`")]
+    InsufficientScope(String),
+    #[error("rate limit exceeded; retry after {} s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
+}
+
+impl From<PathError> for Denial {
+    fn from(e: PathError) -> Self {
+        Denial::BadPath(e)
+    }
+}
+
+/// A request that passed admission: who is calling, which route it takes, and the path that
+/// routing saw (and that is forwarded).
 #[derive(Debug)]
-pub struct Permit {
-    pub rate: Option<Decision>,
+pub struct Admitted<'p> {
+    route: &'p RouteConfig,
+    client_ip: IpAddr,
+    /// The normalised path, when it differs from the client's.
+    normalized: Option<String>,
+}
+
+impl<'p> Admitted<'p> {
+    pub fn route(&self) -> &'p RouteConfig {
+        self.route
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip
+    }
+}
+
+/// Proof that a request may be forwarded: the only way to reach the upstream. Carries what the
+/// forwarder needs (the identity to inject, the client, the path) and nothing can build one but
+/// the policy.
+#[derive(Debug)]
+pub struct Permit<'p> {
+    route: &'p RouteConfig,
+    client_ip: IpAddr,
+    normalized: Option<String>,
+    identity: Option<Identity>,
+}
+
+impl<'p> Permit<'p> {
+    pub fn route(&self) -> &'p RouteConfig {
+        self.route
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip
+    }
+
+    /// `None` on public routes.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// The normalised path to forward instead of the client's, when they differ.
+    pub fn normalized_path(&self) -> Option<&str> {
+        self.normalized.as_deref()
+    }
+}
+
+/// What the policy learned about a request, whatever the outcome: for the response's rate-limit
+/// headers, the access log and the audit trail.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The client address, once resolved.
+    pub client_ip: Option<IpAddr>,
+    /// The route's name, once matched.
+    pub route: Option<Arc<str>>,
+    /// The rate-limit state to report.
+    pub rate: RateReport,
 }
 
 /// Counter names, allocated once.
@@ -128,37 +225,86 @@ impl Policy {
         self.config.rate_limits.headers
     }
 
-    /// The client's address; unknown (a trusted proxy sent garbage) fails closed.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, AuthError> {
-        ip::client_ip(peer, headers, &self.trusted)
-            .ok_or(AuthError::BadRequest("cannot determine the client address"))
+    /// Admission: the client's address (unknown fails closed), the normalised path and its
+    /// route, the global IP lists, the failed-auth throttle and the per-IP floor. `path` is the
+    /// one to route by (`/` for CONNECT, whose target is `host:port`).
+    pub async fn admit(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        method: &Method,
+        path: &str,
+        trace: &mut Trace,
+    ) -> Result<Admitted<'_>, Denial> {
+        let client_ip = ip::client_ip(peer, headers, &self.trusted).ok_or(Denial::UnknownClient)?; // 400
+        trace.client_ip = Some(client_ip);
+        let normalized = match normalize(path)? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        }; // 400
+        let route = self
+            .routes
+            .find(method, normalized.as_deref().unwrap_or(path));
+        trace.route = Some(Arc::clone(&route.name));
+        let admitted = Admitted {
+            route,
+            client_ip,
+            normalized,
+        };
+        self.check_global_ip(&admitted)?; // 403
+        self.check_ip_limits(&admitted, &mut trace.rate).await?; // 429
+        Ok(admitted)
     }
 
-    pub fn route(&self, method: &Method, path: &str) -> &RouteConfig {
-        self.routes.find(method, path)
+    /// The permit of a public route: no key, nothing more to check.
+    pub fn public<'p>(&self, admitted: Admitted<'p>) -> Permit<'p> {
+        Permit {
+            route: admitted.route,
+            client_ip: admitted.client_ip,
+            normalized: admitted.normalized,
+            identity: None,
+        }
+    }
+
+    /// The route's rules against the verified key, in order; the permit if all pass (or only
+    /// report-only ones failed). `method` is the effective method (an honoured override).
+    pub async fn authorize<'p>(
+        &self,
+        identity: Identity,
+        admitted: Admitted<'p>,
+        method: &Method,
+        rate: &mut RateReport,
+    ) -> Result<Permit<'p>, Denial> {
+        let route = admitted.route;
+        for rule in &route.rules {
+            if let Err(denial) = self.check(rule, &identity, &admitted, method, rate).await {
+                self.enforce(route, rule.kind(), Some(identity.key_id()), denial)?;
+            }
+        }
+        Ok(Permit {
+            route,
+            client_ip: admitted.client_ip,
+            normalized: admitted.normalized,
+            identity: Some(identity),
+        })
     }
 
     /// The global deny and allow lists.
-    pub fn check_ip(&self, ip: IpAddr, route: &RouteConfig) -> Result<(), AuthError> {
+    fn check_global_ip(&self, admitted: &Admitted<'_>) -> Result<(), Denial> {
+        let ip = admitted.client_ip;
         if self.deny.contains(ip) || (!self.allow.is_empty() && !self.allow.contains(ip)) {
-            return self.enforce(
-                route.report_only.ip,
-                "ip",
-                route,
-                None,
-                AuthError::IpNotAllowed(ip),
-            );
+            return self.enforce(admitted.route, RuleKind::Ip, None, Denial::IpNotAllowed(ip));
         }
         Ok(())
     }
 
     /// The per-IP floor and the failed-authentication throttle, before any key work.
-    pub async fn check_ip_limits(
+    async fn check_ip_limits(
         &self,
-        ip: IpAddr,
-        route: &RouteConfig,
-    ) -> Result<(), (AuthError, Option<Decision>)> {
-        let subject = Subject::Ip(ip::limit_subject(ip));
+        admitted: &Admitted<'_>,
+        rate: &mut RateReport,
+    ) -> Result<(), Denial> {
+        let subject = Subject::Ip(ip::limit_subject(admitted.client_ip));
         if let Some(limit) = self.config.rate_limits.failed_auth {
             let d = self
                 .limiter
@@ -172,12 +318,10 @@ impl Policy {
                 .await;
             if !d.allowed {
                 self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err((
-                    AuthError::RateLimited {
-                        retry_after: d.retry_after,
-                    },
-                    Some(d),
-                ));
+                rate.note(d);
+                return Err(Denial::RateLimited {
+                    retry_after: d.retry_after,
+                });
             }
         }
         if let Some(limit) = self.config.rate_limits.ip {
@@ -193,12 +337,11 @@ impl Policy {
                 .await;
             if let Some(d) = d.first().filter(|d| !d.allowed) {
                 self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let err = AuthError::RateLimited {
+                rate.note(*d);
+                let denial = Denial::RateLimited {
                     retry_after: d.retry_after,
                 };
-                return self
-                    .enforce(route.report_only.rate_limit, "rate_limit", route, None, err)
-                    .map_err(|e| (e, Some(*d)));
+                return self.enforce(admitted.route, RuleKind::RateLimit, None, denial);
             }
         }
         Ok(())
@@ -215,137 +358,26 @@ impl Policy {
         }
     }
 
-    /// The checks that need the verified key, in order: environment, key type, the key's IP
-    /// allowlist, scope, then its rate limits.
-    pub async fn authorize(
-        &self,
-        identity: &Identity,
-        route: &RouteConfig,
-        method: &Method,
-        ip: IpAddr,
-    ) -> Result<Permit, (AuthError, Option<Decision>)> {
-        let rec = identity.record();
-        let plain = |r: Result<(), AuthError>| r.map_err(|e| (e, None));
-        if rec.environment != self.environment {
-            let err = AuthError::WrongEnvironment {
-                key: rec.environment.as_str(),
-                instance: self.environment.as_str(),
-            };
-            plain(self.enforce(
-                route.report_only.environment,
-                "environment",
-                route,
-                Some(&rec.id),
-                err,
-            ))?;
-        }
-        if rec.key_type == KeyType::Publishable && !route.allow_publishable {
-            return Err((AuthError::KeyTypeNotAllowed, None));
-        }
-        if !identity.ip_allowed(ip) {
-            plain(self.enforce(
-                route.report_only.ip,
-                "ip",
-                route,
-                Some(&rec.id),
-                AuthError::IpNotAllowed(ip),
-            ))?;
-        }
-        if let Err(needed) = scopes::check(&rec.scopes, route.scope.as_deref(), method) {
-            let err = AuthError::InsufficientScope(needed.to_owned());
-            plain(self.enforce(route.report_only.scope, "scope", route, Some(&rec.id), err))?;
-        }
-        let limits = self.key_limits(identity, route);
-        if limits.is_empty() {
-            return Ok(Permit { rate: None });
-        }
-        let decisions = self.limiter.acquire(&limits).await;
-        let tightest = Decision::tightest(&decisions);
-        if let Some(d) = tightest.filter(|d| !d.allowed) {
-            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let err = AuthError::RateLimited {
-                retry_after: d.retry_after,
-            };
-            self.enforce(
-                route.report_only.rate_limit,
-                "rate_limit",
-                route,
-                Some(&rec.id),
-                err,
-            )
-            .map_err(|e| (e, Some(d)))?;
-        }
-        Ok(Permit { rate: tightest })
-    }
-
-    /// The key's own limit (override, tier or default) and its route category's.
-    fn key_limits(&self, identity: &Identity, route: &RouteConfig) -> Vec<(Counter, Limit)> {
-        let rec = identity.record();
-        let rl = &self.config.rate_limits;
-        let own = match &rec.rate_limit {
-            Some(KeyRateLimit::Explicit { limit, window_secs }) => Some(Limit {
-                limit: *limit,
-                window: std::time::Duration::from_secs(*window_secs),
-                algorithm: rl
-                    .key
-                    .map_or(ratelimit::Algorithm::FixedWindow, |l| l.algorithm),
-            }),
-            Some(KeyRateLimit::Tier { tier }) => rl.tiers.get(tier).copied().or(rl.key),
-            None => rl.key,
-        };
-        let subject = identity.limit_subject();
-        let mut out = Vec::with_capacity(2);
-        if let Some(limit) = own {
-            out.push((
-                Counter {
-                    subject: subject.clone(),
-                    name: Arc::clone(&self.names.key),
-                },
-                limit,
-            ));
-        }
-        if let Some(cat) = &route.category
-            && let Some((name, limit)) = self.categories.get(cat.as_str())
-        {
-            out.push((
-                Counter {
-                    subject,
-                    name: Arc::clone(name),
-                },
-                *limit,
-            ));
-        }
-        out
-    }
-
     /// Denies, or in report-only mode logs and counts the would-be denial and lets it pass.
     fn enforce(
         &self,
-        report_only: bool,
-        rule: &'static str,
         route: &RouteConfig,
-        key_id: Option<&str>,
-        err: AuthError,
-    ) -> Result<(), AuthError> {
-        if !report_only {
-            return Err(err);
+        rule: RuleKind,
+        key_id: Option<&Arc<str>>,
+        denial: Denial,
+    ) -> Result<(), Denial> {
+        if !route.report_only.contains(rule) {
+            return Err(denial);
         }
         self.metrics
             .report_only_denials
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(rule, route = %route.name, key.id = key_id.unwrap_or("-"), code = err.code(), "report-only: would deny: {err}");
+        tracing::info!(
+            rule = rule.as_str(),
+            route = %route.name,
+            key.id = key_id.map_or("-", |k| &**k),
+            "report-only: would deny: {denial}"
+        );
         Ok(())
-    }
-
-    /// The effective method: the override header's when honoured and well-formed.
-    pub fn effective_method(&self, method: &Method, headers: &HeaderMap, honor: bool) -> Method {
-        if !honor {
-            return method.clone();
-        }
-        crate::proxy::headers::METHOD_OVERRIDES
-            .iter()
-            .find_map(|name| headers.get(*name))
-            .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
-            .unwrap_or_else(|| method.clone())
     }
 }

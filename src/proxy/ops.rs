@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -14,24 +15,35 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::auth::Verifier;
+use crate::error::{error_response, json_response};
 use crate::store::KeyStore;
 use crate::telemetry::Metrics;
 
 pub struct Ops {
-    pub(crate) verifier: Arc<Verifier>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) draining: Arc<AtomicBool>,
+    verifier: Arc<Verifier>,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Ops {
+    pub fn new(verifier: Arc<Verifier>, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
+        Ops {
+            verifier,
+            metrics,
+            draining,
+        }
+    }
+
     pub async fn handle<B>(
         self: Arc<Self>,
         req: Request<B>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Ok(json(
+            return Ok(error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                r#"{"status":"method not allowed"}"#.into(),
+                "method_not_allowed",
+                "the ops endpoints answer GET and HEAD",
+                None,
             ));
         }
         let resp = match req.uri().path() {
@@ -65,16 +77,47 @@ impl Ops {
                 );
                 r
             }
-            _ => json(StatusCode::NOT_FOUND, r#"{"status":"not found"}"#.into()),
+            _ => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such ops endpoint: /healthz, /readyz or /metrics",
+                None,
+            ),
         };
         Ok(resp)
     }
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    json_response(status, Bytes::from(body))
+}
+
+/// `keygate probe`: whether the ops endpoint at `url` answers 200 (printing why not), for
+/// container health checks where no curl exists.
+pub async fn probe(url: &str) -> bool {
+    use http_body_util::Empty;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let uri = match url.parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            return false;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(3), client.get(uri)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => true,
+        Ok(Ok(resp)) => {
+            eprintln!("{url}: {}", resp.status());
+            false
+        }
+        Ok(Err(e)) => {
+            eprintln!("{url}: {e}");
+            false
+        }
+        Err(_) => {
+            eprintln!("{url}: timed out");
+            false
+        }
+    }
 }

@@ -23,7 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
-use super::upstream::UpstreamBody;
+use super::body::UpstreamBody;
 
 /// Why a request got no response head.
 #[derive(Debug)]

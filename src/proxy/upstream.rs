@@ -7,20 +7,18 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::body::UpstreamBody;
 use super::headers::remove_hop_by_hop;
 use super::pool::{H1Pool, PooledBody};
 use crate::config::UpstreamConfig;
-use crate::error::AuthError;
-
-/// The request body on its way upstream: streamed, never buffered, capped at the configured size.
-pub type UpstreamBody = Limited<Incoming>;
+use crate::error::Rejection;
 
 /// One client per kind of upstream: keygate's pool for plain HTTP/1.1 (the hot path);
 /// hyper-util for plain HTTP/2 (prior knowledge) and for TLS.
@@ -95,7 +93,7 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
         body_limit: u64,
-    ) -> Result<Response<PooledBody>, AuthError> {
+    ) -> Result<Response<PooledBody>, Rejection> {
         let sent = async {
             match &self.client {
                 Clients::Pooled(pool) => pool.send(req).await.map_err(|e| classify(&e, body_limit)),
@@ -104,7 +102,7 @@ impl Upstream {
             }
         };
         let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
-            Err(_) => return Err(AuthError::UpstreamTimeout),
+            Err(_) => return Err(Rejection::UpstreamTimeout),
             Ok(result) => result?,
         };
         // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
@@ -127,10 +125,10 @@ impl Upstream {
     pub async fn connect_tunnel(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, AuthError> {
+    ) -> Result<Response<Incoming>, Rejection> {
         let Some(addr) = &self.plain_addr else {
             tracing::warn!("CONNECT needs an http:// upstream");
-            return Err(AuthError::UpstreamUnavailable);
+            return Err(Rejection::UpstreamUnavailable);
         };
         let tcp = match tokio::time::timeout(
             self.connect_timeout,
@@ -138,19 +136,19 @@ impl Upstream {
         )
         .await
         {
-            Err(_) => return Err(AuthError::UpstreamTimeout),
-            Ok(Err(_)) => return Err(AuthError::UpstreamUnavailable),
+            Err(_) => return Err(Rejection::UpstreamTimeout),
+            Ok(Err(_)) => return Err(Rejection::UpstreamUnavailable),
             Ok(Ok(s)) => s,
         };
         let _ = tcp.set_nodelay(true);
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
                 .await
-                .map_err(|_| AuthError::UpstreamUnavailable)?;
+                .map_err(|_| Rejection::UpstreamUnavailable)?;
         tokio::spawn(conn.with_upgrades());
         match tokio::time::timeout(self.response_timeout, send.send_request(req)).await {
-            Err(_) => Err(AuthError::UpstreamTimeout),
-            Ok(Err(_)) => Err(AuthError::UpstreamUnavailable),
+            Err(_) => Err(Rejection::UpstreamTimeout),
+            Ok(Err(_)) => Err(Rejection::UpstreamUnavailable),
             Ok(Ok(mut resp)) => {
                 remove_hop_by_hop(resp.headers_mut());
                 Ok(resp)
@@ -168,7 +166,7 @@ async fn through<C>(
     client: &Client<C, UpstreamBody>,
     req: Request<UpstreamBody>,
     body_limit: u64,
-) -> Result<Response<PooledBody>, AuthError>
+) -> Result<Response<PooledBody>, Rejection>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -178,19 +176,19 @@ where
     }
 }
 
-fn classify(e: &(dyn StdError + 'static), body_limit: u64) -> AuthError {
+fn classify(e: &(dyn StdError + 'static), body_limit: u64) -> Rejection {
     let mut source = Some(e);
     while let Some(s) = source {
         if s.is::<LengthLimitError>() {
-            return AuthError::PayloadTooLarge { limit: body_limit };
+            return Rejection::PayloadTooLarge { limit: body_limit };
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {
-            return AuthError::UpstreamTimeout;
+            return Rejection::UpstreamTimeout;
         }
         source = s.source();
     }
     tracing::warn!(error = %e, "upstream request failed");
-    AuthError::UpstreamUnavailable
+    Rejection::UpstreamUnavailable
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::changes::Changes;
 use super::{Invalidation, KeyRecord, KeyStore, StoreError};
 use crate::key::LookupHash;
 use crate::time::Timestamp;
@@ -108,7 +109,7 @@ struct Inner {
     read_only: bool,
     snapshot: RwLock<Arc<Snapshot>>,
     stamp: Mutex<Option<FileStamp>>,
-    changes: broadcast::Sender<Invalidation>,
+    changes: Changes,
 }
 
 /// The `file` backend. Cheap to clone; clones share one snapshot.
@@ -131,7 +132,6 @@ impl FileStore {
         let path = path.into();
         let mut lock_path = path.clone().into_os_string();
         lock_path.push(".lock");
-        let (changes, _) = broadcast::channel(1024);
         let store = FileStore {
             inner: Arc::new(Inner {
                 lock_path: lock_path.into(),
@@ -139,7 +139,7 @@ impl FileStore {
                 read_only,
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 stamp: Mutex::new(None),
-                changes,
+                changes: Changes::new(),
             }),
         };
         if !read_only && !store.inner.path.exists() {
@@ -147,6 +147,10 @@ impl FileStore {
         }
         store.reload(false)?;
         Ok(store)
+    }
+
+    pub(super) fn changes(&self) -> &Changes {
+        &self.inner.changes
     }
 
     pub fn path(&self) -> &Path {
@@ -210,7 +214,7 @@ impl FileStore {
             && let Some(written) = stamp.modified
             && let Ok(lag) = written.elapsed()
         {
-            crate::telemetry::REVOCATION_LAG.observe(lag);
+            self.inner.changes.observe_lag(lag);
         }
         *stamp_guard = Some(stamp);
         Ok(true)
@@ -228,8 +232,7 @@ impl FileStore {
             std::mem::replace(&mut *guard, Arc::clone(&next))
         };
         for hash in old.changes(&next) {
-            // No receivers is fine (e.g. the CLI).
-            let _ = self.inner.changes.send(Invalidation::Key(hash));
+            self.inner.changes.publish(Invalidation::Key(hash));
         }
     }
 

@@ -2,6 +2,7 @@
 //! [`Store`], the enum the rest of keygate holds. In the request path the verifier calls
 //! [`KeyStore::find_by_hash`] only after the offline checks and both caches missed.
 
+mod changes;
 mod file;
 mod record;
 mod redis;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+pub use changes::Listener;
 pub use file::FileStore;
 pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, NewRecord};
 pub use redis::RedisStore;
@@ -34,7 +36,7 @@ pub enum StoreError {
 }
 
 /// Fails unless `change` left the identity of `before` alone (see [`KeyStore::update`]).
-fn check_identity_kept(before: &KeyRecord, after: &KeyRecord) -> Result<(), StoreError> {
+pub(crate) fn check_identity_kept(before: &KeyRecord, after: &KeyRecord) -> Result<(), StoreError> {
     if before.id != after.id
         || before.lookup_hash != after.lookup_hash
         || before.phc != after.phc
@@ -216,6 +218,24 @@ impl KeyStore for Store {
 }
 
 impl Store {
+    /// Calls `listener` with every change, synchronously: a write through this process returns
+    /// only after its listeners applied it (the verifier's cache drops the old record), and
+    /// changes heard from other writers are applied as soon as they arrive.
+    pub fn on_change(&self, listener: Listener) {
+        match self {
+            Store::File(s) => s.changes().listen(listener),
+            Store::Redis(s) => s.changes().listen(listener),
+        }
+    }
+
+    /// Records the revocation lag of changes seen from other writers in `metrics`.
+    pub fn report_to(&self, metrics: std::sync::Arc<crate::telemetry::Metrics>) {
+        match self {
+            Store::File(s) => s.changes().report_to(metrics),
+            Store::Redis(s) => s.changes().report_to(metrics),
+        }
+    }
+
     /// Opens the configured backend. Redis connections are made lazily.
     pub fn open(cfg: &crate::config::StoreConfig) -> Result<Store, StoreError> {
         use crate::config::StoreConfig;

@@ -20,10 +20,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate::auth::Verifier;
-use keygate::cli::KeyTool;
 use keygate::config::Config;
 use keygate::key::{Environment, KeyType};
-use keygate::proxy::Proxy;
+use keygate::manage::KeyTool;
+use keygate::server::Server;
 use keygate::store::NewRecord;
 use keygate::telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -258,7 +258,7 @@ impl Keygate {
         .await
         .unwrap();
         let admin_addr = admin_listener.local_addr().unwrap();
-        let proxy = Proxy::new(&config)
+        let proxy = Server::new(&config)
             .unwrap()
             .with_admin_listener(admin_listener);
         let metrics = proxy.metrics();

@@ -5,6 +5,7 @@
 //! They are checked together and consumed only if all allow, so a rejected request never
 //! consumes quota: a client kept at 429 recovers as soon as its window allows.
 
+mod headers;
 mod local;
 mod redis;
 
@@ -13,44 +14,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::config::{Algorithm, Limit};
+pub use headers::set_rate_limit_headers;
 pub use local::LocalLimiter;
 pub use redis::RedisLimiter;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    /// `limit` requests per aligned window of `window` (the documents' behaviour).
-    FixedWindow,
-    /// Generic cell rate algorithm: a smooth rate of `limit` per `window`, bursts up to `limit`.
-    Gcra,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limit {
-    pub limit: u64,
-    pub window: Duration,
-    pub algorithm: Algorithm,
-}
-
-impl Limit {
-    fn window_ms(&self) -> u64 {
-        u64::try_from(self.window.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
-    /// GCRA emission interval in milliseconds (at least 1).
-    fn interval_ms(&self) -> u64 {
-        (self.window_ms() / self.limit.max(1)).max(1)
-    }
-
-    /// This limit shared by `replicas` processes each enforcing it alone.
-    pub fn scaled(&self, replicas: u32) -> Limit {
-        Limit {
-            limit: self.limit.div_ceil(u64::from(replicas.max(1))),
-            ..*self
-        }
-    }
-}
 
 /// The outcome of checking one limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +36,30 @@ pub struct Decision {
 impl Decision {
     /// The decision to report when several apply: a rejection, else the least remaining.
     pub fn tightest(decisions: &[Decision]) -> Option<Decision> {
-        decisions
-            .iter()
-            .copied()
-            .min_by_key(|d| (d.allowed, d.remaining, std::cmp::Reverse(d.reset)))
+        decisions.iter().copied().min_by_key(Decision::order)
+    }
+
+    /// Tighter first: a rejection, then the least remaining, then the longest until reset.
+    fn order(&self) -> (bool, u64, std::cmp::Reverse<Duration>) {
+        (self.allowed, self.remaining, std::cmp::Reverse(self.reset))
+    }
+}
+
+/// The rate-limit state a response reports: the decision of the limit closest to exhaustion
+/// among those a request was checked against (a rejection first).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RateReport(Option<Decision>);
+
+impl RateReport {
+    pub fn note(&mut self, d: Decision) {
+        self.0 = Some(match self.0 {
+            Some(prev) if prev.order() <= d.order() => prev,
+            _ => d,
+        });
+    }
+
+    pub fn decision(&self) -> Option<&Decision> {
+        self.0.as_ref()
     }
 }
 

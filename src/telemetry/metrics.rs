@@ -1,15 +1,12 @@
-//! Logging setup and the process counters behind `/metrics` on the ops listener. Counters are
-//! plain atomics bumped on the request path; rendering happens only when scraped. No label ever
-//! carries a key, a key id or a client address.
+//! The process counters behind `/metrics` on the ops listener. Counters are plain atomics
+//! bumped on the request path; rendering happens only when scraped. No label ever carries a key,
+//! a key id or a client address.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use crate::config::{LogConfig, LogFormat};
 
 /// Process-wide counters. One instance per running proxy, shared by `Arc`.
 #[derive(Debug, Default)]
@@ -42,6 +39,9 @@ pub struct Metrics {
     pub upstream_seconds: Histogram,
     /// Key store lookups (cache misses).
     pub store_seconds: Histogram,
+    /// Time from a change in the store to this process applying it (Redis store: measured with
+    /// the Redis server's clock stamped into the invalidation message).
+    pub revocation_lag: Histogram,
     /// Requests by route and outcome: `ok` (forwarded) or the error code.
     pub by_route: RouteCounters,
 }
@@ -101,11 +101,6 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
     }
 }
-
-/// Time from a change in the store to this process applying it (Redis store: measured with
-/// the Redis server's clock stamped into the invalidation message). Process-wide.
-pub static REVOCATION_LAG: std::sync::LazyLock<Histogram> =
-    std::sync::LazyLock::new(Histogram::default);
 
 /// (route name, outcome code)
 type RouteOutcome = (Arc<str>, &'static str);
@@ -285,31 +280,11 @@ impl Metrics {
             "keygate_store_lookup_duration_seconds",
             "Key store lookups (cache misses).",
         );
-        REVOCATION_LAG.render(
+        self.revocation_lag.render(
             &mut out,
             "keygate_revocation_lag_seconds",
             "Time from a key change in the store to this replica applying it.",
         );
         out
     }
-}
-
-/// Installs the global tracing subscriber. `RUST_LOG` overrides the configured filter.
-pub fn init_logging(cfg: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.filter));
-    let json = match cfg.format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // Ignore "already set": tests and `dev` may initialise twice.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }

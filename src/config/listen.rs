@@ -1,0 +1,188 @@
+//! `[listen]` (the proxied port, its TLS, upgrades and tunnels) and `[ops]` (health and
+//! metrics).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::check::{Check, Size};
+use crate::tls::{CertFiles, SniCert, TlsConfig};
+
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_request_body: u64,
+    pub drain_timeout: Duration,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client.
+    pub proxy_protocol: bool,
+    /// Terminate TLS on the listener.
+    pub tls: Option<TlsConfig>,
+    /// Forward authenticated `CONNECT` requests to the upstream (refused with 405 otherwise).
+    pub allow_connect: bool,
+    /// `Upgrade` protocols passed through to the upstream (lower case); never `h2c`.
+    pub upgrades: Vec<String>,
+    /// A tunnel with no byte moving either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// No tunnel lives longer than this.
+    pub tunnel_max_lifetime: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpsConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawListen {
+    address: Option<String>,
+    header_read_timeout: Option<String>,
+    max_request_body: Option<Size>,
+    drain_timeout: Option<String>,
+    proxy_protocol: Option<bool>,
+    tls: Option<RawTls>,
+    allow_connect: Option<bool>,
+    upgrades: Option<Vec<String>>,
+    tunnel_idle_timeout: Option<String>,
+    tunnel_max_lifetime: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTls {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_ca_file: Option<String>,
+    reload_interval: Option<String>,
+    sni: Vec<RawSni>,
+}
+
+#[derive(Deserialize)]
+struct RawSni {
+    names: Vec<String>,
+    cert_file: String,
+    key_file: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawOps {
+    address: Option<String>,
+}
+
+pub(super) fn validate(c: &mut Check<'_>, raw: RawListen) -> ListenConfig {
+    let secs = Duration::from_secs;
+    let listen = ListenConfig {
+        address: c.addr("listen.address", raw.address, "0.0.0.0:8080"),
+        header_read_timeout: c.duration(
+            "listen.header_read_timeout",
+            raw.header_read_timeout,
+            secs(10),
+        ),
+        max_request_body: c.size("listen.max_request_body", raw.max_request_body, 10 << 20),
+        drain_timeout: c.duration("listen.drain_timeout", raw.drain_timeout, secs(30)),
+        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+        tls: None,
+        allow_connect: raw.allow_connect.unwrap_or(false),
+        upgrades: raw
+            .upgrades
+            .unwrap_or_else(|| vec!["websocket".into()])
+            .into_iter()
+            .map(|u| u.trim().to_ascii_lowercase())
+            .collect(),
+        tunnel_idle_timeout: c.duration(
+            "listen.tunnel_idle_timeout",
+            raw.tunnel_idle_timeout,
+            secs(600),
+        ),
+        tunnel_max_lifetime: c.duration(
+            "listen.tunnel_max_lifetime",
+            raw.tunnel_max_lifetime,
+            secs(24 * 3600),
+        ),
+    };
+    for u in &listen.upgrades {
+        if u == "h2c" || u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            c.problem(format!(
+                "listen.upgrades: {u:?} cannot be passed through (one protocol token; never h2c)"
+            ));
+        }
+    }
+    ListenConfig {
+        tls: raw.tls.and_then(|t| validate_tls(c, t)),
+        ..listen
+    }
+}
+
+pub(super) fn validate_ops(c: &mut Check<'_>, raw: RawOps, listen: &ListenConfig) -> OpsConfig {
+    let ops = OpsConfig {
+        address: c.addr("ops.address", raw.address, "127.0.0.1:9090"),
+    };
+    if ops.address == listen.address && ops.address.port() != 0 {
+        c.problem("ops.address: must differ from listen.address".into());
+    }
+    ops
+}
+
+fn validate_tls(c: &mut Check<'_>, raw: RawTls) -> Option<TlsConfig> {
+    let (Some(cert), Some(key)) = (raw.cert_file, raw.key_file) else {
+        c.problem("listen.tls: cert_file and key_file are required".into());
+        return None;
+    };
+    let cfg = TlsConfig {
+        default: CertFiles {
+            cert_file: cert.into(),
+            key_file: key.into(),
+        },
+        sni: raw
+            .sni
+            .into_iter()
+            .map(|s| SniCert {
+                names: s.names,
+                files: CertFiles {
+                    cert_file: s.cert_file.into(),
+                    key_file: s.key_file.into(),
+                },
+            })
+            .collect(),
+        client_ca_file: raw.client_ca_file.map(PathBuf::from),
+        reload_interval: c.duration(
+            "listen.tls.reload_interval",
+            raw.reload_interval,
+            Duration::from_secs(10),
+        ),
+    };
+    for (i, s) in cfg.sni.iter().enumerate() {
+        if s.names.is_empty() {
+            c.problem(format!(
+                "listen.tls.sni[{i}].names: at least one server name"
+            ));
+        }
+        for name in &s.names {
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            let valid = !bare.is_empty()
+                && bare.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                c.problem(format!(
+                    "listen.tls.sni[{i}].names: {name:?} is not a host name (a wildcard is only a leading \"*.\")"
+                ));
+            }
+        }
+    }
+    // Load everything now, so a bad file is reported by check-config, not at the first handshake.
+    match crate::tls::Listener::new(&cfg) {
+        Ok(_) => Some(cfg),
+        Err(e) => {
+            c.problem(format!("listen.tls: {e}"));
+            None
+        }
+    }
+}

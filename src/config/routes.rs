@@ -1,0 +1,267 @@
+//! `[[routes]]` and `[default_route]`: method(s) + path pattern → what the route requires, as
+//! [`Rule`]s.
+
+use std::sync::Arc;
+
+use http::Method;
+use serde::Deserialize;
+
+use super::auth::Carrier;
+use super::check::Check;
+use super::limits::RateLimitConfig;
+use super::rules::{Rule, RuleKind, RuleSet};
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: Arc<str>,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+    /// `None` only for the default route.
+    pub pattern: Option<PathPattern>,
+    /// Empty: the global carriers.
+    pub carriers: Vec<Carrier>,
+    /// No key needed.
+    pub public: bool,
+    /// What a request with a verified key must pass, in order.
+    pub rules: Vec<Rule>,
+    /// Rules whose denials are logged and counted, not enforced.
+    pub report_only: RuleSet,
+}
+
+impl RouteConfig {
+    /// The route's scope requirement, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.rules.iter().find_map(|r| match r {
+            Rule::Scope(s) => s.as_deref(),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawRoute {
+    name: Option<String>,
+    methods: Option<Vec<String>>,
+    path: Option<String>,
+    scope: Option<String>,
+    category: Option<String>,
+    carriers: Option<Vec<String>>,
+    allow_publishable: Option<bool>,
+    public: Option<bool>,
+    report_only: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}`: exactly one non-empty segment.
+    Param,
+}
+
+/// `/v1/payments` (exact; a trailing slash is the same route), `/v1/payments/{id}/capture`
+/// (parameters), `/docs/*` (the prefix itself and everything below it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<Segment>,
+    prefix: bool,
+}
+
+impl PathPattern {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(format!("{pattern:?} must start with '/'"));
+        };
+        let mut parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        let prefix = parts.last() == Some(&"*");
+        if prefix {
+            parts.pop();
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        for p in parts {
+            if p.is_empty() || p == "." || p == ".." || p.contains(['*', '%', '\\']) {
+                return Err(format!(
+                    "{pattern:?}: segment {p:?} is not allowed (use literal segments, {{param}}, or a final /*)"
+                ));
+            }
+            if p.starts_with('{') && p.ends_with('}') && p.len() > 2 {
+                segments.push(Segment::Param);
+            } else if p.contains(['{', '}']) {
+                return Err(format!(
+                    "{pattern:?}: a parameter must be a whole segment, like {{id}}"
+                ));
+            } else {
+                segments.push(Segment::Literal(p.to_owned()));
+            }
+        }
+        Ok(PathPattern { segments, prefix })
+    }
+
+    /// Whether the normalised `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (Segment::Literal(l), Some(p)) if l == p => {}
+                (Segment::Param, Some(_)) => {}
+                _ => return false,
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+}
+
+pub(super) fn validate(
+    c: &mut Check<'_>,
+    field: &str,
+    r: RawRoute,
+    is_default: bool,
+    global_carriers: &[Carrier],
+    limits: &RateLimitConfig,
+) -> RouteConfig {
+    let pattern = match (r.path, is_default) {
+        (Some(p), false) => match PathPattern::parse(&p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.problem(format!("{field}.path: {e}"));
+                None
+            }
+        },
+        (None, false) => {
+            c.problem(format!(
+                "{field}.path: required (e.g. \"/v1/payments/{{id}}\" or \"/docs/*\")"
+            ));
+            None
+        }
+        (Some(_), true) => {
+            c.problem(format!(
+                "{field}.path: the default route applies to every other path"
+            ));
+            None
+        }
+        (None, true) => None,
+    };
+    if is_default && r.methods.is_some() {
+        c.problem(format!(
+            "{field}.methods: the default route applies to every method"
+        ));
+    }
+    let methods = r
+        .methods
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(
+            |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    c.problem(format!("{field}.methods: {m:?} is not an HTTP method"));
+                    None
+                }
+            },
+        )
+        .collect();
+    let mut carriers = Vec::new();
+    for name in r.carriers.unwrap_or_default() {
+        match Carrier::parse(&name) {
+            Some(carrier) if global_carriers.contains(&carrier) => carriers.push(carrier),
+            Some(_) => c.problem(format!(
+                "{field}.carriers: {name:?} is not in auth.carriers, so keygate never reads it"
+            )),
+            None => c.problem(format!(
+                "{field}.carriers: {name:?} is not \"authorization\" or \"x-api-key\""
+            )),
+        }
+    }
+    let mut report_only = RuleSet::default();
+    for rule in r.report_only.unwrap_or_default() {
+        match RuleKind::parse(&rule) {
+            Some(kind) => report_only.insert(kind),
+            None => c.problem(format!(
+                "{field}.report_only: {rule:?} is not one of {}",
+                RuleKind::ALL
+                    .map(|k| format!("{:?}", k.as_str()))
+                    .join(", ")
+            )),
+        }
+    }
+    if let Some(cat) = &r.category
+        && !limits.categories.contains_key(cat)
+    {
+        c.problem(format!(
+            "{field}.category: {cat:?} has no [rate_limits.categories.{cat}] limit"
+        ));
+    }
+    let name = r.name.unwrap_or_else(|| {
+        if is_default {
+            "default".into()
+        } else {
+            field.to_owned()
+        }
+    });
+    RouteConfig {
+        name: name.into(),
+        methods,
+        pattern,
+        carriers,
+        public: r.public.unwrap_or(false),
+        rules: vec![
+            Rule::Environment,
+            Rule::KeyType {
+                allow_publishable: r.allow_publishable.unwrap_or(false),
+            },
+            Rule::KeyIp,
+            Rule::Scope(r.scope.filter(|s| !s.is_empty())),
+            Rule::RateLimit {
+                category: r.category,
+            },
+        ],
+        report_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let exact = PathPattern::parse("/v1/payments").unwrap();
+        assert!(exact.matches("/v1/payments"));
+        assert!(exact.matches("/v1/payments/"));
+        assert!(!exact.matches("/v1/payments/pay_1"));
+        assert!(!exact.matches("/v1/payment"));
+        assert!(!exact.matches("/v1"));
+
+        let param = PathPattern::parse("/v1/payments/{id}/capture").unwrap();
+        assert!(param.matches("/v1/payments/pay_1/capture"));
+        assert!(!param.matches("/v1/payments//capture"));
+        assert!(!param.matches("/v1/payments/pay_1/capture/x"));
+
+        let prefix = PathPattern::parse("/docs/*").unwrap();
+        assert!(prefix.matches("/docs"));
+        assert!(prefix.matches("/docs/a/b"));
+        assert!(!prefix.matches("/docsx"));
+
+        let root = PathPattern::parse("/*").unwrap();
+        assert!(root.matches("/") && root.matches("/anything"));
+        assert!(PathPattern::parse("/").unwrap().matches("/"));
+    }
+
+    #[test]
+    fn bad_patterns() {
+        for p in [
+            "v1",
+            "/v1//x",
+            "/v1/*/x",
+            "/v1/a{id}",
+            "/v1/../x",
+            "/v1/%2F",
+        ] {
+            assert!(PathPattern::parse(p).is_err(), "{p}");
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! What one request carries through the path and what it learned on the way, for the response,
+//! the access log, the metrics and the audit trail — whatever the outcome.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Method, Request, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use super::headers::request_id;
+use crate::policy::Trace;
+
+pub(super) struct Context {
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+    /// An HTTP/1 request whose body was not read (yet): if keygate answers it, the connection
+    /// closes, so the unread bytes can never be parsed as another request.
+    pub unread_body: bool,
+    /// Client address, route and rate-limit state, as the policy found them.
+    pub trace: Trace,
+    pub key_id: Option<Arc<str>>,
+    /// Display prefix of a key that failed verification.
+    pub key_prefix: Option<String>,
+    /// The error code when keygate rejected the request.
+    pub code: Option<&'static str>,
+    /// Why, for the access log.
+    pub reason: Option<String>,
+    /// Upstream round trip to the response head, microseconds (0: not forwarded).
+    pub upstream_us: u64,
+}
+
+impl Context {
+    pub fn new(req: &Request<Incoming>) -> Context {
+        Context {
+            request_id: request_id(req.headers()),
+            unread_body: req.version() <= Version::HTTP_11 && !req.body().is_end_stream(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            trace: Trace::default(),
+            key_id: None,
+            key_prefix: None,
+            code: None,
+            reason: None,
+            upstream_us: 0,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The forwarder: the only way to the upstream, and it takes a [`Permit`]. It prepares the
+//! request from the permit (strips what the client may not send, injects the identity, the
+//! forwarding headers and the normalised path — see [`super::headers`]) and sends it through
+//! [`Upstream`].
+
+use std::sync::Arc;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use super::body::UpstreamBody;
+use super::conn::ConnInfo;
+use super::headers::{Forward, HeaderPlan};
+use super::pool::PooledBody;
+use super::upstream::Upstream;
+use crate::config::Config;
+use crate::error::Rejection;
+use crate::policy::Permit;
+use crate::telemetry::{Held, Metrics};
+
+pub struct Forwarder {
+    upstream: Upstream,
+    plan: HeaderPlan,
+    metrics: Arc<Metrics>,
+    max_request_body: u64,
+    keep_method_override: bool,
+}
+
+impl Forwarder {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        Ok(Forwarder {
+            upstream: Upstream::new(&cfg.upstream)?,
+            plan: HeaderPlan::new(&cfg.auth, &cfg.upstream.url, cfg.upstream.preserve_host)?,
+            metrics,
+            max_request_body: cfg.listen.max_request_body,
+            keep_method_override: cfg.auth.method_override == crate::config::MethodOverride::Honor,
+        })
+    }
+
+    pub fn body_limit(&self) -> usize {
+        usize::try_from(self.max_request_body).unwrap_or(usize::MAX)
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.upstream.is_http2()
+    }
+
+    /// Rejects a body whose declared length is over the limit before streaming any of it.
+    pub fn check_declared_length(&self, req: &Request<Incoming>) -> Result<(), Rejection> {
+        let declared = req.body().size_hint().exact().or_else(|| {
+            req.headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+        });
+        match declared {
+            Some(n) if n > self.max_request_body => Err(Rejection::PayloadTooLarge {
+                limit: self.max_request_body,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Prepares and sends a permitted request; `upgrade` is the protocol it asks to switch to.
+    pub async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+        permit: &Permit<'_>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+        upgrade: Option<HeaderValue>,
+    ) -> Result<Response<PooledBody>, Rejection> {
+        let client_ip = conn.ip_value(permit.client_ip());
+        self.plan.prepare_request(
+            &mut req,
+            &Forward {
+                client_ip: &client_ip,
+                identity: permit.identity(),
+                request_id,
+                normalized_path: permit.normalized_path(),
+                keep_method_override: self.keep_method_override,
+                https: conn.tls,
+            },
+        );
+        if let Some(proto) = upgrade {
+            req.headers_mut().insert(UPGRADE, proto);
+            req.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let _forwarding = Held::enter(&self.metrics.upstream_in_flight);
+        self.upstream.send(req, self.max_request_body).await
+    }
+
+    /// Prepares and sends a permitted `CONNECT` (authority-form target, signed over it).
+    pub async fn send_connect(
+        &self,
+        mut req: Request<UpstreamBody>,
+        permit: &Permit<'_>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, Rejection> {
+        let target = req.uri().clone();
+        let client_ip = conn.ip_value(permit.client_ip());
+        self.plan.prepare_request(
+            &mut req,
+            &Forward {
+                client_ip: &client_ip,
+                identity: permit.identity(),
+                request_id,
+                normalized_path: None,
+                keep_method_override: false,
+                https: conn.tls,
+            },
+        );
+        *req.uri_mut() = target;
+        // Signed over the target actually sent (`host:port`), not the routing path.
+        self.plan.sign(&mut req, permit.identity());
+        self.upstream.connect_tunnel(req).await
+    }
+}

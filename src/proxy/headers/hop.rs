@@ -1,0 +1,81 @@
+//! Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded in either direction, and neither is any
+//! header a message's `Connection` header names.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+pub(super) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy `Proxy-Connection`): never forwarded.
+pub(super) static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    // Only meaningful with `Upgrade: h2c`, which keygate never forwards.
+    &HTTP2_SETTINGS,
+];
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Removes hop-by-hop headers, first those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let mut doomed = connection_named(headers);
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|name| HOP_BY_HOP.contains(name))
+            .cloned(),
+    );
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The headers a message's `Connection` header names (hop-by-hop by declaration).
+pub(super) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| {
+            let token = token.trim();
+            // The usual values, without parsing a name for them.
+            if token.eq_ignore_ascii_case("keep-alive") {
+                Some(KEEP_ALIVE.clone())
+            } else if token.eq_ignore_ascii_case("close") {
+                Some(CLOSE.clone())
+            } else {
+                HeaderName::from_bytes(token.as_bytes()).ok()
+            }
+        })
+        .collect()
+}
+static CLOSE: HeaderName = HeaderName::from_static("close");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn connection_named_headers_go_first() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Foo, bad header"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-kept"]
+        );
+    }
+}

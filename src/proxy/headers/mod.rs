@@ -1,0 +1,246 @@
+//! All header surgery on the way to and from the upstream, in one place: hop-by-hop removal
+//! (including names listed in `Connection`, [`hop`]), forwarding headers, the request id
+//! ([`request_id`]), stripping of the identity namespace and the credential, injection of the
+//! identity and its signature ([`signature`]). (Rate-limit headers render a limiter decision and
+//! live beside the limiter: `policy::ratelimit::headers`.)
+//!
+//! Order matters and is fixed by [`HeaderPlan::prepare_request`]: everything a client can name
+//! is removed *before* keygate adds its own headers, so no client header (not even a
+//! `Connection` listing `X-Auth-Key-Id`) can remove or forge what keygate injects.
+
+mod hop;
+mod request_id;
+mod signature;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Uri, Version};
+
+use crate::auth::{Identity, X_API_KEY};
+use crate::config::{AuthConfig, Carrier};
+pub use crate::policy::ip::X_FORWARDED_FOR;
+pub use hop::remove_hop_by_hop;
+use hop::{HOP_BY_HOP, connection_named};
+pub use request_id::{X_REQUEST_ID, request_id};
+use signature::Signer;
+pub use signature::sign_v1;
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Forwarding headers keygate sets itself; client-sent values are spoofable and dropped.
+static FORWARDING: [&HeaderName; 5] = [
+    &header::FORWARDED,
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REAL_IP,
+];
+
+/// Method-override headers: stripped unless configured to be honoured (and then the scope is
+/// checked against the overridden method).
+pub static METHOD_OVERRIDES: [&HeaderName; 3] =
+    [&X_HTTP_METHOD_OVERRIDE, &X_HTTP_METHOD, &X_METHOD_OVERRIDE];
+static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
+static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
+static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
+
+/// What the forwarded request carries besides the client's own headers.
+pub struct Forward<'a> {
+    /// The client address (after trusted-proxy resolution), for `X-Forwarded-For`.
+    pub client_ip: &'a HeaderValue,
+    /// `None` on public routes: no identity is injected (and spoofed identity still stripped).
+    pub identity: Option<&'a Identity>,
+    pub request_id: &'a HeaderValue,
+    /// The normalised path when it differs from the client's.
+    pub normalized_path: Option<&'a str>,
+    pub keep_method_override: bool,
+    /// The client connected over TLS.
+    pub https: bool,
+}
+
+/// The identity header names and forwarding choices, resolved from config once.
+#[derive(Clone, Debug)]
+pub struct HeaderPlan {
+    identity_prefix: String,
+    key_id: HeaderName,
+    owner: HeaderName,
+    environment: HeaderName,
+    key_type: HeaderName,
+    scopes: HeaderName,
+    /// Credential headers to remove before forwarding (empty when forwarding is configured).
+    strip_credentials: Vec<HeaderName>,
+    upstream_scheme: Scheme,
+    upstream_authority: Authority,
+    upstream_host: HeaderValue,
+    preserve_host: bool,
+    signer: Option<Signer>,
+}
+
+impl HeaderPlan {
+    pub fn new(auth: &AuthConfig, upstream: &Uri, preserve_host: bool) -> Result<Self, String> {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{}{suffix}", auth.identity_prefix).as_bytes())
+                .map_err(|e| format!("identity header name {}{suffix}: {e}", auth.identity_prefix))
+        };
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or("upstream URL has no authority")?;
+        let strip_credentials = if auth.forward_credential {
+            Vec::new()
+        } else {
+            auth.carriers
+                .iter()
+                .map(|c| match c {
+                    Carrier::Bearer => header::AUTHORIZATION,
+                    Carrier::ApiKeyHeader => X_API_KEY.clone(),
+                })
+                .collect()
+        };
+        Ok(HeaderPlan {
+            identity_prefix: auth.identity_prefix.clone(),
+            key_id: name("key-id")?,
+            owner: name("owner")?,
+            environment: name("env")?,
+            key_type: name("key-type")?,
+            scopes: name("scopes")?,
+            strip_credentials,
+            upstream_scheme: upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+            upstream_host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+            upstream_authority: authority,
+            preserve_host,
+            signer: match &auth.signing_key {
+                None => None,
+                Some(k) => Some(Signer {
+                    header: name("signature")?,
+                    mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(k.expose())
+                        .map_err(|e| e.to_string())?,
+                }),
+            },
+        })
+    }
+
+    /// Turns an authenticated client request into the request the upstream receives.
+    pub fn prepare_request<B>(&self, req: &mut Request<B>, fwd: &Forward<'_>) {
+        let client_host = host_of(req);
+        let headers = req.headers_mut();
+        // Room for what is added below, so the map grows at most once.
+        headers.reserve(16);
+        // `TE: trailers` is the one TE value worth keeping: gRPC servers require it.
+        let te_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        for name in self.doomed(headers, fwd.keep_method_override) {
+            headers.remove(name);
+        }
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+
+        headers.insert(X_FORWARDED_FOR.clone(), fwd.client_ip.clone());
+        headers.insert(X_REAL_IP.clone(), fwd.client_ip.clone());
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
+        );
+        if let Some(host) = &client_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
+
+        if let Some(identity) = fwd.identity {
+            let v = identity.values();
+            headers.insert(self.key_id.clone(), v.key_id.clone());
+            headers.insert(self.owner.clone(), v.owner.clone());
+            headers.insert(self.environment.clone(), v.environment.clone());
+            headers.insert(self.key_type.clone(), v.key_type.clone());
+            headers.insert(self.scopes.clone(), v.scopes.clone());
+        }
+
+        match (&client_host, self.preserve_host) {
+            (Some(host), true) => headers.insert(header::HOST, host.clone()),
+            _ => headers.insert(header::HOST, self.upstream_host.clone()),
+        };
+
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(self.upstream_scheme.clone());
+        parts.authority = Some(self.upstream_authority.clone());
+        // The normalised path replaces the client's, so the upstream sees what routing saw.
+        if let Some(path) = fwd.normalized_path {
+            let query = parts.path_and_query.as_ref().and_then(|pq| pq.query());
+            let pq = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            parts.path_and_query = PathAndQuery::try_from(pq).ok();
+        }
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path are all set, so this cannot fail.
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        self.sign(req, fwd.identity);
+        // HTTP/1.1 unless the upstream client speaks HTTP/2 (it then sets the version itself).
+        *req.version_mut() = Version::HTTP_11;
+    }
+
+    /// Every client header the upstream must not receive, found in one pass over the names
+    /// the request carries (most carry none but the credential): hop-by-hop headers and those
+    /// `Connection` names, the credential carriers (unless forwarded), forwarding headers
+    /// (keygate sets its own), method overrides (unless honoured) and anything in the identity
+    /// namespace or spelled like a forwarding header with `_` for `-`.
+    fn doomed(&self, headers: &HeaderMap, keep_method_override: bool) -> Vec<HeaderName> {
+        let mut doomed = connection_named(headers);
+        doomed.extend(
+            headers
+                .keys()
+                .filter(|name| {
+                    HOP_BY_HOP.contains(name)
+                        || FORWARDING.contains(name)
+                        || self.strip_credentials.contains(name)
+                        || (!keep_method_override && METHOD_OVERRIDES.contains(name))
+                        || self.spoofed(name)
+                })
+                .cloned(),
+        );
+        doomed
+    }
+
+    /// In the identity namespace, in any spelling a framework might map to it (`X-Auth-Owner`,
+    /// `x_auth_owner`: CGI-style servers treat `_` and `-` alike); or an underscore spelling of a
+    /// forwarding header (`x_forwarded_for`), which such servers would read as the real thing.
+    fn spoofed(&self, name: &HeaderName) -> bool {
+        let prefix = self.identity_prefix.as_bytes();
+        // `_` reads as `-`; the header names here are all lower-case already.
+        let same = |a: &u8, b: &u8| *a == *b || (*a == b'_' && *b == b'-');
+        let n = name.as_str().as_bytes();
+        let in_namespace = n.len() >= prefix.len() && n.iter().zip(prefix).all(|(a, b)| same(a, b));
+        let forwarding_lookalike = n.contains(&b'_')
+            && FORWARDING.iter().any(|f| {
+                let f = f.as_str().as_bytes();
+                f.len() == n.len() && n.iter().zip(f).all(|(a, b)| same(a, b))
+            });
+        in_namespace || forwarding_lookalike
+    }
+}
+
+/// The request's host: the `Host` header, or the HTTP/2 `:authority`.
+fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// The effective method: the override header's when honoured and well-formed.
+pub fn effective_method(method: &Method, headers: &HeaderMap, honor: bool) -> Method {
+    if !honor {
+        return method.clone();
+    }
+    METHOD_OVERRIDES
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+        .unwrap_or_else(|| method.clone())
+}

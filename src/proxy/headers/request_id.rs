@@ -1,0 +1,73 @@
+//! Request ids: the client's `X-Request-Id` when it is sane, else one made here; sent upstream
+//! and returned on every response.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-sent `X-Request-Id` kept as is.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id` when it is sane, or a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID
+        && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return v.clone();
+    }
+    new_request_id()
+}
+
+/// `<process random>-<counter>`: unique per process without an RNG call per request.
+fn new_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| crate::key::random_base62(10));
+    id_value(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `<prefix>-<n in hex>`, built by hand: this runs on every request without an `X-Request-Id`.
+fn id_value(prefix: &str, n: u64) -> HeaderValue {
+    let mut id = Vec::with_capacity(prefix.len() + 17);
+    id.extend_from_slice(prefix.as_bytes());
+    id.push(b'-');
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    id.extend(
+        (0..digits)
+            .rev()
+            .map(|i| b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]),
+    );
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_counter_is_hex() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 0xdead_beef, u64::MAX] {
+            assert_eq!(id_value("p", n), format!("p-{n:x}").as_str(), "{n}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        let a = request_id(&h);
+        let b = request_id(&h);
+        assert_ne!(a, b);
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(500)).unwrap(),
+        );
+        assert_ne!(request_id(&h).len(), 500);
+    }
+}

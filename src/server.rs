@@ -1,0 +1,431 @@
+//! The composition root: builds the store, verifier, policy, audit trail, forwarder, admin API
+//! and ops endpoints from the typed configuration, handing each only what it needs; serves
+//! them; reloads the policy on SIGHUP and file changes; shuts down gracefully (stop accepting,
+//! report not-ready, let in-flight requests finish up to the drain timeout, flush key usage and
+//! the audit aggregates).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin, AdminListener};
+use crate::audit::Audit;
+use crate::auth::{Verifier, VerifierSettings};
+use crate::config::{Config, MethodOverride};
+use crate::key::{KeyFormat, KeyHasher};
+use crate::manage::KeyTool;
+use crate::policy::Policy;
+use crate::proxy::{App, ConnInfo, Edge, Forwarder, Ops, TunnelLimits, accept_loop, http_builder};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// A configured keygate, ready to serve. Holds the background tasks (store watcher, usage and
+/// audit flushers, config watcher) for as long as it lives.
+pub struct Server {
+    app: Arc<App>,
+    ops: Arc<Ops>,
+    draining: Arc<AtomicBool>,
+    drain_timeout: Duration,
+    header_read_timeout: Duration,
+    proxy_protocol: bool,
+    usage_interval: Duration,
+    audit: Arc<Audit>,
+    audit_interval: Duration,
+    admin: Option<(Arc<Admin>, Option<AdminListener>)>,
+    tls: Option<Arc<crate::tls::Listener>>,
+    /// Shared with the request path and the admin API; swapped on reload.
+    policy: Arc<ArcSwap<Policy>>,
+    /// Reloaded on SIGHUP and when it changes on disk.
+    config_file: Option<std::path::PathBuf>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the store and builds the request path. Must run inside a tokio runtime.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.store)?;
+        let format = KeyFormat::new(&config.keys.labels).map_err(anyhow::Error::msg)?;
+        let hasher = KeyHasher::new(config.keys.pepper.as_ref().map(|p| p.expose()));
+        let metrics = Arc::new(Metrics::default());
+        store.report_to(Arc::clone(&metrics));
+        let settings = VerifierSettings {
+            cache_ttl: config.auth.cache_ttl,
+            stale_limit: config.auth.stale_limit,
+            cache_max_entries: config.auth.cache_max_entries,
+            negative_cache_ttl: config.auth.negative_cache_ttl,
+            negative_cache_max_entries: config.auth.negative_cache_max_entries,
+            argon2_concurrency: config.auth.argon2_concurrency,
+            accept_legacy: config.keys.accept_legacy,
+            retry_after: Duration::from_secs(2),
+        };
+        let verifier = Verifier::new(
+            format,
+            hasher,
+            store.clone(),
+            settings,
+            Arc::clone(&metrics),
+        );
+        let mut background = store.spawn_background(&config.store);
+        let draining = Arc::new(AtomicBool::new(false));
+        let policy = Arc::new(ArcSwap::from_pointee(Policy::new(
+            &config.policy,
+            config.environment,
+            &store,
+            Arc::clone(&metrics),
+        )));
+        let audit = Audit::start(&config.audit, &store, Arc::clone(&metrics));
+        let tls = match &config.listen.tls {
+            None => None,
+            Some(t) => {
+                let listener = crate::tls::Listener::new(t).map_err(anyhow::Error::msg)?;
+                background.push(listener.spawn_reloader());
+                Some(Arc::new(listener))
+            }
+        };
+        let app = Arc::new(App {
+            verifier: Arc::clone(&verifier),
+            policy: Arc::clone(&policy),
+            honor_method_override: config.auth.method_override == MethodOverride::Honor,
+            forwarder: Forwarder::new(config, Arc::clone(&metrics)).map_err(anyhow::Error::msg)?,
+            metrics: Arc::clone(&metrics),
+            carriers: config.auth.carriers.clone(),
+            max_key_length: config.keys.max_length,
+            audit: Arc::clone(&audit),
+            access_log: config.log.access,
+            edge: Edge {
+                allow_connect: config.listen.allow_connect,
+                upgrades: config.listen.upgrades.clone(),
+                tunnel_limits: TunnelLimits {
+                    idle: config.listen.tunnel_idle_timeout,
+                    max_lifetime: config.listen.tunnel_max_lifetime,
+                },
+            },
+        });
+        let admin = if config.admin.tokens.is_empty() {
+            None
+        } else {
+            let tool = KeyTool::with_store(store.clone(), config)?;
+            let admin = Admin::new(
+                tool,
+                Arc::clone(&audit),
+                &config.admin,
+                Arc::clone(&policy),
+                config.environment,
+            );
+            Some((Arc::new(admin), None))
+        };
+        let ops = Arc::new(Ops::new(verifier, metrics, Arc::clone(&draining)));
+        Ok(Server {
+            app,
+            ops,
+            draining,
+            drain_timeout: config.listen.drain_timeout,
+            header_read_timeout: config.listen.header_read_timeout,
+            proxy_protocol: config.listen.proxy_protocol,
+            usage_interval: config.auth.last_used_flush_interval,
+            audit,
+            audit_interval: config.audit.flush_interval,
+            admin,
+            tls,
+            policy,
+            config_file: None,
+            background,
+        })
+    }
+
+    /// Whether admin tokens are configured (the admin API is off without them).
+    pub fn admin_enabled(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    /// Reloads the route table, rate limits and IP rules from `path` on SIGHUP and whenever the
+    /// file changes (polled every 2 s). An invalid new file is logged and the running
+    /// configuration kept; open connections are never touched.
+    pub fn with_config_file(mut self, path: std::path::PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
+    }
+
+    /// Applies the policy part of `path` now. Returns the problems when the file is invalid.
+    pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
+        reload(&self.policy, &self.app.verifier, path).await
+    }
+
+    /// Serves the admin API on `listener` (ignored when the admin API is off).
+    pub fn with_admin_listener(mut self, listener: AdminListener) -> Self {
+        if let Some((_, slot)) = &mut self.admin {
+            *slot = Some(listener);
+        }
+        self
+    }
+
+    pub fn audit(&self) -> Arc<Audit> {
+        Arc::clone(&self.audit)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.app.metrics)
+    }
+
+    /// The store this proxy reads; writes through it are visible to the proxy at once.
+    pub fn store(&self) -> Store {
+        self.app.verifier.store().clone()
+    }
+
+    pub fn verifier(&self) -> Arc<Verifier> {
+        Arc::clone(&self.app.verifier)
+    }
+
+    /// Serves until `shutdown` resolves, then drains. Returns once every connection is closed
+    /// or the drain timeout passed.
+    pub async fn serve(
+        mut self,
+        proxy: TcpListener,
+        ops: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let builder = http_builder(self.header_read_timeout);
+
+        let verifier = Arc::clone(&self.app.verifier);
+        self.background.push(every(self.usage_interval, move || {
+            let verifier = Arc::clone(&verifier);
+            async move { verifier.flush_usage().await }
+        }));
+
+        if let Some(path) = self.config_file.clone() {
+            self.background.push(tokio::spawn(watch_config(
+                Arc::clone(&self.policy),
+                Arc::clone(&self.app.verifier),
+                path,
+            )));
+        }
+
+        let audit = Arc::clone(&self.audit);
+        self.background.push(every(self.audit_interval, move || {
+            let audit = Arc::clone(&audit);
+            async move { audit.flush_aggregates().await }
+        }));
+
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = match self.admin.take() {
+            Some((admin, Some(listener))) => {
+                Some(tokio::spawn(admin::serve(listener, admin, async {
+                    let _ = admin_stop_rx.await;
+                })))
+            }
+            _ => None,
+        };
+
+        let policy = Arc::clone(&self.policy);
+        self.background.push(tokio::spawn(async move {
+            // In-process rate-limit counters that hold nothing any more are dropped.
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                policy.load().limiter().sweep();
+            }
+        }));
+
+        let ops_graceful = GracefulShutdown::new();
+        let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ops_app = Arc::clone(&self.ops);
+        let ops_task = tokio::spawn(accept_loop(
+            ops,
+            builder.clone(),
+            ops_graceful,
+            ops_stop_rx,
+            None,
+            None,
+            move |_peer, _tls| {
+                let ops_app = Arc::clone(&ops_app);
+                service_fn(move |req| Arc::clone(&ops_app).handle(req))
+            },
+        ));
+
+        let graceful = GracefulShutdown::new();
+        let app = Arc::clone(&self.app);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let proxy_task = tokio::spawn(accept_loop(
+            proxy,
+            builder,
+            graceful,
+            stop_rx,
+            self.proxy_protocol.then_some(self.header_read_timeout),
+            self.tls.as_ref().map(|t| {
+                (
+                    Arc::clone(t),
+                    self.header_read_timeout,
+                    Arc::clone(&self.app.metrics),
+                )
+            }),
+            move |peer, tls| {
+                let app = Arc::clone(&app);
+                let conn = ConnInfo::new(peer, tls);
+                service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+            },
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(self.drain_timeout, proxy_task).await {
+            Ok(_) => tracing::info!("drained"),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections")
+            }
+        }
+        self.app.verifier.flush_usage().await;
+        let _ = admin_stop_tx.send(());
+        if let Some(t) = admin_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.audit.drain().await;
+        let _ = ops_stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(1), ops_task).await;
+        for task in &self.background {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Runs `job` every `interval` (first after one interval), until the task is aborted.
+fn every<F, Fut>(interval: Duration, job: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            job().await;
+        }
+    })
+}
+
+async fn reload(
+    policy: &ArcSwap<Policy>,
+    verifier: &Verifier,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    // Reading and validating touch the disk (and TLS files): off the runtime threads.
+    let owned = path.to_owned();
+    let cfg = tokio::task::spawn_blocking(move || Config::load(&owned))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let next = policy.load().reconfigured(&cfg.policy, verifier.store());
+    policy.store(Arc::new(next));
+    Ok(())
+}
+
+async fn watch_config(
+    policy: Arc<ArcSwap<Policy>>,
+    verifier: Arc<Verifier>,
+    path: std::path::PathBuf,
+) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; watching the file only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last { continue; }
+                "file changed"
+            }
+        };
+        last = stamp(&path);
+        match reload(&policy, &verifier, &path).await {
+            Ok(()) => tracing::info!(
+                trigger = why,
+                file = %path.display(),
+                "configuration reloaded: routes, rate limits and IP rules (other settings apply at restart)"
+            ),
+            Err(e) => tracing::warn!(
+                trigger = why,
+                file = %path.display(),
+                "new configuration rejected, keeping the running one: {e}"
+            ),
+        }
+    }
+}
+
+/// The runtime: single-threaded when one CPU is available (a pinned sidecar, `cpus: 1`), where
+/// it does the same work without the multi-thread scheduler's cross-thread bookkeeping;
+/// `KEYGATE_RUNTIME=current_thread` / `multi_thread` chooses.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let choice = std::env::var("KEYGATE_RUNTIME");
+    let single = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
+        || choice.as_deref() == Ok("current_thread");
+    if single && choice.as_deref() != Ok("multi_thread") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
+/// `keygate serve`: binds the listeners, builds everything and serves until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    path: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(&cfg.log);
+    let proxy_listener = TcpListener::bind(cfg.listen.address).await?;
+    let ops_listener = TcpListener::bind(cfg.ops.address).await?;
+    tracing::info!(
+        listen = %proxy_listener.local_addr()?, ops = %ops_listener.local_addr()?,
+        upstream = %cfg.upstream.url, environment = %cfg.environment, "keygate serving"
+    );
+    let mut server = Server::new(&cfg)?.with_config_file(path.to_owned());
+    if server.admin_enabled() {
+        let admin = AdminListener::bind(&cfg.admin.address).await?;
+        tracing::info!(admin = %admin.describe(), tokens = cfg.admin.tokens.len(), "admin API serving");
+        server = server.with_admin_listener(admin);
+    } else {
+        tracing::info!("admin API off: no admin tokens configured (KEYGATE_ADMIN_TOKENS)");
+    }
+    server.serve(proxy_listener, ops_listener, shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,313 @@
+//! The `redis` backend, shared by many replicas.
+//!
+//! # Layout
+//! Every key lives under one Cluster hash tag, `{<prefix>}`, so that each multi-key operation
+//! (a Lua script) stays on one slot on a Cluster too. The key store is small (about 1 KB a key);
+//! one slot is the price of atomic rotation across records.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}:rec:<lookup hash hex>` | string | the record as JSON (without `last_used_at`) |
+//! | `{p}:id:<key id>` | string | the lookup hash hex (the id index) |
+//! | `{p}:owner:<owner>` | set | key ids of that owner (the owner index) |
+//! | `{p}:ids` | sorted set | key ids in creation order (score from the `{p}:seq` counter) |
+//! | `{p}:used` | hash | key id → last used, unix seconds (written in batches) |
+//! | `{p}:invalidate` | pub/sub channel | the lookup hash hex of a changed record (or `*`), then the same stamped `<hash>@<Redis time, ms>` for the revocation-lag metric; replicas of the previous release read the first and skip the second, so a rolling upgrade never misses a change |
+//! | `{p}:audit`, `{p}:usage:…` | | the audit trail and usage counters (`audit::redis`), over this connection |
+//!
+//! Writes are Lua scripts that check, write and `PUBLISH` in one atomic step; updates are
+//! compare-and-set on the record's JSON, retried when another writer got there first.
+//!
+//! Files: [`conn`] (topologies), [`scripts`] (the Lua), [`keystore`] (the `KeyStore`
+//! implementation), [`subscriber`] (the invalidation feed).
+
+mod conn;
+mod keystore;
+mod scripts;
+mod subscriber;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisResult};
+use tokio::sync::OnceCell;
+
+use super::changes::Changes;
+use super::{KeyRecord, StoreError};
+use crate::config::{RedisConfig, RedisTopology};
+use conn::{Conn, LazyCluster, PubSubSource, SentinelConn, with_password};
+
+/// Compare-and-set retries before giving up on a contended record.
+const CAS_RETRIES: usize = 8;
+/// How often an idle subscription is pinged, so a silently dead one is noticed.
+const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
+
+/// Key names, all under one hash tag.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    tag: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            tag: format!("{{{prefix}}}"),
+        }
+    }
+    pub(super) fn rec(&self, hash: &str) -> String {
+        format!("{}:rec:{hash}", self.tag)
+    }
+    pub(super) fn id(&self, id: &str) -> String {
+        format!("{}:id:{id}", self.tag)
+    }
+    pub(super) fn owner(&self, owner: &str) -> String {
+        format!("{}:owner:{owner}", self.tag)
+    }
+    pub(super) fn ids(&self) -> String {
+        format!("{}:ids", self.tag)
+    }
+    pub(super) fn seq(&self) -> String {
+        format!("{}:seq", self.tag)
+    }
+    pub(super) fn used(&self) -> String {
+        format!("{}:used", self.tag)
+    }
+    pub(super) fn channel(&self) -> String {
+        format!("{}:invalidate", self.tag)
+    }
+    /// Any other key of keygate's under the tag (the audit stream, usage counters).
+    pub(crate) fn tagged(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.tag)
+    }
+}
+
+struct Inner {
+    /// The configured key prefix; other modules (the rate limiter) namespace their keys by it.
+    prefix: String,
+    /// True while subscribed to the invalidation channel.
+    subscribed: AtomicBool,
+    conn: Conn,
+    keys: Keys,
+    timeout: Duration,
+    changes: Changes,
+    source: PubSubSource,
+}
+
+/// The `redis` backend. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("tag", &self.inner.keys.tag)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Builds the clients. Connections are made lazily, so keygate starts (not ready) while
+    /// Redis is down and recovers by itself when it comes back.
+    pub fn open(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let password = match &cfg.password {
+            Some(p) => Some(
+                std::str::from_utf8(p.expose())
+                    .map_err(|_| StoreError::Unavailable("redis password must be UTF-8".into()))?
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let pw = password.as_deref();
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout));
+        let (conn, source) = match &cfg.topology {
+            RedisTopology::Standalone { url } => {
+                let client = redis::Client::open(with_password(url, pw)?).map_err(unavailable)?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.timeout))
+                    .set_response_timeout(Some(cfg.timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2));
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                        .map_err(unavailable)?;
+                (Conn::Standalone(manager), PubSubSource::Client(client))
+            }
+            RedisTopology::Cluster { nodes } => {
+                let infos = nodes
+                    .iter()
+                    .map(|n| with_password(n, pw))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = redis::cluster::ClusterClient::builder(infos.clone())
+                    .connection_timeout(cfg.timeout)
+                    .response_timeout(cfg.timeout)
+                    .build()
+                    .map_err(unavailable)?;
+                let seeds = infos
+                    .into_iter()
+                    .map(redis::Client::open)
+                    .collect::<RedisResult<Vec<_>>>();
+                (
+                    Conn::Cluster(Arc::new(LazyCluster {
+                        client,
+                        conn: OnceCell::new(),
+                    })),
+                    PubSubSource::AnyOf(seeds.map_err(unavailable)?),
+                )
+            }
+            RedisTopology::Sentinel { sentinels, master } => {
+                let node_info =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(match pw {
+                        Some(p) => redis::RedisConnectionInfo::default().set_password(p),
+                        None => redis::RedisConnectionInfo::default(),
+                    });
+                let client = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(node_info),
+                    SentinelServerType::Master,
+                )
+                .map_err(unavailable)?;
+                let s = Arc::new(SentinelConn {
+                    client: tokio::sync::Mutex::new(client),
+                    current: RwLock::new(None),
+                    config: conn_config,
+                });
+                (Conn::Sentinel(Arc::clone(&s)), PubSubSource::Sentinel(s))
+            }
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                subscribed: AtomicBool::new(false),
+                conn,
+                keys: Keys::new(&cfg.key_prefix),
+                prefix: cfg.key_prefix.clone(),
+                timeout: cfg.timeout,
+                changes: Changes::new(),
+                source,
+            }),
+        })
+    }
+
+    /// Runs a command with the store timeout: slower counts as unreachable.
+    pub(crate) async fn run<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        // Two timeouts' worth: a reconnect plus the command.
+        match tokio::time::timeout(self.inner.timeout * 2, f(self.inner.conn.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("timed out")),
+        }
+    }
+
+    pub(crate) async fn query<T: redis::FromRedisValue + Send>(
+        &self,
+        cmd: Cmd,
+    ) -> Result<T, StoreError> {
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// The stored JSON of `id`, exactly as stored (for compare-and-set), and its lookup hash.
+    pub(super) async fn raw_by_id(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let keys = &self.inner.keys;
+        let Some(hash) = self
+            .query::<Option<String>>(redis::cmd("GET").arg(keys.id(id)).clone())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let json = self
+            .query::<Option<String>>(redis::cmd("GET").arg(keys.rec(&hash)).clone())
+            .await?;
+        Ok(json.map(|j| (j, hash)))
+    }
+
+    pub(super) async fn record_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, String, KeyRecord)>, StoreError> {
+        match self.raw_by_id(id).await? {
+            None => Ok(None),
+            Some((json, hash)) => {
+                let rec = keystore::parse(&json)?;
+                Ok(Some((json, hash, rec)))
+            }
+        }
+    }
+
+    pub(super) async fn last_used(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.query(
+            redis::cmd("HMGET")
+                .arg(self.inner.keys.used())
+                .arg(ids)
+                .clone(),
+        )
+        .await
+    }
+
+    /// Key names under this store's hash tag.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub(super) fn changes(&self) -> &Changes {
+        &self.inner.changes
+    }
+
+    /// The configured key prefix, shared with the Redis rate limiter.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Runs a script for another module (the rate limiter) over this store's connection, with
+    /// the store timeout.
+    pub(crate) async fn eval<T: redis::FromRedisValue + Send>(
+        &self,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<T, StoreError> {
+        self.run(|mut c| async move { invocation.invoke_async::<T>(&mut c).await })
+            .await
+    }
+
+    /// Runs a pipeline of writes (on the current master).
+    pub(crate) async fn write_pipe(&self, pipe: Pipeline) -> Result<(), StoreError> {
+        self.run(|mut c| async move {
+            if let Conn::Sentinel(s) = &c {
+                s.ensure_master().await?;
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Runs a write script (on the current master: see [`SentinelConn::ensure_master`]).
+    pub(super) async fn script(
+        &self,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<String, StoreError> {
+        self.run(|mut c| async move {
+            if let Conn::Sentinel(s) = &c {
+                s.ensure_master().await?;
+            }
+            invocation.invoke_async::<String>(&mut c).await
+        })
+        .await
+    }
+}
