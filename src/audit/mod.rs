@@ -42,6 +42,8 @@ use crate::telemetry::Metrics;
 use crate::time::Timestamp;
 
 const SHARDS: usize = 16;
+/// A seeded fast hash (foldhash) for the per-request aggregates.
+type Hasher = foldhash::fast::RandomState;
 /// Distinct failure aggregates kept per flush; beyond this they are counted together.
 const MAX_FAILURE_ROWS: usize = 10_000;
 /// Distinct usage aggregates kept per flush; beyond this, requests are counted per key only
@@ -117,8 +119,8 @@ struct Failures {
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     sink: Sink,
-    usage: [Mutex<HashMap<UsageKey, UsageCount>>; SHARDS],
-    hasher: std::collections::hash_map::RandomState,
+    usage: [Mutex<HashMap<UsageKey, UsageCount, Hasher>>; SHARDS],
+    hasher: Hasher,
     failures: Mutex<Failures>,
     book: UsageBook,
     metrics: Arc<Metrics>,
@@ -139,7 +141,7 @@ impl Audit {
             tx,
             sink,
             usage: std::array::from_fn(|_| Mutex::default()),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: Hasher::default(),
             failures: Mutex::default(),
             book,
             metrics,

@@ -23,6 +23,11 @@ use crate::store::{Invalidation, KeyRecord, KeyState, KeyStore, Store};
 use crate::telemetry::Metrics;
 use crate::time::Timestamp;
 
+/// The caches' hash: seeded foldhash. Lookup hashes are SHA-256 outputs, so a fast hash loses
+/// nothing, and SipHash was a visible share of the request path.
+type Hasher = foldhash::fast::RandomState;
+type Cache<K, V> = moka::sync::Cache<K, V, Hasher>;
+
 /// Identity header values, built once per cache fill so requests only clone `Bytes` handles.
 #[derive(Debug, Clone)]
 pub struct IdentityValues {
@@ -144,10 +149,10 @@ pub struct Verifier {
     hasher: KeyHasher,
     store: Store,
     settings: VerifierSettings,
-    positive: moka::sync::Cache<LookupHash, Arc<Verified>>,
-    negative: moka::sync::Cache<LookupHash, ()>,
+    positive: Cache<LookupHash, Arc<Verified>>,
+    negative: Cache<LookupHash, ()>,
     /// PHC strings that passed Argon2id for a lookup hash; outlives positive entries.
-    verified_phc: moka::sync::Cache<LookupHash, Arc<str>>,
+    verified_phc: Cache<LookupHash, Arc<str>>,
     /// Fills in progress. Invalidations take this lock too; see the module docs.
     flights: Mutex<HashMap<LookupHash, Arc<Flight>>>,
     argon2: Arc<Semaphore>,
@@ -166,15 +171,15 @@ impl Verifier {
             .max_capacity(settings.cache_max_entries)
             // Entries stay past `cache_ttl` so they can be served while the store is down.
             .time_to_live(settings.stale_limit.max(settings.cache_ttl))
-            .build();
+            .build_with_hasher(Hasher::default());
         let negative = moka::sync::Cache::builder()
             .max_capacity(settings.negative_cache_max_entries)
             .time_to_live(settings.negative_cache_ttl)
-            .build();
+            .build_with_hasher(Hasher::default());
         let verified_phc = moka::sync::Cache::builder()
             .max_capacity(settings.cache_max_entries)
             .time_to_live(settings.stale_limit.max(settings.cache_ttl))
-            .build();
+            .build_with_hasher(Hasher::default());
         let verifier = Arc::new(Verifier {
             format,
             verified_phc,
@@ -231,7 +236,9 @@ impl Verifier {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 entry
             }
-            Some(stale) => match self.fill(hash, key).await {
+            // Boxed: a cache miss is the cold path, and inline its future would make every
+            // request's future (moved on each call) several kilobytes larger.
+            Some(stale) => match Box::pin(self.fill(hash, key)).await {
                 Ok(fresh) => fresh,
                 // The store is down: a recently verified key keeps working up to the stale limit.
                 // Only the entry we read, and only if no invalidation removed it meanwhile.
@@ -255,7 +262,9 @@ impl Verifier {
                     return Err(InvalidKey::Unknown.into());
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                self.fill(hash, key).await.map_err(|e| self.fill_error(e))?
+                Box::pin(self.fill(hash, key))
+                    .await
+                    .map_err(|e| self.fill_error(e))?
             }
         };
         let now = Timestamp::now();

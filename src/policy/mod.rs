@@ -277,7 +277,13 @@ impl Policy {
     ) -> Result<Permit<'p>, Denial> {
         let route = admitted.route;
         for rule in &route.rules {
-            if let Err(denial) = self.check(rule, &identity, &admitted, method, rate).await {
+            let verdict = match rule {
+                Rule::RateLimit { category } => {
+                    self.rate_limits(&identity, category.as_deref(), rate).await
+                }
+                other => self.check(other, &identity, &admitted, method),
+            };
+            if let Err(denial) = verdict {
                 self.enforce(route, rule.kind(), Some(identity.key_id()), denial)?;
             }
         }

@@ -15,22 +15,23 @@ use crate::key::KeyType;
 use crate::store::KeyRateLimit;
 
 impl Policy {
-    pub(super) async fn check(
+    /// The rules that only read the key and the request (all but rate limits, which
+    /// [`Policy::rate_limits`] checks against the limiter).
+    #[inline]
+    pub(super) fn check(
         &self,
         rule: &Rule,
         identity: &Identity,
         admitted: &Admitted<'_>,
         method: &Method,
-        rate: &mut RateReport,
     ) -> Result<(), Denial> {
         match rule {
             Rule::Environment => self.environment(identity),
             Rule::KeyType { allow_publishable } => key_type(identity, *allow_publishable),
             Rule::KeyIp => key_ip(identity, admitted.client_ip),
             Rule::Scope(scope) => scope_held(identity, scope.as_deref(), method),
-            Rule::RateLimit { category } => {
-                self.rate_limits(identity, category.as_deref(), rate).await
-            }
+            // Checked by `rate_limits`, the one rule that awaits.
+            Rule::RateLimit { .. } => Ok(()),
         }
     }
 
@@ -48,7 +49,7 @@ impl Policy {
 
     /// The key's own limit (override, tier or default) and its route category's, consumed only
     /// if all allow.
-    async fn rate_limits(
+    pub(super) async fn rate_limits(
         &self,
         identity: &Identity,
         category: Option<&str>,

@@ -3,6 +3,7 @@
 //! forwarding headers and the normalised path — see [`super::headers`]) and sends it through
 //! [`Upstream`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
@@ -18,7 +19,7 @@ use super::upstream::Upstream;
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::policy::Permit;
-use crate::telemetry::{Held, Metrics};
+use crate::telemetry::Metrics;
 
 pub struct Forwarder {
     upstream: Upstream,
@@ -63,14 +64,16 @@ impl Forwarder {
     }
 
     /// Prepares and sends a permitted request; `upgrade` is the protocol it asks to switch to.
-    pub async fn send(
-        &self,
+    /// The preparation happens now; the returned future is the upstream round trip (no extra
+    /// layer of future on the hot path).
+    pub fn send<'a>(
+        &'a self,
         mut req: Request<UpstreamBody>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
         upgrade: Option<HeaderValue>,
-    ) -> Result<Response<PooledBody>, Rejection> {
+    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + 'a {
         let client_ip = conn.ip_value(permit.client_ip());
         self.plan.prepare_request(
             &mut req,
@@ -88,8 +91,8 @@ impl Forwarder {
             req.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let _forwarding = Held::enter(&self.metrics.upstream_in_flight);
-        self.upstream.send(req, self.max_request_body).await
+        self.upstream
+            .send(req, self.max_request_body, &self.metrics.upstream_in_flight)
     }
 
     /// Prepares and sends a permitted `CONNECT` (authority-form target, signed over it).

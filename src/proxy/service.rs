@@ -65,7 +65,7 @@ impl App {
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let mut cx = Context::new(&req);
         let result = self.pipeline(req, &conn, &mut cx).await;
-        Ok(self.finish(result, cx, &conn, started))
+        Ok(self.finish(result, &mut cx, &conn, started))
     }
 
     /// The request path. Cheap, attacker-controlled checks first; nothing that costs a store
@@ -189,7 +189,7 @@ impl App {
     fn finish(
         &self,
         result: Result<Response<PooledBody>, Rejection>,
-        mut cx: Context,
+        cx: &mut Context,
         conn: &ConnInfo,
         started: Instant,
     ) -> Response<ProxyBody> {
@@ -224,7 +224,7 @@ impl App {
             set_rate_limit_headers(resp.headers_mut(), d, self.policy.load().header_styles());
         }
         let status = resp.status().as_u16();
-        self.audit_request(&cx, status, conn.peer.ip());
+        self.audit_request(cx, status, conn.peer.ip());
         let elapsed = started.elapsed();
         self.metrics.request_seconds.observe(elapsed);
         let route = cx.trace.route.as_ref().unwrap_or(&NO_ROUTE);
@@ -247,7 +247,7 @@ impl App {
             );
         }
         resp.headers_mut()
-            .insert(X_REQUEST_ID.clone(), cx.request_id);
+            .insert(X_REQUEST_ID.clone(), cx.request_id.clone());
         resp
     }
 

@@ -19,6 +19,8 @@ use super::headers::remove_hop_by_hop;
 use super::pool::{H1Pool, PooledBody};
 use crate::config::UpstreamConfig;
 use crate::error::Rejection;
+use crate::telemetry::Held;
+use std::sync::atomic::AtomicU64;
 
 /// One client per kind of upstream: keygate's pool for plain HTTP/1.1 (the hot path);
 /// hyper-util for plain HTTP/2 (prior knowledge) and for TLS.
@@ -88,20 +90,26 @@ impl Upstream {
         })
     }
 
-    /// Sends a prepared request; the response body streams back untouched.
+    /// Sends a prepared request; the response body streams back untouched. `in_flight` is held
+    /// one higher until the response head arrives.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         body_limit: u64,
+        in_flight: &AtomicU64,
     ) -> Result<Response<PooledBody>, Rejection> {
         let sent = async {
             match &self.client {
                 Clients::Pooled(pool) => pool.send(req).await.map_err(|e| classify(&e, body_limit)),
-                Clients::Plain(c) => through(c, req, body_limit).await,
-                Clients::Tls(c) => through(c, req, body_limit).await,
+                // Boxed: hyper-util's futures are large, and only these upstreams use them.
+                Clients::Plain(c) => Box::pin(through(c, req, body_limit)).await,
+                Clients::Tls(c) => Box::pin(through(c, req, body_limit)).await,
             }
         };
-        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
+        let forwarding = Held::enter(in_flight);
+        let timed = tokio::time::timeout(self.response_timeout, sent).await;
+        drop(forwarding);
+        let mut resp = match timed {
             Err(_) => return Err(Rejection::UpstreamTimeout),
             Ok(result) => result?,
         };

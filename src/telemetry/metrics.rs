@@ -109,7 +109,7 @@ type RouteOutcome = (Arc<str>, &'static str);
 /// the configuration, codes from the error table.
 #[derive(Debug, Default)]
 pub struct RouteCounters {
-    map: RwLock<HashMap<RouteOutcome, Arc<AtomicU64>>>,
+    map: RwLock<HashMap<RouteOutcome, Arc<AtomicU64>, foldhash::fast::RandomState>>,
 }
 
 impl RouteCounters {

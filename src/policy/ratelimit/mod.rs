@@ -100,7 +100,8 @@ impl Limiter {
     pub async fn acquire(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
         match self {
             Limiter::Local(l) => l.acquire(limits),
-            Limiter::Redis(r) => r.check(limits, true).await,
+            // Boxed: a network round trip anyway, and it keeps the local path's futures small.
+            Limiter::Redis(r) => Box::pin(r.check(limits, true)).await,
         }
     }
 
@@ -109,7 +110,7 @@ impl Limiter {
         match self {
             Limiter::Local(l) => l.peek(&counter, &limit),
             Limiter::Redis(r) => {
-                let mut d = r.check(&[(counter, limit)], false).await;
+                let mut d = Box::pin(r.check(&[(counter, limit)], false)).await;
                 d.pop().unwrap_or(Decision {
                     allowed: true,
                     limit: limit.limit,
