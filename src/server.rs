@@ -53,7 +53,10 @@ impl Server {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let store = Store::open(&config.store)?;
         let format = KeyFormat::new(&config.keys.labels).map_err(anyhow::Error::msg)?;
-        let hasher = KeyHasher::new(config.keys.pepper.as_ref().map(|p| p.expose()));
+        let hasher = KeyHasher::with_cost(
+            config.keys.pepper.as_ref().map(|p| p.expose()),
+            config.keys.argon2,
+        );
         let metrics = Arc::new(Metrics::default());
         store.report_to(Arc::clone(&metrics));
         let settings = VerifierSettings {
@@ -74,6 +77,14 @@ impl Server {
             Arc::clone(&metrics),
         );
         let mut background = store.spawn_background(&config.store);
+        // This process serves the store: it acknowledges every change it applies, so writers
+        // (the admin API here or elsewhere, the CLI) can tell when every proxy has it.
+        let replica_id = config
+            .propagation
+            .replica_id
+            .clone()
+            .unwrap_or_else(crate::store::default_replica_id);
+        background.extend(store.spawn_replica(replica_id));
         let draining = Arc::new(AtomicBool::new(false));
         let policy = Arc::new(ArcSwap::from_pointee(Policy::new(
             &config.policy,

@@ -131,9 +131,10 @@ impl Admin {
                 let req: CreateRequest = parse_json(&body)?;
                 let new = req.into_new_record(self.environment)?;
                 let (key, rec) = self.tool.create(new, &actor).await?;
+                let propagated = self.tool.propagate().await;
                 Ok((
                     StatusCode::CREATED,
-                    serde_json::json!({ "key": key.key, "record": rec.view(now) }),
+                    serde_json::json!({ "key": key.key, "record": rec.view(now), "propagated": propagated }),
                 ))
             }
             Op::ListKeys => self.list(&query).await,
@@ -150,10 +151,7 @@ impl Admin {
                     return Err(ApiError::bad_request("nothing to change"));
                 }
                 let rec = self.tool.update(&id, patch, &actor).await?;
-                Ok((
-                    StatusCode::OK,
-                    serde_json::to_value(rec.view(now)).unwrap_or_default(),
-                ))
+                Ok((StatusCode::OK, self.with_propagation(&rec).await))
             }
             Op::RotateKey => {
                 let req: RotateRequest = if body.is_empty() {
@@ -163,21 +161,32 @@ impl Admin {
                 };
                 let grace = req.grace_period.map(Secs::duration).transpose()?;
                 let (key, new, old) = self.tool.rotate(&id, grace, &actor).await?;
+                let propagated = self.tool.propagate().await;
                 Ok((
                     StatusCode::OK,
-                    serde_json::json!({ "key": key.key, "record": new.view(now), "previous": old.view(now) }),
+                    serde_json::json!({
+                        "key": key.key, "record": new.view(now), "previous": old.view(now),
+                        "propagated": propagated,
+                    }),
                 ))
             }
             Op::RevokeKey => {
                 let rec = self.tool.revoke(&id, &actor).await?;
-                Ok((
-                    StatusCode::OK,
-                    serde_json::to_value(rec.view(now)).unwrap_or_default(),
-                ))
+                Ok((StatusCode::OK, self.with_propagation(&rec).await))
             }
             Op::KeyUsage => self.usage(&id).await,
             Op::ListAudit => self.audit_events(&query).await,
         }
+    }
+}
+
+impl Admin {
+    /// A changed record as the API shows it, with how far the change has propagated: this
+    /// process refuses the old state already; `propagated` says which other proxies do.
+    async fn with_propagation(&self, rec: &crate::store::KeyRecord) -> serde_json::Value {
+        let mut v = serde_json::to_value(rec.view(Timestamp::now())).unwrap_or_default();
+        v["propagated"] = serde_json::to_value(self.tool.propagate().await).unwrap_or_default();
+        v
     }
 }
 

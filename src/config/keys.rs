@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::check::Check;
 use super::secret::{Getenv, Secret, read_secret};
-use crate::key::Labels;
+use crate::key::{Argon2Cost, Labels};
 
 #[derive(Clone, Debug)]
 pub struct KeysConfig {
@@ -15,6 +15,8 @@ pub struct KeysConfig {
     /// Also accept keys not in keygate's format (imported with `keygate keys import`). They
     /// cannot be checked offline, so each distinct one costs a store lookup once.
     pub accept_legacy: bool,
+    /// The Argon2id cost of new keys.
+    pub argon2: Argon2Cost,
 }
 
 #[derive(Deserialize, Default)]
@@ -29,6 +31,9 @@ pub(super) struct RawKeys {
     pepper_env: Option<String>,
     pepper_file: Option<String>,
     accept_legacy: Option<bool>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    argon2_parallelism: Option<u32>,
 }
 
 pub(super) fn validate(c: &mut Check<'_>, raw: RawKeys, getenv: Getenv<'_>) -> KeysConfig {
@@ -62,7 +67,17 @@ pub(super) fn validate(c: &mut Check<'_>, raw: RawKeys, getenv: Getenv<'_>) -> K
         }
         p => p.map(Secret::new),
     };
+    let d = Argon2Cost::default();
+    let argon2 = Argon2Cost {
+        memory_kib: raw.argon2_memory_kib.unwrap_or(d.memory_kib),
+        iterations: raw.argon2_iterations.unwrap_or(d.iterations),
+        parallelism: raw.argon2_parallelism.unwrap_or(d.parallelism),
+    };
+    if let Some(p) = argon2.problem() {
+        c.problem(format!("keys.argon2_*: {p}"));
+    }
     KeysConfig {
+        argon2,
         labels,
         max_length: c.positive("keys.max_length", raw.max_length, 256),
         pepper,

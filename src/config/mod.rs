@@ -39,7 +39,7 @@ pub use log::{LogConfig, LogFormat};
 pub use routes::{PathPattern, RouteConfig};
 pub use rules::{Rule, RuleKind, RuleSet};
 pub use secret::Secret;
-pub use store::{RedisConfig, RedisTopology, StoreConfig};
+pub use store::{PropagationConfig, RedisConfig, RedisTopology, StoreConfig};
 pub use upstream::UpstreamConfig;
 
 /// Every problem found in a configuration, reported together.
@@ -73,6 +73,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub ops: OpsConfig,
     pub store: StoreConfig,
+    /// How key-management writes wait for the proxies serving the store.
+    pub propagation: PropagationConfig,
     pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
@@ -220,7 +222,8 @@ fn validate(
     let upstream = upstream::validate(&mut c, raw);
     let raw = c.section("ops", take("ops"));
     let ops = listen::validate_ops(&mut c, raw, &listen);
-    let raw = c.section("store", take("store"));
+    let mut raw = c.section::<store::RawStore>("store", take("store"));
+    let propagation = store::validate_propagation(&mut c, &mut raw);
     let store = store::validate(&mut c, raw, getenv);
     let raw = c.section("keys", take("keys"));
     let keys = keys::validate(&mut c, raw, getenv);
@@ -277,6 +280,7 @@ fn validate(
         upstream,
         ops,
         store,
+        propagation,
         keys,
         auth,
         log,

@@ -43,6 +43,15 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
+/// How a writer waits for the proxies serving the store to apply its change.
+#[derive(Clone, Debug)]
+pub struct PropagationConfig {
+    /// How long a key-management write waits for every live replica's acknowledgement.
+    pub timeout: Duration,
+    /// This process's name among the replicas (default `<hostname>-<pid>`).
+    pub replica_id: Option<String>,
+}
+
 impl From<RedisConfig> for StoreConfig {
     fn from(r: RedisConfig) -> Self {
         StoreConfig::Redis(r)
@@ -64,6 +73,33 @@ pub(super) struct RawStore {
     password_env: Option<String>,
     password_file: Option<String>,
     timeout: Option<String>,
+    propagation_timeout: Option<String>,
+    replica_id: Option<String>,
+}
+
+pub(super) fn validate_propagation(c: &mut Check<'_>, raw: &mut RawStore) -> PropagationConfig {
+    let timeout = c.duration(
+        "store.propagation_timeout",
+        raw.propagation_timeout.take(),
+        Duration::from_secs(1),
+    );
+    let replica_id = raw.replica_id.take();
+    if let Some(id) = &replica_id
+        && (id.is_empty()
+            || id.len() > 128
+            || id.starts_with('.')
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+    {
+        c.problem(format!(
+            "store.replica_id: {id:?} must be 1-128 of A-Z a-z 0-9 _ - . (not starting with '.')"
+        ));
+    }
+    PropagationConfig {
+        timeout,
+        replica_id,
+    }
 }
 
 pub(super) fn validate(c: &mut Check<'_>, raw: RawStore, getenv: Getenv<'_>) -> StoreConfig {

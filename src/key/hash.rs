@@ -103,14 +103,59 @@ pub const ARGON2_M_KIB: u32 = 19 * 1024;
 pub const ARGON2_T: u32 = 2;
 pub const ARGON2_P: u32 = 1;
 
+/// The Argon2id cost of new PHC strings (verification always uses the cost recorded in the
+/// string, so changing it never invalidates existing keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Cost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Cost {
+    fn default() -> Self {
+        Argon2Cost {
+            memory_kib: ARGON2_M_KIB,
+            iterations: ARGON2_T,
+            parallelism: ARGON2_P,
+        }
+    }
+}
+
+impl Argon2Cost {
+    /// Whether this is at least OWASP's recommendation.
+    pub fn meets_owasp(&self) -> bool {
+        self.memory_kib >= ARGON2_M_KIB && self.iterations >= ARGON2_T
+    }
+
+    fn params(&self) -> Result<Params, String> {
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| format!("Argon2id parameters: {e}"))
+    }
+
+    /// Why this cost cannot be used, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.params().err()
+    }
+}
+
 impl KeyHasher {
+    /// With OWASP's Argon2id cost.
     pub fn new(pepper: Option<&[u8]>) -> Self {
+        KeyHasher::with_cost(pepper, Argon2Cost::default())
+    }
+
+    /// With the given Argon2id cost for new keys; an unusable cost (config validation refuses
+    /// it) falls back to OWASP's.
+    pub fn with_cost(pepper: Option<&[u8]>, cost: Argon2Cost) -> Self {
         let peppered = pepper.map(|p| {
             // HMAC accepts keys of any length; the error type exists only for fixed-size MACs.
             <Hmac<Sha256> as Mac>::new_from_slice(p)
                 .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
         });
-        let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None)
+        let params = cost
+            .params()
+            .or_else(|_| Argon2Cost::default().params())
             .unwrap_or_else(|_| unreachable!("constant Argon2 parameters are valid"));
         KeyHasher {
             peppered,

@@ -6,7 +6,7 @@ mod format;
 mod hash;
 
 pub use format::{Environment, KeyFormat, KeyFormatError, KeyType, Labels, NewKey, ParsedKey};
-pub use hash::{KeyHasher, LookupHash, PhcError};
+pub use hash::{Argon2Cost, KeyHasher, LookupHash, PhcError};
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;

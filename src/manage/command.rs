@@ -210,6 +210,19 @@ async fn import(tool: &KeyTool, file: &Path, csv: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `v` with how far the change has reached the proxies serving the store.
+async fn with_propagation(tool: &KeyTool, mut v: serde_json::Value) -> serde_json::Value {
+    v["propagated"] = serde_json::to_value(tool.propagate().await).unwrap_or_default();
+    v
+}
+
+/// Says plainly whether the running proxies have the change (never a silent window).
+fn print_propagation(v: &serde_json::Value) {
+    if let Ok(p) = serde_json::from_value::<crate::store::Propagation>(v["propagated"].clone()) {
+        println!("Proxies: {}.", p.describe());
+    }
+}
+
 fn print_view(view: &serde_json::Value, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(view).unwrap_or_default());
@@ -259,7 +272,8 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
             let out = match backend {
                 Backend::Store(tool) => {
                     let (key, rec) = tool.create(req, &actor).await?;
-                    serde_json::json!({ "key": key.key, "record": view(&rec) })
+                    let propagated = tool.propagate().await;
+                    serde_json::json!({ "key": key.key, "record": view(&rec), "propagated": propagated })
                 }
                 Backend::Admin(c) => {
                     let body = serde_json::json!({
@@ -283,6 +297,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                         "Created"
                     )
                 );
+                print_propagation(&out);
             }
         }
         KeysCommand::List {
@@ -333,6 +348,9 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                 }
             };
             print_view(&v, json);
+            if !json {
+                print_propagation(&v);
+            }
         }
         KeysCommand::Update {
             id,
@@ -358,7 +376,10 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                 metadata: None,
             };
             let v = match backend {
-                Backend::Store(tool) => view(&tool.update(&id, patch, &actor).await?),
+                Backend::Store(tool) => {
+                    let v = view(&tool.update(&id, patch, &actor).await?);
+                    with_propagation(tool, v).await
+                }
                 Backend::Admin(c) => {
                     let mut body = serde_json::Map::new();
                     if let Some(n) = &patch.name {
@@ -385,12 +406,19 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                 }
             };
             print_view(&v, json);
+            if !json {
+                print_propagation(&v);
+            }
         }
         KeysCommand::Rotate { id, grace, json } => {
             let out = match backend {
                 Backend::Store(tool) => {
                     let (key, new, old) = tool.rotate(&id, grace, &actor).await?;
-                    serde_json::json!({ "key": key.key, "record": view(&new), "previous": view(&old) })
+                    let propagated = tool.propagate().await;
+                    serde_json::json!({
+                        "key": key.key, "record": view(&new), "previous": view(&old),
+                        "propagated": propagated,
+                    })
                 }
                 Backend::Admin(c) => {
                     let body = serde_json::json!({ "grace_period": grace.map(|g| g.as_secs()) });
@@ -422,11 +450,15 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     Some(t) => println!("{old_id} keeps working until {t}."),
                     None => println!("{old_id} is revoked."),
                 }
+                print_propagation(&out);
             }
         }
         KeysCommand::Revoke { id, json } => {
             let v = match backend {
-                Backend::Store(tool) => view(&tool.revoke(&id, &actor).await?),
+                Backend::Store(tool) => {
+                    let v = view(&tool.revoke(&id, &actor).await?);
+                    with_propagation(tool, v).await
+                }
                 Backend::Admin(c) => {
                     c.call(
                         "POST",
@@ -445,6 +477,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     v["display_prefix"].as_str().unwrap_or_default(),
                     v["owner"].as_str().unwrap_or_default()
                 );
+                print_propagation(&v);
             }
         }
         KeysCommand::Usage { id } => match backend {

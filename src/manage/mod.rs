@@ -48,6 +48,8 @@ pub struct KeyTool {
     hasher: KeyHasher,
     audit: Option<Arc<Audit>>,
     max_key_length: usize,
+    /// How long [`KeyTool::propagate`] waits for the proxies serving the store.
+    propagation_timeout: Duration,
 }
 
 impl KeyTool {
@@ -58,6 +60,7 @@ impl KeyTool {
             hasher,
             audit: None,
             max_key_length: 256,
+            propagation_timeout: Duration::from_secs(1),
         }
     }
 
@@ -69,9 +72,13 @@ impl KeyTool {
     /// Key management over an already open store (e.g. a running proxy's).
     pub fn with_store(store: Store, cfg: &Config) -> Result<Self, ManageError> {
         let format = KeyFormat::new(&cfg.keys.labels).map_err(ManageError::Invalid)?;
-        let hasher = KeyHasher::new(cfg.keys.pepper.as_ref().map(|p| p.expose()));
+        let hasher = KeyHasher::with_cost(
+            cfg.keys.pepper.as_ref().map(|p| p.expose()),
+            cfg.keys.argon2,
+        );
         Ok(KeyTool {
             max_key_length: cfg.keys.max_length,
+            propagation_timeout: cfg.propagation.timeout,
             ..KeyTool::new(store, format, hasher)
         })
     }
@@ -84,6 +91,13 @@ impl KeyTool {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Waits (bounded by `store.propagation_timeout`) until every proxy serving the store has
+    /// applied the changes made through this tool, and says which have not. This process's own
+    /// cache applied them before the write returned.
+    pub async fn propagate(&self) -> crate::store::Propagation {
+        self.store.await_propagation(self.propagation_timeout).await
     }
 
     pub(super) async fn record(

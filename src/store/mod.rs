@@ -4,6 +4,7 @@
 
 mod changes;
 mod file;
+mod propagation;
 mod record;
 mod redis;
 
@@ -14,6 +15,7 @@ use tokio::sync::broadcast;
 
 pub use changes::Listener;
 pub use file::FileStore;
+pub use propagation::{Propagation, default_replica_id};
 pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, NewRecord};
 pub use redis::RedisStore;
 
@@ -233,6 +235,23 @@ impl Store {
         match self {
             Store::File(s) => s.changes().report_to(metrics),
             Store::Redis(s) => s.changes().report_to(metrics),
+        }
+    }
+
+    /// Serves this store as the replica `id`: acknowledges every change it applies, with a
+    /// heartbeat, so writers can wait until every running proxy has it (see `propagation`).
+    pub fn spawn_replica(&self, id: String) -> Vec<tokio::task::JoinHandle<()>> {
+        match self {
+            Store::File(s) => s.spawn_replica(id).into_iter().collect(),
+            Store::Redis(s) => vec![s.spawn_replica(id)],
+        }
+    }
+
+    /// Waits (up to `timeout`) until every live replica has applied what this process wrote.
+    pub async fn await_propagation(&self, timeout: std::time::Duration) -> Propagation {
+        match self {
+            Store::File(s) => s.await_propagation(timeout).await,
+            Store::Redis(s) => s.await_propagation(timeout).await,
         }
     }
 

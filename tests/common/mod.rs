@@ -214,6 +214,17 @@ impl Keygate {
         Keygate::start_full(upstream_url, "", redis_url, extra).await
     }
 
+    /// Like [`Keygate::start_redis`], as the replica named `replica_id`.
+    pub async fn start_redis_as(
+        upstream_url: &str,
+        redis_url: &str,
+        replica_id: &str,
+        extra: &str,
+    ) -> Keygate {
+        let url = format!("{redis_url}\"\nreplica_id = \"{replica_id}");
+        Keygate::start_full(upstream_url, "", Some(&url), extra).await
+    }
+
     /// Like [`Keygate::start`], with `upstream_lines` added to the `[upstream]` section.
     pub async fn start_with_upstream(
         upstream_url: &str,

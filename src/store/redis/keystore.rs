@@ -23,6 +23,21 @@ fn to_json(rec: &KeyRecord) -> Result<String, StoreError> {
     serde_json::to_string(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+impl RedisStore {
+    /// What a write script answered: done (`ok:<sequence>`, remembered so the writer can wait
+    /// for every replica to acknowledge it), the record changed under us, or a conflict.
+    fn outcome(&self, outcome: &str, what: &str) -> Result<bool, StoreError> {
+        if let Some(seq) = outcome
+            .strip_prefix("ok:")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            self.inner.written.fetch_max(seq, Ordering::AcqRel);
+            return Ok(true);
+        }
+        script_outcome(outcome, what)
+    }
+}
+
 fn script_outcome(outcome: &str, what: &str) -> Result<bool, StoreError> {
     match outcome {
         "ok" => Ok(true),
@@ -101,12 +116,14 @@ impl KeyStore for RedisStore {
             .key(keys.owner(&record.owner))
             .key(keys.ids())
             .key(keys.seq())
+            .key(keys.invseq())
             .arg(to_json(&record)?)
             .arg(&hash)
             .arg(&record.id)
             .arg(keys.channel());
         let outcome = self.script(inv).await?;
-        script_outcome(&outcome, &format!("key {}", record.id)).map(|_| ())?;
+        self.outcome(&outcome, &format!("key {}", record.id))
+            .map(|_| ())?;
         self.inner
             .changes
             .publish(Invalidation::Key(record.lookup_hash));
@@ -136,6 +153,7 @@ impl KeyStore for RedisStore {
                 .key(keys.owner(&new.owner))
                 .key(keys.ids())
                 .key(keys.seq())
+                .key(keys.invseq())
                 .arg(&expected)
                 .arg(to_json(&old)?)
                 .arg(&new_json)
@@ -143,7 +161,7 @@ impl KeyStore for RedisStore {
                 .arg(&new.id)
                 .arg(keys.channel())
                 .arg(&old_hash);
-            if script_outcome(&self.script(inv).await?, &format!("key {}", new.id))? {
+            if self.outcome(&self.script(inv).await?, &format!("key {}", new.id))? {
                 self.inner
                     .changes
                     .publish(Invalidation::Key(old.lookup_hash));
@@ -175,11 +193,12 @@ impl KeyStore for RedisStore {
             }
             let mut inv = UPDATE.prepare_invoke();
             inv.key(self.inner.keys.rec(&hash))
+                .key(self.inner.keys.invseq())
                 .arg(&expected)
                 .arg(to_json(&rec)?)
                 .arg(self.inner.keys.channel())
                 .arg(&hash);
-            if script_outcome(&self.script(inv).await?, id)? {
+            if self.outcome(&self.script(inv).await?, id)? {
                 self.inner
                     .changes
                     .publish(Invalidation::Key(rec.lookup_hash));

@@ -23,12 +23,13 @@
 
 mod conn;
 mod keystore;
+mod replica;
 mod scripts;
 mod subscriber;
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -76,6 +77,18 @@ impl Keys {
     pub(super) fn used(&self) -> String {
         format!("{}:used", self.tag)
     }
+    /// The invalidation sequence: one number per change, in publish order.
+    pub(super) fn invseq(&self) -> String {
+        format!("{}:invseq", self.tag)
+    }
+    /// Serving replicas, scored by their last heartbeat (Redis time, ms).
+    pub(super) fn replicas(&self) -> String {
+        format!("{}:replicas", self.tag)
+    }
+    /// Replica id → the last invalidation sequence it applied.
+    pub(super) fn applied(&self) -> String {
+        format!("{}:applied", self.tag)
+    }
     pub(super) fn channel(&self) -> String {
         format!("{}:invalidate", self.tag)
     }
@@ -95,6 +108,12 @@ struct Inner {
     timeout: Duration,
     changes: Changes,
     source: PubSubSource,
+    /// The highest invalidation sequence this process wrote (what its writers wait for).
+    written: AtomicU64,
+    /// The highest invalidation sequence this process applied (what it acknowledges).
+    applied: AtomicU64,
+    /// Set when this process serves the store (see `replica`).
+    replica: OnceLock<Arc<replica::Replica>>,
 }
 
 /// The `redis` backend. Cheap to clone.
@@ -196,6 +215,9 @@ impl RedisStore {
                 timeout: cfg.timeout,
                 changes: Changes::new(),
                 source,
+                written: AtomicU64::new(0),
+                applied: AtomicU64::new(0),
+                replica: OnceLock::new(),
             }),
         })
     }

@@ -58,6 +58,18 @@ impl RedisStore {
                 ever_subscribed = true;
                 inner.subscribed.store(true, Ordering::Release);
                 inner.changes.publish(Invalidation::All);
+                // The cache is clear and every later change will be heard: everything up to
+                // the current sequence is applied.
+                let store = RedisStore {
+                    inner: Arc::clone(&inner),
+                };
+                if let Ok(Some(seq)) = store
+                    .query::<Option<u64>>(redis::cmd("GET").arg(inner.keys.invseq()).clone())
+                    .await
+                {
+                    inner.applied_up_to(seq);
+                }
+                drop(store);
                 let master = inner.source.master_addr().await;
                 let weak_inner = Arc::downgrade(&inner);
                 drop(inner);
@@ -97,18 +109,24 @@ async fn follow(
                         Err(_) => continue,
                     }
                 };
-                if let Ok(at_ms) = stamp.parse::<u64>() {
+                // `<Redis ms>#<sequence>` (the sequence since this release).
+                let (at, seq) = match stamp.split_once('#') {
+                    Some((at, seq)) => (at, seq.parse::<u64>().ok()),
+                    None => (stamp, None),
+                };
+                let Some(inner) = inner.upgrade() else { return };
+                if let Ok(at_ms) = at.parse::<u64>() {
                     let now_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    if let Some(inner) = inner.upgrade() {
-                        inner
-                            .changes
-                            .observe_lag(Duration::from_millis(now_ms.saturating_sub(at_ms)));
-                    }
+                    inner
+                        .changes
+                        .observe_lag(Duration::from_millis(now_ms.saturating_sub(at_ms)));
                 }
-                if let Some(inner) = inner.upgrade() {
-                    inner.changes.publish(inv);
+                inner.changes.publish(inv);
+                // Applied (synchronously, above): acknowledge it.
+                if let Some(seq) = seq {
+                    inner.applied_up_to(seq);
                 }
             }
             _ = ping.tick() => {

@@ -5,30 +5,23 @@
 //! GitOps tool swapped a mounted Secret; a file that fails to parse is logged and the last good
 //! snapshot kept.
 
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+mod acks;
+mod disk;
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
 use tokio::sync::broadcast;
+
+use disk::{ContentHash, FORMAT_VERSION, FileData, FileStamp, io_err, read_file, write_atomically};
 
 use super::changes::Changes;
 use super::{Invalidation, KeyRecord, KeyStore, StoreError};
 use crate::key::LookupHash;
 use crate::time::Timestamp;
-
-const FORMAT_VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileData {
-    version: u32,
-    keys: Vec<KeyRecord>,
-}
 
 #[derive(Default)]
 struct Snapshot {
@@ -82,27 +75,6 @@ impl Snapshot {
     }
 }
 
-/// What tells us the file changed under us.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    ino: u64,
-    dev: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> io::Result<Self> {
-        let m = fs::metadata(path)?;
-        Ok(FileStamp {
-            modified: m.modified().ok(),
-            len: m.len(),
-            ino: m.ino(),
-            dev: m.dev(),
-        })
-    }
-}
-
 struct Inner {
     path: PathBuf,
     lock_path: PathBuf,
@@ -110,6 +82,11 @@ struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     stamp: Mutex<Option<FileStamp>>,
     changes: Changes,
+    /// The hash of the file contents the snapshot was built from (what this replica
+    /// acknowledges).
+    loaded: Mutex<Option<ContentHash>>,
+    /// Set when this process serves the store (see `acks`).
+    replica: OnceLock<Arc<acks::Replica>>,
 }
 
 /// The `file` backend. Cheap to clone; clones share one snapshot.
@@ -140,6 +117,8 @@ impl FileStore {
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 stamp: Mutex::new(None),
                 changes: Changes::new(),
+                loaded: Mutex::new(None),
+                replica: OnceLock::new(),
             }),
         };
         if !read_only && !store.inner.path.exists() {
@@ -151,6 +130,18 @@ impl FileStore {
 
     pub(super) fn changes(&self) -> &Changes {
         &self.inner.changes
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    fn loaded_hash(&self) -> Option<ContentHash> {
+        *self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_replica(&self, r: Arc<acks::Replica>) -> Result<(), Arc<acks::Replica>> {
+        self.inner.replica.set(r)
     }
 
     pub fn path(&self) -> &Path {
@@ -207,8 +198,8 @@ impl FileStore {
         if only_if_changed && *stamp_guard == Some(stamp) {
             return Ok(false);
         }
-        let keys = read_file(path)?;
-        self.install(Snapshot::build(keys)?);
+        let (keys, hash) = read_file(path)?;
+        self.install(Snapshot::build(keys)?, hash);
         // Another writer's change, seen now: the time since the file was written.
         if only_if_changed
             && let Some(written) = stamp.modified
@@ -220,8 +211,9 @@ impl FileStore {
         Ok(true)
     }
 
-    /// Swaps in a new snapshot and tells subscribers what changed. Callers hold the stamp lock.
-    fn install(&self, next: Snapshot) {
+    /// Swaps in a new snapshot (built from file contents hashing to `hash`) and tells listeners
+    /// what changed. Callers hold the stamp lock.
+    fn install(&self, next: Snapshot, hash: ContentHash) {
         let next = Arc::new(next);
         let old = {
             let mut guard = self
@@ -233,6 +225,10 @@ impl FileStore {
         };
         for hash in old.changes(&next) {
             self.inner.changes.publish(Invalidation::Key(hash));
+        }
+        *self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(hash);
+        if let Some(r) = self.inner.replica.get() {
+            r.nudge.notify_one();
         }
     }
 
@@ -255,18 +251,18 @@ impl FileStore {
         let mut stamp_guard = self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner());
         let mut keys = match read_file(path) {
             Err(StoreError::Unavailable(_)) if !path.exists() => Vec::new(),
-            other => other?,
+            other => other?.0,
         };
         let out = change(&mut keys)?;
         let snapshot = Snapshot::build(keys.clone())?;
-        write_atomically(
+        let hash = write_atomically(
             path,
             &FileData {
                 version: FORMAT_VERSION,
                 keys,
             },
         )?;
-        self.install(snapshot);
+        self.install(snapshot, hash);
         *stamp_guard = FileStamp::of(path).ok();
         drop(stamp_guard);
         drop(lock); // releases the flock
@@ -288,60 +284,6 @@ fn find_mut<'a>(keys: &'a mut [KeyRecord], id: &str) -> Result<&'a mut KeyRecord
     keys.iter_mut()
         .find(|k| k.id == id)
         .ok_or_else(|| StoreError::NotFound(id.to_owned()))
-}
-
-fn read_file(path: &Path) -> Result<Vec<KeyRecord>, StoreError> {
-    let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let data: FileData = serde_json::from_str(&text)
-        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-    if data.version != FORMAT_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "{}: format version {} (this keygate reads {FORMAT_VERSION})",
-            path.display(),
-            data.version
-        )));
-    }
-    Ok(data.keys)
-}
-
-fn write_atomically(path: &Path, data: &FileData) -> Result<(), StoreError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let json = serde_json::to_vec_pretty(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let result = (|| {
-        let _ = fs::remove_file(&tmp); // a leftover of a crashed writer
-        // Hashes are not keys, but the file is nobody else's business: 0600 unless the
-        // operator chose otherwise for the existing file.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        if let Ok(meta) = fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io_err(path, e))
-}
-
-fn io_err(path: &Path, e: io::Error) -> StoreError {
-    StoreError::Unavailable(format!("{}: {e}", path.display()))
 }
 
 impl KeyStore for FileStore {
@@ -524,7 +466,7 @@ mod tests {
         let store = FileStore::open(&path, false).unwrap();
         let (_, rec) = mint("acct_1");
         store.insert(rec.clone()).await.unwrap();
-        fs::write(&path, "{ not json").unwrap();
+        std::fs::write(&path, "{ not json").unwrap();
         assert!(matches!(
             store.reload_if_changed(),
             Err(StoreError::Corrupt(_))
