@@ -1,6 +1,11 @@
-//! Revocation propagation between replicas: two keygate proxies share one Redis (a real
-//! `redis-server` started here on an ephemeral port). For each round a key is created and warmed
-//! into proxy B's cache, then revoked through proxy A's store; we time until B answers 401.
+//! Revocation propagation between replicas: three keygate proxies share one Redis (a real
+//! `redis-server` started here on an ephemeral port). For each round a key is created and
+//! warmed into every proxy's cache, then revoked through proxy A's store. We time
+//!
+//! - the lag: from the revoke returning (without waiting) until B and C answer 401;
+//! - the acknowledged write: from the start of the revoke until every replica acknowledged it
+//!   (what the admin API waits for before answering), and check that B and C refuse the key
+//!   the moment that returns.
 //!
 //!     cargo bench --bench revocation_lag            # 200 rounds
 //!     ROUNDS=1000 cargo bench --bench revocation_lag
@@ -67,7 +72,7 @@ async fn run(rounds: usize) {
         .await
         .unwrap();
     let toml = format!(
-        "[upstream]\nurl = \"http://{echo}\"\n[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n"
+        "[upstream]\nurl = \"http://{echo}\"\n[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n[keys]\nargon2_memory_kib = 8\nargon2_iterations = 1\n"
     );
     let config = Config::from_toml(&toml, Vec::new(), |_| None).unwrap();
     // Wait for Redis.
@@ -79,14 +84,15 @@ async fn run(rounds: usize) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (_a_addr, a) = start_proxy(&config).await;
+    let (a_addr, a) = start_proxy(&config).await;
     let (b_addr, _b) = start_proxy(&config).await;
+    let (c_addr, _c) = start_proxy(&config).await;
     let tool = KeyTool::with_store(a, &config).unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let status = |key: String| {
+    let status = |addr: SocketAddr, key: String| {
         let client = client.clone();
         async move {
-            let req = http::Request::get(format!("http://{b_addr}/"))
+            let req = http::Request::get(format!("http://{addr}/"))
                 .header("authorization", format!("Bearer {key}"))
                 .body(Empty::new())
                 .unwrap();
@@ -96,9 +102,14 @@ async fn run(rounds: usize) {
             s
         }
     };
+    while tool.propagate().await.replicas < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    let mut lags = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
+    let mut lags = Vec::with_capacity(rounds * 2);
+    let mut acked = Vec::with_capacity(rounds);
+    let mut violations = 0;
+    for round in 0..rounds * 2 {
         let (key, rec) = tool
             .create(
                 NewRecord::new("acct_bench", Environment::Live, KeyType::Secret),
@@ -107,30 +118,51 @@ async fn run(rounds: usize) {
             .await
             .unwrap();
         let key = key.key.clone();
-        while status(key.clone()).await != 200 {}
+        for addr in [a_addr, b_addr, c_addr] {
+            while status(addr, key.clone()).await != 200 {}
+        }
         let t0 = Instant::now();
         tool.revoke(&rec.id, "bench").await.unwrap();
-        while status(key.clone()).await != 401 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "revocation never arrived"
-            );
+        if round % 2 == 0 {
+            // The lag a replica sees with no waiting: probe B and C until they refuse.
+            for addr in [b_addr, c_addr] {
+                while status(addr, key.clone()).await != 401 {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(10),
+                        "revocation never arrived"
+                    );
+                }
+                lags.push(t0.elapsed());
+            }
+        } else {
+            // What the admin API does: wait for every acknowledgement, then answer.
+            let p = tool.propagate().await;
+            acked.push(t0.elapsed());
+            assert_eq!(p.acknowledged, 3, "{p:?}");
+            for addr in [a_addr, b_addr, c_addr] {
+                if status(addr, key.clone()).await != 401 {
+                    violations += 1;
+                }
+            }
         }
-        lags.push(t0.elapsed());
     }
-    lags.sort();
-    let pct = |p: f64| {
-        lags[((lags.len() as f64 * p).ceil() as usize)
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 * p).ceil() as usize)
             .saturating_sub(1)
-            .min(lags.len() - 1)]
+            .min(v.len() - 1)]
     };
     println!(
-        "revocation lag over {rounds} revocations (revoke via proxy A's store → proxy B answers 401):\n  \
-         p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
-        pct(0.50),
-        pct(0.90),
-        pct(0.99),
-        lags[lags.len() - 1]
+        "3 replicas on one Redis, {rounds} revocations each way:\n  \
+         lag, revoke returned → replica B/C answers 401 (no waiting): p50 {:?}  p99 {:?}  max {:?}\n  \
+         revoke + every replica acknowledged (what the admin API waits for): p50 {:?}  p99 {:?}  max {:?}\n  \
+         old key accepted by any replica after the acknowledged revoke returned: {violations}",
+        pct(&mut lags, 0.50),
+        pct(&mut lags, 0.99),
+        pct(&mut lags, 1.0),
+        pct(&mut acked, 0.50),
+        pct(&mut acked, 0.99),
+        pct(&mut acked, 1.0),
     );
     let _ = redis.kill();
     let _ = redis.wait();

@@ -408,6 +408,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&cfg.log);
+    if !cfg.keys.argon2.meets_owasp() {
+        tracing::warn!(
+            memory_kib = cfg.keys.argon2.memory_kib,
+            iterations = cfg.keys.argon2.iterations,
+            "keys.argon2_* is below OWASP's recommendation (19456 KiB, 2 iterations): new keys are cheaper to brute-force"
+        );
+    }
     let proxy_listener = TcpListener::bind(cfg.listen.address).await?;
     let ops_listener = TcpListener::bind(cfg.ops.address).await?;
     tracing::info!(

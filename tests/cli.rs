@@ -199,6 +199,55 @@ async fn cli_revocation_reaches_a_running_proxy() {
     );
 }
 
+/// With the file store, the CLI waits for the running proxies' acknowledgements (beside the
+/// store file) and says so: when `revoke` returns "applied by 1 of 1", the key is refused.
+#[tokio::test]
+async fn cli_revoke_says_which_running_proxies_applied_it() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_7", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        created["propagated"]["replicas"], 0,
+        "no proxy yet: {created}"
+    );
+    let auth = bearer(created["key"].as_str().unwrap());
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+
+    let served = Served::start(&cfg);
+    let url = format!("http://{}/v1/charges", served.addr);
+    assert_eq!(get(&url, &[("authorization", &auth)]).await.status, 200);
+    let out = keygate(&["keys", "--config", &cfg, "revoke", &id]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Proxies: applied by 1 of 1 running proxies"),
+        "{said}"
+    );
+    // No waiting: the proxy acknowledged the change before the CLI returned.
+    assert_eq!(
+        get(&url, &[("authorization", &auth)]).await.code(),
+        "expired_key"
+    );
+
+    // A proxy that stops is reported, not silently counted.
+    drop(served);
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_7", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &created["propagated"];
+    assert_eq!(
+        (p["replicas"].as_u64(), p["acknowledged"].as_u64()),
+        (Some(1), Some(0)),
+        "{p}"
+    );
+    assert!(p["late"][0].as_str().unwrap().contains(':'), "{p}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let up = Upstream::start().await;
