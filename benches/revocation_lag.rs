@@ -7,8 +7,7 @@
 //!   (what the admin API waits for before answering), and check that B and C refuse the key
 //!   the moment that returns.
 //!
-//!     cargo bench --bench revocation_lag            # 200 rounds
-//!     ROUNDS=1000 cargo bench --bench revocation_lag
+//! Run: `cargo bench --bench revocation_lag` (200 rounds each way), `ROUNDS=1000 …` for more.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
