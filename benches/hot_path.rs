@@ -33,7 +33,10 @@ use keygate::store::NewRecord;
 
 fn keys(c: &mut Criterion) {
     let format = KeyFormat::new(&Default::default()).unwrap();
-    let key = format.generate(KeyType::Secret, Environment::Live).key;
+    let key = format
+        .generate(KeyType::Secret, Environment::Live)
+        .unwrap()
+        .key;
     let plain = KeyHasher::new(None);
     let peppered = KeyHasher::new(Some(b"0123456789abcdef0123456789abcdef"));
     let mut g = c.benchmark_group("key");
@@ -107,6 +110,7 @@ fn limiter(c: &mut Criterion) {
         limit: u64::MAX / 2,
         window: Duration::from_secs(60),
         algorithm: Algorithm::FixedWindow,
+        per: keygate::config::Per::Key,
     };
     let gcra = Limit {
         algorithm: Algorithm::Gcra,
@@ -120,7 +124,10 @@ fn limiter(c: &mut Criterion) {
     };
     let counters: Vec<Counter> = (0..1000)
         .map(|i| Counter {
-            subject: Subject::Key(format!("key_{i:020}").into()),
+            subject: Subject::Key {
+                id: format!("key_{i:020}").into(),
+                owner: "acct_bench".into(),
+            },
             name: "key".into(),
         })
         .collect();

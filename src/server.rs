@@ -52,7 +52,8 @@ impl Server {
     /// Opens the store and builds the request path. Must run inside a tokio runtime.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let store = Store::open(&config.store)?;
-        let format = KeyFormat::new(&config.keys.labels).map_err(anyhow::Error::msg)?;
+        let format = KeyFormat::with_shape(&config.keys.labels, config.keys.shape)
+            .map_err(anyhow::Error::msg)?;
         let hasher = KeyHasher::with_cost(
             config.keys.pepper.as_ref().map(|p| p.expose()),
             config.keys.argon2,
@@ -111,6 +112,7 @@ impl Server {
             max_key_length: config.keys.max_length,
             audit: Arc::clone(&audit),
             access_log: config.log.access,
+            errors: config.errors.clone(),
             edge: Edge {
                 allow_connect: config.listen.allow_connect,
                 upgrades: config.listen.upgrades.clone(),

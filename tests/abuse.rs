@@ -204,6 +204,7 @@ async fn a_flood_of_distinct_bogus_keys_stays_bounded() {
                         keygate::key::KeyType::Secret,
                         keygate::key::Environment::Live,
                     )
+                    .unwrap()
                     .key
             })
             .collect();

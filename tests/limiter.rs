@@ -19,7 +19,10 @@ use keygate::store::Store;
 
 fn counter(subject: &str, name: &str) -> Counter {
     Counter {
-        subject: Subject::Key(subject.into()),
+        subject: Subject::Key {
+            id: subject.into(),
+            owner: "acct".into(),
+        },
         name: name.into(),
     }
 }
@@ -29,6 +32,7 @@ fn limit(n: u64, window: Duration, algorithm: Algorithm) -> Limit {
         limit: n,
         window,
         algorithm,
+        per: keygate::config::Per::Key,
     }
 }
 

@@ -507,7 +507,12 @@ async fn ip_floor_and_failed_auth_throttle_run_before_verification() {
     let key = bearer(&mint_with(&kg, KeyType::Secret, &["all"], |_| {}).await);
     let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
     for _ in 0..3 {
-        let bogus = bearer(&format.generate(KeyType::Secret, Environment::Live).key);
+        let bogus = bearer(
+            &format
+                .generate(KeyType::Secret, Environment::Live)
+                .unwrap()
+                .key,
+        );
         assert_eq!(
             get(&kg.url("/"), &[("authorization", &bogus)]).await.code(),
             "invalid_key"

@@ -138,7 +138,10 @@ async fn every_rejection_has_its_code() {
     let (live, live_id) = kg.live_key().await;
     let (test_key, _) = kg.mint(Environment::Test, KeyType::Secret, &[]).await;
     let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
-    let unknown = format.generate(KeyType::Secret, Environment::Live).key;
+    let unknown = format
+        .generate(KeyType::Secret, Environment::Live)
+        .unwrap()
+        .key;
     let mut typo = live.clone().into_bytes();
     let last = typo.len() - 10;
     typo[last] = if typo[last] == b'A' { b'B' } else { b'A' };
@@ -366,7 +369,10 @@ async fn bogus_keys_are_answered_from_the_negative_cache() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&up.url(), "").await;
     let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
-    let bogus = format.generate(KeyType::Secret, Environment::Live).key;
+    let bogus = format
+        .generate(KeyType::Secret, Environment::Live)
+        .unwrap()
+        .key;
     for _ in 0..5 {
         let r = get(&kg.url("/"), &[("authorization", &bearer(&bogus))]).await;
         assert_eq!(r.code(), "invalid_key");

@@ -55,7 +55,10 @@ async fn redis_down_fails_closed_and_recovers_by_itself() {
     let (uncached, _) = kg.live_key().await;
     let (revoked, revoked_id) = kg.live_key().await;
     let format = keygate::key::KeyFormat::new(&Default::default()).unwrap();
-    let bogus = format.generate(KeyType::Secret, Environment::Live).key;
+    let bogus = format
+        .generate(KeyType::Secret, Environment::Live)
+        .unwrap()
+        .key;
     assert_eq!(
         get(&kg.url("/"), &[("authorization", &bearer(&cached))])
             .await
@@ -320,7 +323,12 @@ async fn cancelled_requests_leave_no_lookup_behind() {
     redis.pause();
     // Clients that give up while keygate waits on the hung store.
     for _ in 0..20 {
-        let bogus = bearer(&format.generate(KeyType::Secret, Environment::Live).key);
+        let bogus = bearer(
+            &format
+                .generate(KeyType::Secret, Environment::Live)
+                .unwrap()
+                .key,
+        );
         let url = kg.url("/");
         let _ = tokio::time::timeout(Duration::from_millis(50), async move {
             get(&url, &[("authorization", &bogus)]).await

@@ -24,6 +24,7 @@ fn mint(owner: &str) -> KeyRecord {
         metadata: [("team".to_owned(), "billing".to_owned())].into(),
         ip_allowlist: vec!["10.0.0.0/8".parse().unwrap()],
         rate_limit: Some(keygate::store::KeyRateLimit::Tier { tier: "pro".into() }),
+        restrictions: [("country".to_owned(), vec!["NG".to_owned(), "KE".to_owned()])].into(),
     };
     req.mint(&format, &KeyHasher::new(None), Timestamp::now())
         .unwrap()

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::Admin;
 use super::routes::OpClass;
-use crate::policy::ratelimit::{Algorithm, Counter, Decision, Limit, Subject};
+use crate::policy::ratelimit::{Counter, Decision, Limit, Subject};
 
 impl Admin {
     /// The name of the token the request carries. Every token is compared, by SHA-256 digest
@@ -42,14 +42,10 @@ impl Admin {
             OpClass::Write => ("admin_write", self.config.write_per_minute),
         };
         let counter = Counter {
-            subject: Subject::Key(Arc::from(format!("admin:{actor}"))),
+            subject: Subject::Owner(Arc::from(format!("admin:{actor}"))),
             name: Arc::from(name),
         };
-        let limit = Limit {
-            limit: per_minute,
-            window: Duration::from_secs(60),
-            algorithm: Algorithm::FixedWindow,
-        };
+        let limit = Limit::new(per_minute, Duration::from_secs(60));
         let mut d = self
             .policy
             .load()

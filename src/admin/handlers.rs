@@ -134,6 +134,8 @@ pub(super) struct CreateRequest {
     ip_allowlist: Vec<IpNet>,
     #[serde(default)]
     rate_limit: Option<KeyRateLimit>,
+    #[serde(default)]
+    restrictions: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl CreateRequest {
@@ -155,6 +157,7 @@ impl CreateRequest {
             metadata: self.metadata,
             ip_allowlist: self.ip_allowlist,
             rate_limit: self.rate_limit,
+            restrictions: self.restrictions,
             ..NewRecord::new(self.owner, environment, key_type)
         })
     }

@@ -17,7 +17,7 @@ use http::HeaderValue;
 use tokio::sync::{Notify, Semaphore};
 
 use super::{AuthFailure, Credential, InvalidKey};
-use crate::key::{KeyFormat, KeyHasher, LookupHash};
+use crate::key::{Environment, KeyFormat, KeyHasher, KeyType, LookupHash};
 use crate::net::IpSet;
 use crate::store::{Invalidation, KeyRecord, KeyState, KeyStore, Store};
 use crate::telemetry::Metrics;
@@ -51,7 +51,24 @@ struct Verified {
     fetched_at: Instant,
     /// Built once per fill so requests neither allocate nor scan.
     key_id: Arc<str>,
+    owner: Arc<str>,
     allow: IpSet,
+    /// The hash of the exact key this entry verified. With an embedded-id shape the cache is
+    /// keyed by the id, so a different secret for the same id is not this entry.
+    presented: LookupHash,
+    /// The environment the key itself names (`sk_live_…`), cross-checked against the record by
+    /// the policy; `None` for a legacy key.
+    presented_env: Option<Environment>,
+    /// The key is publishable by its record or by its own prefix.
+    publishable: bool,
+}
+
+/// The two hashes of a presented key: of the key itself (the cache's check, the negative
+/// cache), and of what its record is found by (the same, or the prefix and embedded id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lookup {
+    full: LookupHash,
+    store: LookupHash,
 }
 
 /// Proof that a request carries a genuine key that is neither revoked nor expired.
@@ -73,6 +90,20 @@ impl Identity {
         &self.entry.key_id
     }
 
+    pub fn owner(&self) -> &Arc<str> {
+        &self.entry.owner
+    }
+
+    /// The environment the presented key names, when it has keygate's format.
+    pub fn presented_environment(&self) -> Option<Environment> {
+        self.entry.presented_env
+    }
+
+    /// Publishable by its record, or by the prefix it was presented with.
+    pub fn is_publishable(&self) -> bool {
+        self.entry.publishable
+    }
+
     /// Whether the key's IP allowlist admits `ip` (an empty list admits everyone).
     pub fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.entry.record.ip_allowlist.is_empty() || self.entry.allow.contains(ip)
@@ -92,12 +123,13 @@ enum FillError {
 /// One store lookup (and at most one Argon2id run) shared by every request for a hash that
 /// arrives while it runs. It runs in its own task, so it always finishes and leaves the flight
 /// map, however many of the waiting requests are cancelled.
-#[derive(Default)]
 struct Flight {
     result: OnceLock<Result<Arc<Verified>, FillError>>,
     done: Notify,
     /// Set by an invalidation that arrived while this flight was reading the store.
     invalidated: AtomicBool,
+    /// The record's lookup hash (what invalidations name).
+    store: LookupHash,
 }
 
 /// Publishes a flight's result even if its task ends early (a panic), so no waiter hangs and
@@ -206,8 +238,11 @@ impl Verifier {
     /// The id of the cached record `key` stands for (e.g. an expired or revoked key), for the
     /// audit trail of a rejected request.
     pub fn cached_key_id(&self, key: &str) -> Option<Arc<str>> {
-        let hash = self.hasher.lookup_hash(key);
-        self.positive.get(&hash).map(|e| Arc::clone(&e.key_id))
+        let lookup = self.lookup_of(key)?;
+        self.positive
+            .get(&lookup.store)
+            .filter(|e| e.presented == lookup.full)
+            .map(|e| Arc::clone(&e.key_id))
     }
 
     /// The non-secret display prefix of `key` (`sk_live_Ab12`) if it has our format.
@@ -219,15 +254,45 @@ impl Verifier {
         &self.store
     }
 
+    /// The hashes of a key in keygate's format (or a legacy one, when accepted).
+    fn lookup_of(&self, key: &str) -> Option<Lookup> {
+        let material = match self.format.parse(key) {
+            Ok(p) => p.lookup_material(),
+            Err(_) if self.settings.accept_legacy && is_legacy_shaped(key) => key,
+            Err(_) => return None,
+        };
+        let full = self.hasher.lookup_hash(key);
+        let store = if material.len() == key.len() {
+            full
+        } else {
+            self.hasher.lookup_hash(material)
+        };
+        Some(Lookup { full, store })
+    }
+
     /// Verifies a credential and applies the record-only checks.
     pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthFailure> {
-        let key = match self.format.parse(cred.key) {
-            Ok(parsed) => parsed.as_str(),
-            Err(_) if self.settings.accept_legacy && is_legacy_shaped(cred.key) => cred.key,
+        let (key, material, presented) = match self.format.parse(cred.key) {
+            Ok(parsed) => (
+                parsed.as_str(),
+                parsed.lookup_material(),
+                Some((parsed.environment, parsed.key_type)),
+            ),
+            Err(_) if self.settings.accept_legacy && is_legacy_shaped(cred.key) => {
+                (cred.key, cred.key, None)
+            }
             Err(e) => return Err(e.into()),
         };
-        let hash = self.hasher.lookup_hash(key);
-        let entry = match self.positive.get(&hash) {
+        let full = self.hasher.lookup_hash(key);
+        // The default shape looks records up by the key itself: one hash.
+        let store = if material.len() == key.len() {
+            full
+        } else {
+            self.hasher.lookup_hash(material)
+        };
+        let lookup = Lookup { full, store };
+        let cached = self.positive.get(&store).filter(|e| e.presented == full);
+        let entry = match cached {
             // Fresh, and no change can have been missed (the invalidation feed is live).
             Some(entry)
                 if entry.fetched_at.elapsed() < self.settings.cache_ttl
@@ -238,7 +303,7 @@ impl Verifier {
             }
             // Boxed: a cache miss is the cold path, and inline its future would make every
             // request's future (moved on each call) several kilobytes larger.
-            Some(stale) => match Box::pin(self.fill(hash, key)).await {
+            Some(stale) => match Box::pin(self.fill(lookup, key, presented)).await {
                 Ok(fresh) => fresh,
                 // The store is down: a recently verified key keeps working up to the stale limit.
                 // Only the entry we read, and only if no invalidation removed it meanwhile.
@@ -246,7 +311,7 @@ impl Verifier {
                     if stale.fetched_at.elapsed() < self.settings.stale_limit
                         && self
                             .positive
-                            .get(&hash)
+                            .get(&store)
                             .is_some_and(|e| Arc::ptr_eq(&e, &stale)) =>
                 {
                     self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
@@ -255,14 +320,14 @@ impl Verifier {
                 Err(e) => return Err(self.fill_error(e)),
             },
             None => {
-                if self.negative.contains_key(&hash) {
+                if self.negative.contains_key(&full) {
                     self.metrics
                         .negative_cache_hits
                         .fetch_add(1, Ordering::Relaxed);
                     return Err(InvalidKey::Unknown.into());
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                Box::pin(self.fill(hash, key))
+                Box::pin(self.fill(lookup, key, presented))
                     .await
                     .map_err(|e| self.fill_error(e))?
             }
@@ -288,19 +353,25 @@ impl Verifier {
         }
     }
 
-    /// Joins (or starts) the flight for `hash`.
+    /// Joins (or starts) the flight for this exact key.
     async fn fill(
         self: &Arc<Self>,
-        hash: LookupHash,
+        lookup: Lookup,
         key: &str,
+        presented: Option<(Environment, KeyType)>,
     ) -> Result<Arc<Verified>, FillError> {
         let (flight, leader) = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(&hash) {
+            match flights.get(&lookup.full) {
                 Some(f) => (Arc::clone(f), false),
                 None => {
-                    let f = Arc::new(Flight::default());
-                    flights.insert(hash, Arc::clone(&f));
+                    let f = Arc::new(Flight {
+                        result: OnceLock::new(),
+                        done: Notify::new(),
+                        invalidated: AtomicBool::new(false),
+                        store: lookup.store,
+                    });
+                    flights.insert(lookup.full, Arc::clone(&f));
                     (f, true)
                 }
             }
@@ -309,13 +380,13 @@ impl Verifier {
             let publish = Publish {
                 verifier: Arc::clone(self),
                 flight: Arc::clone(&flight),
-                hash,
+                hash: lookup.full,
             };
             let key = key.to_owned();
             tokio::spawn(async move {
                 let result = publish
                     .verifier
-                    .run_flight(hash, key, &publish.flight)
+                    .run_flight(lookup, key, presented, &publish.flight)
                     .await;
                 let _ = publish.flight.result.set(result);
                 drop(publish); // wakes the waiters
@@ -334,48 +405,59 @@ impl Verifier {
 
     async fn run_flight(
         &self,
-        hash: LookupHash,
+        lookup: Lookup,
         key: String,
+        presented: Option<(Environment, KeyType)>,
         flight: &Flight,
     ) -> Result<Arc<Verified>, FillError> {
-        // Argon2id is deterministic for a given key and PHC string, and the lookup hash pins
-        // the key: a PHC string already verified for this hash need not be verified again
+        // Argon2id is deterministic for a given key and PHC string, and the key's own hash
+        // pins the key: a PHC string already verified for this key need not be verified again
         // (refreshes, and refills after an edit or revocation elsewhere).
-        let mut verified_phc = self.verified_phc.get(&hash);
+        let mut verified_phc = self.verified_phc.get(&lookup.full);
         // An invalidation during the lookup means the record may be stale: read it again.
         for _ in 0..3 {
             let asked = Instant::now();
-            let found = self.store.find_by_hash(hash).await;
+            let found = self.store.find_by_hash(lookup.store).await;
             self.metrics.store_seconds.observe(asked.elapsed());
             let record = match found {
                 Ok(Some(r)) => r,
-                Ok(None) => return self.finish(hash, flight, Err(FillError::Unknown)),
+                Ok(None) => return self.finish(lookup, flight, Err(FillError::Unknown)),
                 Err(e) => {
                     self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "key store lookup failed");
-                    return self.finish(hash, flight, Err(FillError::Unavailable));
+                    return self.finish(lookup, flight, Err(FillError::Unavailable));
                 }
             };
             if verified_phc.as_deref() != Some(record.phc.as_str()) {
                 let verified = match self.argon2_verify(&key, &record.phc).await {
                     Ok(v) => v,
-                    Err(e) => return self.finish(hash, flight, Err(e)),
+                    Err(e) => return self.finish(lookup, flight, Err(e)),
                 };
                 if !verified {
-                    tracing::warn!(key.id = %record.id, "lookup hash matched but Argon2id did not; pepper changed?");
-                    return self.finish(hash, flight, Err(FillError::Unknown));
+                    if lookup.store == lookup.full {
+                        tracing::warn!(key.id = %record.id, "lookup hash matched but Argon2id did not; pepper changed?");
+                    } else {
+                        // An embedded id with a wrong secret: someone guessing.
+                        tracing::debug!(key.id = %record.id, "wrong secret for a known key id");
+                    }
+                    return self.finish(lookup, flight, Err(FillError::Unknown));
                 }
                 let phc: Arc<str> = Arc::from(record.phc.as_str());
-                self.verified_phc.insert(hash, Arc::clone(&phc));
+                self.verified_phc.insert(lookup.full, Arc::clone(&phc));
                 verified_phc = Some(phc);
             }
             let Some(values) = identity_values(&record) else {
                 tracing::error!(key.id = %record.id, "stored record has values that cannot be sent as headers");
-                return self.finish(hash, flight, Err(FillError::Unknown));
+                return self.finish(lookup, flight, Err(FillError::Unknown));
             };
             let entry = Arc::new(Verified {
                 key_id: Arc::from(record.id.as_str()),
+                owner: Arc::from(record.owner.as_str()),
                 allow: IpSet::new(&record.ip_allowlist),
+                presented: lookup.full,
+                presented_env: presented.map(|(env, _)| env),
+                publishable: record.key_type == KeyType::Publishable
+                    || presented.is_some_and(|(_, t)| t == KeyType::Publishable),
                 record,
                 values,
                 last_used: AtomicU64::new(0),
@@ -386,17 +468,17 @@ impl Verifier {
             if flight.invalidated.swap(false, Ordering::AcqRel) {
                 continue;
             }
-            self.positive.insert(hash, Arc::clone(&entry));
-            flights.remove(&hash);
+            self.positive.insert(lookup.store, Arc::clone(&entry));
+            flights.remove(&lookup.full);
             return Ok(entry);
         }
         // The record kept changing under us; do not cache, let the next request retry.
-        self.finish(hash, flight, Err(FillError::Changing))
+        self.finish(lookup, flight, Err(FillError::Changing))
     }
 
     fn finish(
         &self,
-        hash: LookupHash,
+        lookup: Lookup,
         flight: &Flight,
         result: Result<Arc<Verified>, FillError>,
     ) -> Result<Arc<Verified>, FillError> {
@@ -404,9 +486,9 @@ impl Verifier {
         // A key created while we looked it up must not be remembered as unknown.
         if matches!(result, Err(FillError::Unknown)) && !flight.invalidated.load(Ordering::Acquire)
         {
-            self.negative.insert(hash, ());
+            self.negative.insert(lookup.full, ());
         }
-        flights.remove(&hash);
+        flights.remove(&lookup.full);
         result
     }
 
@@ -424,15 +506,16 @@ impl Verifier {
             .map_err(|_| FillError::Unavailable)
     }
 
-    /// Drops whatever is cached for `hash`, and marks a flight for it as stale.
+    /// Drops whatever is cached for the record `hash` names, and marks flights for it as stale.
     pub fn invalidate(&self, inv: Invalidation) {
         let flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         match inv {
             Invalidation::Key(hash) => {
-                if let Some(f) = flights.get(&hash) {
+                for f in flights.values().filter(|f| f.store == hash) {
                     f.invalidated.store(true, Ordering::Release);
                 }
                 self.positive.invalidate(&hash);
+                // Default shape: the key's own hash, which the negative cache holds.
                 self.negative.invalidate(&hash);
             }
             Invalidation::All => {

@@ -27,6 +27,41 @@ impl Carrier {
     }
 }
 
+/// A set of carriers: what a route accepts, for the hints in its 401s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CarrierSet(u8);
+
+impl CarrierSet {
+    pub fn of(carriers: &[Carrier]) -> CarrierSet {
+        CarrierSet(carriers.iter().fold(0, |acc, c| acc | c.bit()))
+    }
+
+    pub fn contains(self, c: Carrier) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    /// How to send a key in these carriers, for people: `` `X-Api-Key: <key>` ``.
+    pub fn hint(self) -> String {
+        let mut ways = Vec::new();
+        if self.contains(Carrier::Bearer) {
+            ways.push("`Authorization: Bearer <key>`");
+        }
+        if self.contains(Carrier::ApiKeyHeader) {
+            ways.push("`X-Api-Key: <key>`");
+        }
+        ways.join(" or ")
+    }
+}
+
+impl Carrier {
+    const fn bit(self) -> u8 {
+        match self {
+            Carrier::Bearer => 1,
+            Carrier::ApiKeyHeader => 2,
+        }
+    }
+}
+
 /// Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodOverride {

@@ -16,14 +16,36 @@ pub enum Algorithm {
     Gcra,
 }
 
+/// Whose requests a limit counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Per {
+    /// Each key's own.
+    #[default]
+    Key,
+    /// All keys of one owner together (ZendFi: "rate-limited per merchant").
+    Owner,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
     pub limit: u64,
     pub window: Duration,
     pub algorithm: Algorithm,
+    /// For per-key limits (default, tiers, environments, categories): whose requests count.
+    pub per: Per,
 }
 
 impl Limit {
+    /// `limit` per `window`, fixed windows, per key.
+    pub fn new(limit: u64, window: Duration) -> Limit {
+        Limit {
+            limit,
+            window,
+            algorithm: Algorithm::FixedWindow,
+            per: Per::Key,
+        }
+    }
+
     pub fn window_ms(&self) -> u64 {
         u64::try_from(self.window.as_millis())
             .unwrap_or(u64::MAX)
@@ -70,6 +92,9 @@ pub struct RateLimitConfig {
     pub failed_auth: Option<Limit>,
     pub tiers: BTreeMap<String, Limit>,
     pub categories: BTreeMap<String, Limit>,
+    /// Per-environment key limits (Zentra: sandbox 100/min): for keys of that environment,
+    /// instead of the default and the tiers (a key's own explicit limit still wins).
+    pub environments: Vec<(crate::key::Environment, Limit)>,
     pub headers: HeaderStyles,
 }
 
@@ -79,6 +104,7 @@ pub(super) struct RawLimit {
     limit: Option<u64>,
     window: Option<String>,
     algorithm: Option<String>,
+    per: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,6 +117,7 @@ pub(super) struct RawRateLimits {
     failed_auth: Option<RawLimit>,
     tiers: BTreeMap<String, RawLimit>,
     categories: BTreeMap<String, RawLimit>,
+    environments: BTreeMap<String, RawLimit>,
     headers: Option<Vec<String>>,
 }
 
@@ -119,10 +146,21 @@ fn validate_limit(c: &mut Check<'_>, field: &str, raw: RawLimit) -> Option<Limit
             Algorithm::FixedWindow
         }
     };
+    let per = match raw.per.as_deref().unwrap_or("key") {
+        "key" => Per::Key,
+        "owner" => Per::Owner,
+        other => {
+            c.problem(format!(
+                "{field}.per: {other:?} is not \"key\" or \"owner\""
+            ));
+            Per::Key
+        }
+    };
     Some(Limit {
         limit,
         window,
         algorithm,
+        per,
     })
 }
 
@@ -186,6 +224,18 @@ pub(super) fn validate(
             .and_then(|l| validate_limit(c, "rate_limits.failed_auth", l)),
         tiers: map(c, "tiers", raw.tiers),
         categories: map(c, "categories", raw.categories),
+        environments: map(c, "environments", raw.environments)
+            .into_iter()
+            .filter_map(|(name, l)| match crate::key::Environment::parse(&name) {
+                Some(e) => Some((e, l)),
+                None => {
+                    c.problem(format!(
+                        "rate_limits.environments.{name}: not \"live\" or \"test\""
+                    ));
+                    None
+                }
+            })
+            .collect(),
         headers,
     }
 }

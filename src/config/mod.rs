@@ -11,6 +11,7 @@ mod admin;
 mod audit;
 mod auth;
 mod check;
+mod errors;
 mod ip;
 mod keys;
 mod limits;
@@ -30,10 +31,11 @@ use check::Check;
 
 pub use admin::{AdminAddress, AdminConfig, AdminToken};
 pub use audit::AuditConfig;
-pub use auth::{AuthConfig, Carrier, MethodOverride};
+pub use auth::{AuthConfig, Carrier, CarrierSet, MethodOverride};
+pub use errors::{ErrorContract, ErrorKind, ErrorLayout, TEMPLATE_FIELDS, placeholders};
 pub use ip::{IpConfig, parse_net};
 pub use keys::KeysConfig;
-pub use limits::{Algorithm, HeaderStyles, Limit, LimiterBackend, RateLimitConfig};
+pub use limits::{Algorithm, HeaderStyles, Limit, LimiterBackend, Per, RateLimitConfig};
 pub use listen::{ListenConfig, OpsConfig};
 pub use log::{LogConfig, LogFormat};
 pub use routes::{PathPattern, RouteConfig};
@@ -81,6 +83,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
+    /// How keygate's own rejections look on the proxy port.
+    pub errors: ErrorContract,
 }
 
 /// What the policy enforces; reloaded on SIGHUP and file changes.
@@ -111,6 +115,7 @@ const SECTIONS: &[&str] = &[
     "rate_limits",
     "admin",
     "audit",
+    "errors",
 ];
 
 impl Config {
@@ -273,6 +278,7 @@ fn validate(
     let admin = admin::validate(&mut c, raw, &listen, &ops, getenv);
     let raw = c.section("audit", take("audit"));
     let audit = audit::validate(&mut c, raw, &store);
+    let errors = errors::validate(&mut c, take("errors"));
 
     Config {
         environment,
@@ -292,6 +298,7 @@ fn validate(
         },
         admin,
         audit,
+        errors,
     }
 }
 

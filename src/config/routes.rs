@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::Method;
 use serde::Deserialize;
 
-use super::auth::Carrier;
+use super::auth::{Carrier, CarrierSet};
 use super::check::Check;
 use super::limits::RateLimitConfig;
 use super::rules::{Rule, RuleKind, RuleSet};
@@ -20,6 +20,8 @@ pub struct RouteConfig {
     pub pattern: Option<PathPattern>,
     /// Empty: the global carriers.
     pub carriers: Vec<Carrier>,
+    /// The carriers the route accepts (its own, or the global ones), for the hints in 401s.
+    pub accepts: CarrierSet,
     /// No key needed.
     pub public: bool,
     /// What a request with a verified key must pass, in order.
@@ -206,6 +208,11 @@ pub(super) fn validate(
         name: name.into(),
         methods,
         pattern,
+        accepts: CarrierSet::of(if carriers.is_empty() {
+            global_carriers
+        } else {
+            &carriers
+        }),
         carriers,
         public: r.public.unwrap_or(false),
         rules: vec![

@@ -1,30 +1,55 @@
 //! The one JSON error body of the product. Every error keygate answers with itself — the proxy's
-//! rejections, the admin API's, the ops listener's — is written here.
+//! rejections (in the configured [`ErrorLayout`]), the key-management APIs', the ops
+//! listener's (in the default one) — is written here.
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-/// `{"error":{"code","message"[,"request_id"]}}`.
-pub fn error_body(code: &str, message: &str, request_id: Option<&str>) -> Bytes {
-    let mut error = serde_json::Map::new();
-    error.insert("code".into(), code.into());
-    error.insert("message".into(), message.into());
-    if let Some(id) = request_id {
-        error.insert("request_id".into(), id.into());
+use crate::config::ErrorLayout;
+
+/// The body: by default `{"error":{"code","message"[,"request_id"]}}`; field names, the
+/// wrapper, and which fields appear follow `layout`.
+pub fn error_body(
+    layout: &ErrorLayout,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: Option<&str>,
+) -> Bytes {
+    let mut fields = serde_json::Map::new();
+    if let Some(f) = &layout.status {
+        fields.insert(f.clone(), status.as_u16().into());
     }
-    Bytes::from(serde_json::json!({ "error": error }).to_string())
+    if let Some(f) = &layout.code {
+        fields.insert(f.clone(), code.into());
+    }
+    if let Some(f) = &layout.message {
+        fields.insert(f.clone(), message.into());
+    }
+    if let (Some(f), Some(id)) = (&layout.request_id, request_id) {
+        fields.insert(f.clone(), id.into());
+    }
+    let body = match &layout.wrapper {
+        Some(w) => serde_json::json!({ w.as_str(): fields }),
+        None => serde_json::Value::Object(fields),
+    };
+    Bytes::from(body.to_string())
 }
 
-/// A JSON response with [`error_body`].
+/// A JSON error response in the default layout.
 pub fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
     request_id: Option<&str>,
 ) -> Response<Full<Bytes>> {
-    json_response(status, error_body(code, message, request_id))
+    let layout = ErrorLayout::default();
+    json_response(
+        status,
+        error_body(&layout, status, code, message, request_id),
+    )
 }
 
 /// A JSON response.

@@ -16,6 +16,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 pub use crate::auth::{AuthFailure, InvalidKey};
+use crate::config::{Carrier, CarrierSet, ErrorContract, ErrorKind};
 pub use crate::policy::{Denial, PathError};
 pub use body::{error_body, error_response, json_response, no_store};
 
@@ -50,51 +51,16 @@ impl From<PathError> for Rejection {
 }
 
 impl Rejection {
+    /// The default status (the contract may choose another).
     pub fn status(&self) -> StatusCode {
-        match self {
-            Rejection::Auth(a) => match a {
-                AuthFailure::Missing | AuthFailure::Invalid(_) | AuthFailure::Expired => {
-                    StatusCode::UNAUTHORIZED
-                }
-                AuthFailure::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            },
-            Rejection::Denied(d) => match d {
-                Denial::BadPath(_) | Denial::UnknownClient => StatusCode::BAD_REQUEST,
-                Denial::WrongEnvironment { .. } => StatusCode::UNAUTHORIZED,
-                Denial::IpNotAllowed(_)
-                | Denial::KeyTypeNotAllowed
-                | Denial::InsufficientScope(_) => StatusCode::FORBIDDEN,
-                Denial::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            },
-            Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        }
+        StatusCode::from_u16(self.kind().default_status_code().0)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    /// The stable, documented machine-readable code.
+    /// The stable, documented machine-readable code (metrics and logs use it whatever the
+    /// contract says to clients).
     pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::Auth(a) => match a {
-                AuthFailure::Missing => "unauthorized",
-                AuthFailure::Invalid(_) => "invalid_key",
-                AuthFailure::Expired => "expired_key",
-                AuthFailure::Unavailable { .. } => "auth_unavailable",
-            },
-            Rejection::Denied(d) => match d {
-                Denial::BadPath(_) | Denial::UnknownClient => "bad_request",
-                Denial::WrongEnvironment { .. } => "wrong_environment",
-                Denial::IpNotAllowed(_) => "ip_not_allowed",
-                Denial::KeyTypeNotAllowed => "key_type_not_allowed",
-                Denial::InsufficientScope(_) => "insufficient_scope",
-                Denial::RateLimited { .. } => "rate_limited",
-            },
-            Rejection::PayloadTooLarge { .. } => "payload_too_large",
-            Rejection::MethodNotAllowed(_) => "method_not_allowed",
-            Rejection::UpstreamUnavailable => "upstream_unavailable",
-            Rejection::UpstreamTimeout => "upstream_timeout",
-        }
+        self.kind().default_status_code().1
     }
 
     /// Whether the upstream (not the client, not keygate) failed.
@@ -113,16 +79,94 @@ impl Rejection {
         }
     }
 
-    /// The JSON error response. `request_id` is echoed in the body (the caller sets the header).
-    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
-        let mut resp = error_response(
-            self.status(),
-            self.code(),
-            &self.to_string(),
-            Some(request_id),
-        );
+    /// Which kind of error this is, for the error contract.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Rejection::Auth(a) => match a {
+                AuthFailure::Missing => ErrorKind::MissingKey,
+                AuthFailure::Invalid(InvalidKey::Unknown) => ErrorKind::UnknownKey,
+                AuthFailure::Invalid(InvalidKey::WrongCarrier) => ErrorKind::WrongCarrier,
+                AuthFailure::Invalid(
+                    InvalidKey::Format(_)
+                    | InvalidKey::Ambiguous
+                    | InvalidKey::TooLong
+                    | InvalidKey::BadCharacters
+                    | InvalidKey::NotBearer,
+                ) => ErrorKind::MalformedKey,
+                AuthFailure::Expired => ErrorKind::ExpiredKey,
+                AuthFailure::Unavailable { .. } => ErrorKind::AuthUnavailable,
+            },
+            Rejection::Denied(d) => match d {
+                Denial::BadPath(_) | Denial::UnknownClient => ErrorKind::BadRequest,
+                Denial::WrongEnvironment { .. } => ErrorKind::WrongEnvironment,
+                Denial::IpNotAllowed(_) => ErrorKind::IpNotAllowed,
+                Denial::KeyTypeNotAllowed => ErrorKind::KeyTypeNotAllowed,
+                Denial::InsufficientScope(_) => ErrorKind::InsufficientScope,
+                Denial::RateLimited { .. } => ErrorKind::RateLimited,
+            },
+            Rejection::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            Rejection::MethodNotAllowed(_) => ErrorKind::MethodNotAllowed,
+            Rejection::UpstreamUnavailable => ErrorKind::UpstreamUnavailable,
+            Rejection::UpstreamTimeout => ErrorKind::UpstreamTimeout,
+        }
+    }
+
+    /// A message template's field, from what this rejection knows.
+    fn field(&self, name: &str, hints: &Hints, request_id: &str) -> String {
+        match (name, self) {
+            ("scope", Rejection::Denied(Denial::InsufficientScope(s))) => s.clone(),
+            ("ip", Rejection::Denied(Denial::IpNotAllowed(ip))) => ip.to_string(),
+            ("retry_after", _) => self
+                .retry_after()
+                .map(|d| d.as_secs().max(1).to_string())
+                .unwrap_or_default(),
+            ("request_id", _) => request_id.to_owned(),
+            ("carriers", _) => hints.carriers.hint(),
+            ("key_environment", Rejection::Denied(Denial::WrongEnvironment { key, .. })) => {
+                (*key).to_owned()
+            }
+            ("environment", Rejection::Denied(Denial::WrongEnvironment { instance, .. })) => {
+                (*instance).to_owned()
+            }
+            ("limit", Rejection::PayloadTooLarge { limit }) => limit.to_string(),
+            ("method", Rejection::MethodNotAllowed(m)) => (*m).to_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// The message a body carries when the contract does not reshape it: the error itself,
+    /// with the carriers the route accepts where the client must choose one.
+    fn default_message(&self, hints: &Hints) -> String {
+        match self {
+            Rejection::Auth(AuthFailure::Missing) => {
+                format!("no API key: send it as {}", hints.carriers.hint())
+            }
+            Rejection::Auth(AuthFailure::Invalid(InvalidKey::WrongCarrier)) => format!(
+                "this endpoint does not accept the API key in that header; send it as {}",
+                hints.carriers.hint()
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// The response under `contract`. `request_id` is echoed in the body (the caller sets the
+    /// header); `hints` is what the route accepts.
+    pub fn respond(
+        self,
+        contract: &ErrorContract,
+        hints: &Hints,
+        request_id: &str,
+    ) -> Response<Full<Bytes>> {
+        let (status, code, template) = contract.shape(self.kind());
+        let status = StatusCode::from_u16(status).unwrap_or_else(|_| self.status());
+        let message = match template {
+            Some(t) => render(t, |name| self.field(name, hints, request_id)),
+            None => self.default_message(hints),
+        };
+        let body = error_body(&contract.layout, status, code, &message, Some(request_id));
+        let mut resp = json_response(status, body);
         let h = resp.headers_mut();
-        if self.status() == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED && hints.carriers.contains(Carrier::Bearer) {
             h.insert(
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"api\""),
@@ -133,6 +177,47 @@ impl Rejection {
         }
         resp
     }
+
+    /// The response under the default contract, for a route accepting every carrier.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        self.respond(&ErrorContract::default(), &Hints::default(), request_id)
+    }
+}
+
+/// What the route a rejected request took accepts, for the hints in the response.
+#[derive(Clone, Copy, Debug)]
+pub struct Hints {
+    pub carriers: CarrierSet,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Hints {
+            carriers: CarrierSet::of(&[Carrier::Bearer, Carrier::ApiKeyHeader]),
+        }
+    }
+}
+
+/// `template` with each `{name}` replaced by `field(name)`.
+fn render(template: &str, field: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.find('}') {
+            Some(j) => {
+                out.push_str(&field(&after[..j]));
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

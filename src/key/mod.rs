@@ -5,8 +5,15 @@
 mod format;
 mod hash;
 
-pub use format::{Environment, KeyFormat, KeyFormatError, KeyType, Labels, NewKey, ParsedKey};
+pub use format::{
+    Alphabet, Environment, KeyFormat, KeyFormatError, KeyType, Labels, NewKey, ParsedKey, Shape,
+};
 pub use hash::{Argon2Cost, KeyHasher, LookupHash, PhcError};
+
+/// Defaults of the key format.
+pub mod format_defaults {
+    pub use super::format::RANDOM_LEN;
+}
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;

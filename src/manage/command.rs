@@ -40,6 +40,10 @@ pub enum KeysCommand {
         /// Client addresses allowed to use the key (IP or CIDR); repeatable. Default: any.
         #[arg(long = "allow-ip", value_parser = parse_net_arg)]
         allow_ip: Vec<ipnet::IpNet>,
+        /// Allowed values of a request attribute (`[attributes.<name>]`), e.g.
+        /// `country=NG,KE`; repeatable.
+        #[arg(long = "restrict", value_parser = parse_restriction)]
+        restrict: Vec<(String, Vec<String>)>,
         /// A rate-limit tier from `[rate_limits.tiers]`, e.g. `pro`.
         #[arg(long, conflicts_with = "rate_limit")]
         tier: Option<String>,
@@ -78,6 +82,12 @@ pub enum KeysCommand {
         /// Replaces the IP allowlist; repeatable.
         #[arg(long = "allow-ip", value_parser = parse_net_arg)]
         allow_ip: Option<Vec<ipnet::IpNet>>,
+        /// Replaces the attribute restrictions (`country=NG,KE`; repeatable).
+        #[arg(long = "restrict", value_parser = parse_restriction)]
+        restrict: Option<Vec<(String, Vec<String>)>>,
+        /// Lifts every attribute restriction.
+        #[arg(long, conflicts_with = "restrict")]
+        no_restrictions: bool,
         #[arg(long, conflicts_with = "rate_limit")]
         tier: Option<String>,
         #[arg(long = "rate-limit", value_parser = parse_rate)]
@@ -146,6 +156,22 @@ fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
         return Err("limit and window (whole seconds) must be greater than zero".into());
     }
     Ok((n, w))
+}
+
+fn parse_restriction(s: &str) -> Result<(String, Vec<String>), String> {
+    let (name, values) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not attribute=value,value"))?;
+    let values: Vec<String> = values
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if values.is_empty() {
+        return Err(format!("{s:?}: at least one allowed value"));
+    }
+    Ok((name.trim().to_owned(), values))
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
@@ -256,6 +282,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
             expires_in,
             metadata,
             allow_ip,
+            restrict,
             tier,
             rate_limit,
             json,
@@ -267,6 +294,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                 metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
                 ip_allowlist: allow_ip,
                 rate_limit: rate_limit_arg(tier, rate_limit),
+                restrictions: restrict.into_iter().collect(),
                 ..NewRecord::new(owner, env.into(), key_type.into())
             };
             let out = match backend {
@@ -281,7 +309,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                         "name": req.name, "scopes": req.scopes,
                         "expires_in": req.expires_in.map(|d| d.as_secs()),
                         "metadata": req.metadata, "ip_allowlist": req.ip_allowlist,
-                        "rate_limit": req.rate_limit,
+                        "rate_limit": req.rate_limit, "restrictions": req.restrictions,
                     });
                     c.call("POST", "/v1/keys", Some(body)).await?
                 }
@@ -357,6 +385,8 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
             name,
             scopes,
             allow_ip,
+            restrict,
+            no_restrictions,
             tier,
             rate_limit,
             expires_in,
@@ -374,6 +404,11 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     (None, false) => None,
                 },
                 metadata: None,
+                restrictions: match (restrict, no_restrictions) {
+                    (Some(r), _) => Some(r.into_iter().collect()),
+                    (None, true) => Some(BTreeMap::new()),
+                    (None, false) => None,
+                },
             };
             let v = match backend {
                 Backend::Store(tool) => {
@@ -396,6 +431,9 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     }
                     if let Some(e) = &patch.expires_at {
                         body.insert("expires_at".into(), serde_json::json!(e));
+                    }
+                    if let Some(r) = &patch.restrictions {
+                        body.insert("restrictions".into(), serde_json::json!(r));
                     }
                     c.call(
                         "PATCH",

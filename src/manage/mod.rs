@@ -35,6 +35,15 @@ pub enum ManageError {
     Task(String),
 }
 
+impl From<crate::store::MintError> for ManageError {
+    fn from(e: crate::store::MintError) -> Self {
+        match e {
+            crate::store::MintError::Format(f) => ManageError::Invalid(format!("type: {f}")),
+            crate::store::MintError::Hash(h) => ManageError::Hash(h),
+        }
+    }
+}
+
 impl ManageError {
     fn task(e: tokio::task::JoinError) -> ManageError {
         ManageError::Task(e.to_string())
@@ -50,6 +59,8 @@ pub struct KeyTool {
     max_key_length: usize,
     /// How long [`KeyTool::propagate`] waits for the proxies serving the store.
     propagation_timeout: Duration,
+    /// What a key created without scopes gets (`keys.default_scopes`).
+    default_scopes: Vec<String>,
 }
 
 impl KeyTool {
@@ -61,6 +72,7 @@ impl KeyTool {
             audit: None,
             max_key_length: 256,
             propagation_timeout: Duration::from_secs(1),
+            default_scopes: Vec::new(),
         }
     }
 
@@ -71,7 +83,8 @@ impl KeyTool {
 
     /// Key management over an already open store (e.g. a running proxy's).
     pub fn with_store(store: Store, cfg: &Config) -> Result<Self, ManageError> {
-        let format = KeyFormat::new(&cfg.keys.labels).map_err(ManageError::Invalid)?;
+        let format = KeyFormat::with_shape(&cfg.keys.labels, cfg.keys.shape)
+            .map_err(ManageError::Invalid)?;
         let hasher = KeyHasher::with_cost(
             cfg.keys.pepper.as_ref().map(|p| p.expose()),
             cfg.keys.argon2,
@@ -79,6 +92,7 @@ impl KeyTool {
         Ok(KeyTool {
             max_key_length: cfg.keys.max_length,
             propagation_timeout: cfg.propagation.timeout,
+            default_scopes: cfg.keys.default_scopes.clone(),
             ..KeyTool::new(store, format, hasher)
         })
     }
@@ -122,9 +136,12 @@ impl KeyTool {
 
     pub async fn create(
         &self,
-        req: NewRecord,
+        mut req: NewRecord,
         actor: &str,
     ) -> Result<(NewKey, KeyRecord), ManageError> {
+        if req.scopes.is_empty() {
+            req.scopes = self.default_scopes.clone();
+        }
         let problems = req.problems();
         if !problems.is_empty() {
             return Err(ManageError::Invalid(problems.join("; ")));

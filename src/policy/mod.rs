@@ -283,8 +283,21 @@ impl Policy {
                 }
                 other => self.check(other, &identity, &admitted, method),
             };
-            if let Err(denial) = verdict {
-                self.enforce(route, rule.kind(), Some(identity.key_id()), denial)?;
+            if let Err(denial) = verdict
+                && let Err(denial) =
+                    self.enforce(route, rule.kind(), Some(identity.key_id()), denial)
+            {
+                // Denied before its limits were checked: the response still reports them.
+                if !matches!(rule, Rule::RateLimit { .. })
+                    && let Some(Rule::RateLimit { category }) = route
+                        .rules
+                        .iter()
+                        .find(|r| matches!(r, Rule::RateLimit { .. }))
+                {
+                    self.peek_rate_limits(&identity, category.as_deref(), rate)
+                        .await;
+                }
+                return Err(denial);
             }
         }
         Ok(Permit {
@@ -341,9 +354,12 @@ impl Policy {
                     limit,
                 )])
                 .await;
+            // Evaluated: reported on the response, whatever happens next.
+            if let Some(d) = d.first() {
+                rate.note(*d);
+            }
             if let Some(d) = d.first().filter(|d| !d.allowed) {
                 self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                rate.note(*d);
                 let denial = Denial::RateLimited {
                     retry_after: d.retry_after,
                 };

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 
 use http::Method;
 
-use super::ratelimit::{Counter, Decision, Limit, RateReport};
+use super::ratelimit::{Counter, Decision, Limit, RateReport, Subject};
 use super::{Admitted, Denial, Policy, Rule, scopes};
 use crate::auth::Identity;
-use crate::key::KeyType;
+use crate::config::Per;
 use crate::store::KeyRateLimit;
 
 impl Policy {
@@ -35,9 +35,17 @@ impl Policy {
         }
     }
 
-    /// The key's environment (from its record) is the instance's.
+    /// The key's environment is the instance's — both as its record says and as the key
+    /// itself says (`sk_live_…`): an imported live-looking key whose record says test is not
+    /// accepted as a test key, nor the reverse.
     fn environment(&self, identity: &Identity) -> Result<(), Denial> {
-        let key = identity.record().environment;
+        let recorded = identity.record().environment;
+        let named = identity.presented_environment().unwrap_or(recorded);
+        let key = if named != self.environment {
+            named
+        } else {
+            recorded
+        };
         if key == self.environment {
             return Ok(());
         }
@@ -73,26 +81,42 @@ impl Policy {
         })
     }
 
+    /// The key's own limit and its route category's, each counted per key or per owner.
+    /// The key's own: its explicit limit, else its environment's, else its tier's, else the
+    /// default.
     fn key_limits(&self, identity: &Identity, category: Option<&str>) -> Vec<(Counter, Limit)> {
         let rec = identity.record();
         let rl = &self.config.rate_limits;
+        let env_limit = || {
+            rl.environments
+                .iter()
+                .find(|(e, _)| *e == rec.environment)
+                .map(|(_, l)| *l)
+        };
         let own = match &rec.rate_limit {
             Some(KeyRateLimit::Explicit { limit, window_secs }) => Some(Limit {
-                limit: *limit,
-                window: std::time::Duration::from_secs(*window_secs),
                 algorithm: rl
                     .key
                     .map_or(super::ratelimit::Algorithm::FixedWindow, |l| l.algorithm),
+                ..Limit::new(*limit, std::time::Duration::from_secs(*window_secs))
             }),
-            Some(KeyRateLimit::Tier { tier }) => rl.tiers.get(tier).copied().or(rl.key),
-            None => rl.key,
+            Some(KeyRateLimit::Tier { tier }) => env_limit()
+                .or_else(|| rl.tiers.get(tier).copied())
+                .or(rl.key),
+            None => env_limit().or(rl.key),
         };
-        let subject = super::ratelimit::Subject::Key(Arc::clone(identity.key_id()));
+        let subject = |per: Per| match per {
+            Per::Key => Subject::Key {
+                id: Arc::clone(identity.key_id()),
+                owner: Arc::clone(identity.owner()),
+            },
+            Per::Owner => Subject::Owner(Arc::clone(identity.owner())),
+        };
         let mut out = Vec::with_capacity(2);
         if let Some(limit) = own {
             out.push((
                 Counter {
-                    subject: subject.clone(),
+                    subject: subject(limit.per),
                     name: Arc::clone(&self.names.key),
                 },
                 limit,
@@ -103,7 +127,7 @@ impl Policy {
         {
             out.push((
                 Counter {
-                    subject,
+                    subject: subject(limit.per),
                     name: Arc::clone(name),
                 },
                 *limit,
@@ -111,11 +135,24 @@ impl Policy {
         }
         out
     }
+
+    /// The state of the key's limits, consuming nothing: for the rate-limit headers of a
+    /// request denied before its limits were checked.
+    pub(super) async fn peek_rate_limits(
+        &self,
+        identity: &Identity,
+        category: Option<&str>,
+        rate: &mut RateReport,
+    ) {
+        for (counter, limit) in self.key_limits(identity, category) {
+            rate.note(self.limiter.peek(counter, limit).await);
+        }
+    }
 }
 
 /// Publishable keys only where the route allows them.
 fn key_type(identity: &Identity, allow_publishable: bool) -> Result<(), Denial> {
-    if identity.record().key_type == KeyType::Publishable && !allow_publishable {
+    if identity.is_publishable() && !allow_publishable {
         return Err(Denial::KeyTypeNotAllowed);
     }
     Ok(())

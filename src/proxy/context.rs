@@ -9,6 +9,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::headers::request_id;
+use crate::error::Hints;
 use crate::policy::Trace;
 
 pub(super) struct Context {
@@ -20,6 +21,8 @@ pub(super) struct Context {
     pub unread_body: bool,
     /// Client address, route and rate-limit state, as the policy found them.
     pub trace: Trace,
+    /// What the route accepts, for the hints in a rejection.
+    pub hints: Hints,
     pub key_id: Option<Arc<str>>,
     /// Display prefix of a key that failed verification.
     pub key_prefix: Option<String>,
@@ -39,6 +42,7 @@ impl Context {
             method: req.method().clone(),
             uri: req.uri().clone(),
             trace: Trace::default(),
+            hints: Hints::default(),
             key_id: None,
             key_prefix: None,
             code: None,

@@ -23,7 +23,7 @@ use super::pool::PooledBody;
 use super::upgrade::Edge;
 use crate::audit::Audit;
 use crate::auth::{self, AuthFailure, Identity, Verifier};
-use crate::config::Carrier;
+use crate::config::{Carrier, ErrorContract};
 use crate::error::Rejection;
 use crate::policy::ratelimit::set_rate_limit_headers;
 use crate::policy::{Admitted, Permit, Policy};
@@ -48,6 +48,8 @@ pub struct App {
     pub(crate) access_log: bool,
     /// CONNECT and upgrades.
     pub(crate) edge: Edge,
+    /// How rejections look to clients.
+    pub(crate) errors: ErrorContract,
 }
 
 /// The route label of requests refused before routing (e.g. a malformed path).
@@ -90,6 +92,7 @@ impl App {
                 &mut cx.trace,
             )
             .await?; // 400 / 403 / 429
+        cx.hints.carriers = admitted.route().accepts;
         // A CONNECT tunnel is never public: it always needs a key.
         let permit = if admitted.route().public && !connect {
             policy.public(admitted)
@@ -211,7 +214,11 @@ impl App {
                     cx.reason = Some(err.to_string());
                 }
                 let mut resp = err
-                    .into_response(cx.request_id.to_str().unwrap_or_default())
+                    .respond(
+                        &self.errors,
+                        &cx.hints,
+                        cx.request_id.to_str().unwrap_or_default(),
+                    )
                     .map(Either::Right);
                 if cx.unread_body {
                     resp.headers_mut()

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 pub use changes::Listener;
 pub use file::FileStore;
 pub use propagation::{Propagation, default_replica_id};
-pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, NewRecord};
+pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, MintError, NewRecord};
 pub use redis::RedisStore;
 
 use crate::key::LookupHash;

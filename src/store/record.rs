@@ -7,8 +7,18 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::key::{
-    Environment, KeyFormat, KeyHasher, KeyType, LookupHash, NewKey, PhcError, new_key_id,
+    Environment, KeyFormat, KeyFormatError, KeyHasher, KeyType, LookupHash, NewKey, PhcError,
+    new_key_id,
 };
+
+/// Why a key could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("{0}")]
+    Format(#[from] KeyFormatError),
+    #[error("{0}")]
+    Hash(#[from] PhcError),
+}
 use crate::time::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +44,9 @@ pub struct KeyRecord {
     /// Overrides the default per-key rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<KeyRateLimit>,
+    /// Allowed values of request attributes (`[attributes.<name>]`), e.g. `country: [NG, KE]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restrictions: BTreeMap<String, Vec<String>>,
     pub created_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
@@ -140,6 +153,8 @@ pub struct KeyView<'a> {
     pub ip_allowlist: &'a [IpNet],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<&'a KeyRateLimit>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub restrictions: &'a BTreeMap<String, Vec<String>>,
     pub state: KeyState,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
@@ -165,6 +180,7 @@ impl KeyRecord {
             scopes: &self.scopes,
             ip_allowlist: &self.ip_allowlist,
             rate_limit: self.rate_limit.as_ref(),
+            restrictions: &self.restrictions,
             state: self.state(now),
             created_at: self.created_at,
             expires_at: self.expires_at,
@@ -189,6 +205,7 @@ pub struct NewRecord {
     pub metadata: BTreeMap<String, String>,
     pub ip_allowlist: Vec<IpNet>,
     pub rate_limit: Option<KeyRateLimit>,
+    pub restrictions: BTreeMap<String, Vec<String>>,
 }
 
 impl NewRecord {
@@ -204,6 +221,7 @@ impl NewRecord {
             metadata: BTreeMap::new(),
             ip_allowlist: Vec::new(),
             rate_limit: None,
+            restrictions: BTreeMap::new(),
         }
     }
 
@@ -223,6 +241,7 @@ impl NewRecord {
             &self.metadata,
             self.rate_limit.as_ref(),
         );
+        restriction_problems(&mut out, &self.restrictions);
         out
     }
 
@@ -233,11 +252,11 @@ impl NewRecord {
         format: &KeyFormat,
         hasher: &KeyHasher,
         now: Timestamp,
-    ) -> Result<(NewKey, KeyRecord), PhcError> {
-        let key = format.generate(self.key_type, self.environment);
+    ) -> Result<(NewKey, KeyRecord), MintError> {
+        let key = format.generate(self.key_type, self.environment)?;
         let record = KeyRecord {
-            id: new_key_id(),
-            lookup_hash: hasher.lookup_hash(&key.key),
+            id: key.record_id.clone().unwrap_or_else(new_key_id),
+            lookup_hash: hasher.lookup_hash(&key.lookup_material),
             phc: hasher.phc(&key.key)?,
             display_prefix: key.display_prefix.clone(),
             key_type: self.key_type,
@@ -247,6 +266,7 @@ impl NewRecord {
             scopes: self.scopes,
             ip_allowlist: self.ip_allowlist,
             rate_limit: self.rate_limit,
+            restrictions: self.restrictions,
             created_at: now,
             expires_at: self.expires_in.map(|d| now.saturating_add(d)),
             revoked_at: None,
@@ -272,6 +292,7 @@ impl NewRecord {
             metadata: old.metadata.clone(),
             ip_allowlist: old.ip_allowlist.clone(),
             rate_limit: old.rate_limit.clone(),
+            restrictions: old.restrictions.clone(),
         }
     }
 }
@@ -314,6 +335,23 @@ fn attribute_problems(
     }
 }
 
+/// Problems with attribute restrictions: names and values are short tokens, a list is not empty.
+fn restriction_problems(out: &mut Vec<String>, restrictions: &BTreeMap<String, Vec<String>>) {
+    for (name, values) in restrictions {
+        if !is_token(name, 64) {
+            out.push(format!("restrictions: {name:?} is not an attribute name"));
+        }
+        if values.is_empty() || values.len() > 1000 {
+            out.push(format!(
+                "restrictions.{name}: 1-1000 allowed values (remove the attribute to lift it)"
+            ));
+        }
+        if values.iter().any(|v| v.is_empty() || v.len() > 256) {
+            out.push(format!("restrictions.{name}: values are 1-256 bytes"));
+        }
+    }
+}
+
 /// A partial update of a key's attributes (`PATCH /v1/keys/{id}`). Absent fields stay as they
 /// are; `null` clears the optional ones.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -328,6 +366,8 @@ pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<Timestamp>>,
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Replaces the restrictions (`{}` lifts them all).
+    pub restrictions: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
@@ -347,6 +387,7 @@ impl KeyPatch {
             && self.rate_limit.is_none()
             && self.expires_at.is_none()
             && self.metadata.is_none()
+            && self.restrictions.is_none()
     }
 
     /// Every problem with the patch, naming the field.
@@ -359,6 +400,9 @@ impl KeyPatch {
             self.metadata.as_ref().unwrap_or(&BTreeMap::new()),
             self.rate_limit.as_ref().and_then(Option::as_ref),
         );
+        if let Some(r) = &self.restrictions {
+            restriction_problems(&mut out, r);
+        }
         out
     }
 
@@ -407,6 +451,12 @@ impl KeyPatch {
             &mut rec.metadata,
             self.metadata.as_ref(),
         );
+        set(
+            &mut c,
+            "restrictions",
+            &mut rec.restrictions,
+            self.restrictions.as_ref(),
+        );
         c
     }
 }
@@ -435,6 +485,7 @@ mod tests {
             metadata: BTreeMap::new(),
             ip_allowlist: Vec::new(),
             rate_limit: None,
+            restrictions: BTreeMap::new(),
         }
     }
 

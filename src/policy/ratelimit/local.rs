@@ -207,7 +207,7 @@ mod tests {
 
     fn counter(s: &str) -> Counter {
         Counter {
-            subject: super::super::Subject::Key(s.into()),
+            subject: super::super::Subject::Owner(s.into()),
             name: "n".into(),
         }
     }
@@ -221,6 +221,7 @@ mod tests {
             limit: 1,
             window: Duration::from_millis(1),
             algorithm: Algorithm::Gcra,
+            per: crate::config::Per::Key,
         };
         l.acquire(&[(counter("a"), limit)]);
         std::thread::sleep(Duration::from_millis(5));

@@ -63,21 +63,45 @@ impl RateReport {
     }
 }
 
-/// Whose counter it is. Counters of one subject are checked atomically together (one Redis
-/// hash tag). Cheap to clone: no allocation per request.
+/// Whose counter it is. The counters one check takes together share a *group* — an owner
+/// (its keys' counters and its own), or a client address — which is one Redis hash tag, so the
+/// check stays one atomic script on one Cluster slot. Cheap to clone: no allocation per
+/// request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Subject {
-    /// A key, by id.
-    Key(Arc<str>),
+    /// A key, by id, of an owner.
+    Key { id: Arc<str>, owner: Arc<str> },
+    /// An owner (every key it has): ZendFi's per-merchant limits.
+    Owner(Arc<str>),
     /// A client address; IPv6 already reduced to its /64.
     Ip(IpAddr),
+}
+
+impl Subject {
+    /// The group (hash tag) the counter lives in.
+    pub fn group(&self) -> Group<'_> {
+        Group(self)
+    }
+}
+
+/// [`Subject::group`], displayed: `o:<owner>` or `ip:<address>`.
+pub struct Group<'a>(&'a Subject);
+
+impl fmt::Display for Group<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Subject::Key { owner, .. } | Subject::Owner(owner) => write!(f, "o:{owner}"),
+            Subject::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
 }
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Subject::Key(id) => write!(f, "k:{id}"),
-            Subject::Ip(ip) => write!(f, "ip:{ip}"),
+            Subject::Key { id, .. } => write!(f, "k:{id}"),
+            Subject::Owner(_) => f.write_str("o"),
+            Subject::Ip(_) => f.write_str("ip"),
         }
     }
 }

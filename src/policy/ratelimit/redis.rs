@@ -87,14 +87,17 @@ impl RedisLimiter {
         &self.fallback
     }
 
-    /// Checks (and when `consume`, takes) every limit; all counters must share one subject.
+    /// Checks (and when `consume`, takes) every limit; all counters must share one group.
     pub async fn check(&self, limits: &[(Counter, Limit)], consume: bool) -> Vec<Decision> {
         let mut inv = CHECK.prepare_invoke();
         inv.arg(u8::from(consume));
         for (counter, limit) in limits {
             inv.key(format!(
-                "{{{}:rl:{}}}:{}",
-                self.prefix, counter.subject, counter.name
+                "{{{}:rl:{}}}:{}:{}",
+                self.prefix,
+                counter.subject.group(),
+                counter.subject,
+                counter.name
             ));
             inv.arg(match limit.algorithm {
                 Algorithm::FixedWindow => "f",
