@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
 use crate::error::api::ApiError;
+use crate::policy::path::percent_decode;
 use crate::time::Timestamp;
 
 /// Largest accepted request body.
@@ -82,30 +83,6 @@ impl Query {
             })
             .transpose()
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A duration as whole seconds or a human string (`"24h"`).

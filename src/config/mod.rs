@@ -8,6 +8,7 @@
 //! else, and every other module takes its settings from here.
 
 mod admin;
+mod attributes;
 mod audit;
 mod auth;
 mod check;
@@ -30,6 +31,7 @@ use crate::key::Environment;
 use check::Check;
 
 pub use admin::{AdminAddress, AdminConfig, AdminToken};
+pub use attributes::{AttributeConfig, AttributeSource};
 pub use audit::AuditConfig;
 pub use auth::{AuthConfig, Carrier, CarrierSet, MethodOverride};
 pub use errors::{ErrorContract, ErrorKind, ErrorLayout, TEMPLATE_FIELDS, placeholders};
@@ -94,6 +96,8 @@ pub struct PolicyConfig {
     pub default_route: RouteConfig,
     pub ip: IpConfig,
     pub rate_limits: RateLimitConfig,
+    /// Request attributes keys can be restricted on.
+    pub attributes: Vec<std::sync::Arc<AttributeConfig>>,
 }
 
 /// The prefix of environment variables that override file settings: `KEYGATE__UPSTREAM__URL`.
@@ -116,6 +120,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "audit",
     "errors",
+    "attributes",
 ];
 
 impl Config {
@@ -238,6 +243,12 @@ fn validate(
     let log = log::validate(&mut c, raw);
     let raw = c.section("rate_limits", take("rate_limits"));
     let rate_limits = limits::validate(&mut c, raw, matches!(store, StoreConfig::Redis(_)));
+    let raw: std::collections::BTreeMap<String, attributes::RawAttribute> =
+        c.section("attributes", take("attributes"));
+    let attributes: Vec<std::sync::Arc<AttributeConfig>> = attributes::validate(&mut c, raw)
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect();
     let raw_routes: Vec<routes::RawRoute> = match take("routes") {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
@@ -256,7 +267,15 @@ fn validate(
         .enumerate()
         .map(|(i, r)| {
             let field = format!("routes[{i}]");
-            let route = routes::validate(&mut c, &field, r, false, &auth.carriers, &rate_limits);
+            let route = routes::validate(
+                &mut c,
+                &field,
+                r,
+                false,
+                &auth.carriers,
+                &rate_limits,
+                &attributes,
+            );
             if !names.insert(route.name.clone()) {
                 c.problem(format!("{field}.name: {:?} is used twice", route.name));
             }
@@ -271,8 +290,19 @@ fn validate(
         true,
         &auth.carriers,
         &rate_limits,
+        &attributes,
     );
     let raw = c.section("ip", take("ip"));
+    for a in &attributes {
+        for name in &a.routes {
+            if !routes.iter().any(|r| *r.name == **name) && name != "default" {
+                c.problem(format!(
+                    "attributes.{}.routes: no route is named {name:?}",
+                    a.name
+                ));
+            }
+        }
+    }
     let ip = ip::validate(&mut c, raw);
     let raw = c.section("admin", take("admin"));
     let admin = admin::validate(&mut c, raw, &listen, &ops, getenv);
@@ -295,6 +325,7 @@ fn validate(
             default_route,
             ip,
             rate_limits,
+            attributes,
         },
         admin,
         audit,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::Method;
 use serde::Deserialize;
 
+use super::attributes::{AttributeConfig, AttributeSource};
 use super::auth::{Carrier, CarrierSet};
 use super::check::Check;
 use super::limits::RateLimitConfig;
@@ -58,7 +59,7 @@ pub(super) struct RawRoute {
 enum Segment {
     Literal(String),
     /// `{name}`: exactly one non-empty segment.
-    Param,
+    Param(String),
 }
 
 /// `/v1/payments` (exact; a trailing slash is the same route), `/v1/payments/{id}/capture`
@@ -91,7 +92,7 @@ impl PathPattern {
                 ));
             }
             if p.starts_with('{') && p.ends_with('}') && p.len() > 2 {
-                segments.push(Segment::Param);
+                segments.push(Segment::Param(p[1..p.len() - 1].to_owned()));
             } else if p.contains(['{', '}']) {
                 return Err(format!(
                     "{pattern:?}: a parameter must be a whole segment, like {{id}}"
@@ -109,11 +110,26 @@ impl PathPattern {
         for seg in &self.segments {
             match (seg, parts.next()) {
                 (Segment::Literal(l), Some(p)) if l == p => {}
-                (Segment::Param, Some(_)) => {}
+                (Segment::Param(_), Some(_)) => {}
                 _ => return false,
             }
         }
         self.prefix || parts.next().is_none()
+    }
+
+    pub fn has_param(&self, name: &str) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Param(n) if n == name))
+    }
+
+    /// The value of `{name}` in a normalised `path` this pattern matches.
+    pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
+        let parts = path.split('/').filter(|s| !s.is_empty());
+        self.segments
+            .iter()
+            .zip(parts)
+            .find_map(|(seg, part)| matches!(seg, Segment::Param(n) if n == name).then_some(part))
     }
 }
 
@@ -124,6 +140,7 @@ pub(super) fn validate(
     is_default: bool,
     global_carriers: &[Carrier],
     limits: &RateLimitConfig,
+    attributes: &[Arc<AttributeConfig>],
 ) -> RouteConfig {
     let pattern = match (r.path, is_default) {
         (Some(p), false) => match PathPattern::parse(&p) {
@@ -204,6 +221,27 @@ pub(super) fn validate(
             field.to_owned()
         }
     });
+    let mut rules = vec![
+        Rule::Environment,
+        Rule::KeyType {
+            allow_publishable: r.allow_publishable.unwrap_or(false),
+        },
+        Rule::KeyIp,
+        Rule::Scope(r.scope.filter(|s| !s.is_empty())),
+    ];
+    for a in attributes {
+        let listed = a.routes.is_empty() || a.routes.iter().any(|n| *n == name);
+        let findable = match &a.source {
+            AttributeSource::Path(p) => pattern.as_ref().is_some_and(|pat| pat.has_param(p)),
+            _ => true,
+        };
+        if listed && findable {
+            rules.push(Rule::Attribute(Arc::clone(a)));
+        }
+    }
+    rules.push(Rule::RateLimit {
+        category: r.category,
+    });
     RouteConfig {
         name: name.into(),
         methods,
@@ -215,17 +253,7 @@ pub(super) fn validate(
         }),
         carriers,
         public: r.public.unwrap_or(false),
-        rules: vec![
-            Rule::Environment,
-            Rule::KeyType {
-                allow_publishable: r.allow_publishable.unwrap_or(false),
-            },
-            Rule::KeyIp,
-            Rule::Scope(r.scope.filter(|s| !s.is_empty())),
-            Rule::RateLimit {
-                category: r.category,
-            },
-        ],
+        rules,
         report_only,
     }
 }

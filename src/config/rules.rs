@@ -18,6 +18,8 @@ pub enum Rule {
     KeyIp,
     /// The key holds the route's scope (`None`: only a read-only key's method restriction).
     Scope(Option<String>),
+    /// The request's value of an attribute is one the key is restricted to (when it is).
+    Attribute(std::sync::Arc<super::AttributeConfig>),
     /// The key's own limit, and its route category's.
     RateLimit { category: Option<String> },
 }
@@ -29,6 +31,7 @@ impl Rule {
             Rule::KeyType { .. } => RuleKind::KeyType,
             Rule::KeyIp => RuleKind::Ip,
             Rule::Scope(_) => RuleKind::Scope,
+            Rule::Attribute(_) => RuleKind::Attribute,
             Rule::RateLimit { .. } => RuleKind::RateLimit,
         }
     }
@@ -42,16 +45,19 @@ pub enum RuleKind {
     Environment,
     KeyType,
     Scope,
+    /// The key's restrictions on request attributes.
+    Attribute,
     /// The per-IP floor and the key's limits.
     RateLimit,
 }
 
 impl RuleKind {
-    pub const ALL: [RuleKind; 5] = [
+    pub const ALL: [RuleKind; 6] = [
         RuleKind::Ip,
         RuleKind::Environment,
         RuleKind::KeyType,
         RuleKind::Scope,
+        RuleKind::Attribute,
         RuleKind::RateLimit,
     ];
 
@@ -61,6 +67,7 @@ impl RuleKind {
             RuleKind::Environment => "environment",
             RuleKind::KeyType => "key_type",
             RuleKind::Scope => "scope",
+            RuleKind::Attribute => "attribute",
             RuleKind::RateLimit => "rate_limit",
         }
     }

@@ -32,6 +32,9 @@ pub enum Rejection {
     /// `CONNECT`: keygate is not a forward proxy.
     #[error("method {0} is not allowed")]
     MethodNotAllowed(&'static str),
+    /// The request body could not be read (before forwarding, to check a restriction).
+    #[error("{0}")]
+    BadBody(&'static str),
     #[error("the upstream service is unavailable")]
     UpstreamUnavailable,
     #[error("the upstream service did not answer in time")]
@@ -103,9 +106,14 @@ impl Rejection {
                 Denial::KeyTypeNotAllowed => ErrorKind::KeyTypeNotAllowed,
                 Denial::InsufficientScope(_) => ErrorKind::InsufficientScope,
                 Denial::RateLimited { .. } => ErrorKind::RateLimited,
+                Denial::AttributeNotAllowed { .. } | Denial::AttributeMissing { .. } => {
+                    ErrorKind::AttributeNotAllowed
+                }
+                Denial::AttributeUnreadable { .. } => ErrorKind::BadRequest,
             },
             Rejection::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Rejection::MethodNotAllowed(_) => ErrorKind::MethodNotAllowed,
+            Rejection::BadBody(_) => ErrorKind::BadRequest,
             Rejection::UpstreamUnavailable => ErrorKind::UpstreamUnavailable,
             Rejection::UpstreamTimeout => ErrorKind::UpstreamTimeout,
         }
@@ -129,6 +137,17 @@ impl Rejection {
                 (*instance).to_owned()
             }
             ("limit", Rejection::PayloadTooLarge { limit }) => limit.to_string(),
+            (
+                "attribute",
+                Rejection::Denied(
+                    Denial::AttributeNotAllowed { attribute, .. }
+                    | Denial::AttributeMissing { attribute }
+                    | Denial::AttributeUnreadable { attribute },
+                ),
+            ) => attribute.clone(),
+            ("value", Rejection::Denied(Denial::AttributeNotAllowed { value, .. })) => {
+                value.clone()
+            }
             ("method", Rejection::MethodNotAllowed(m)) => (*m).to_owned(),
             _ => String::new(),
         }

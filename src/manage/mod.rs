@@ -61,6 +61,8 @@ pub struct KeyTool {
     propagation_timeout: Duration,
     /// What a key created without scopes gets (`keys.default_scopes`).
     default_scopes: Vec<String>,
+    /// The attributes keys can be restricted on (`[attributes.<name>]`).
+    attributes: Vec<String>,
 }
 
 impl KeyTool {
@@ -73,6 +75,7 @@ impl KeyTool {
             max_key_length: 256,
             propagation_timeout: Duration::from_secs(1),
             default_scopes: Vec::new(),
+            attributes: Vec::new(),
         }
     }
 
@@ -93,6 +96,12 @@ impl KeyTool {
             max_key_length: cfg.keys.max_length,
             propagation_timeout: cfg.propagation.timeout,
             default_scopes: cfg.keys.default_scopes.clone(),
+            attributes: cfg
+                .policy
+                .attributes
+                .iter()
+                .map(|a| a.name.clone())
+                .collect(),
             ..KeyTool::new(store, format, hasher)
         })
     }
@@ -105,6 +114,14 @@ impl KeyTool {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Restrictions on attributes the configuration does not define can never be checked.
+    fn unknown_attributes<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<String> {
+        names
+            .filter(|n| !self.attributes.contains(n))
+            .map(|n| format!("restrictions: no attribute {n:?} is configured ([attributes.{n}])"))
+            .collect()
     }
 
     /// Waits (bounded by `store.propagation_timeout`) until every proxy serving the store has
@@ -142,7 +159,8 @@ impl KeyTool {
         if req.scopes.is_empty() {
             req.scopes = self.default_scopes.clone();
         }
-        let problems = req.problems();
+        let mut problems = req.problems();
+        problems.extend(self.unknown_attributes(req.restrictions.keys()));
         if !problems.is_empty() {
             return Err(ManageError::Invalid(problems.join("; ")));
         }
@@ -202,7 +220,10 @@ impl KeyTool {
         patch: KeyPatch,
         actor: &str,
     ) -> Result<KeyRecord, ManageError> {
-        let problems = patch.problems();
+        let mut problems = patch.problems();
+        if let Some(r) = &patch.restrictions {
+            problems.extend(self.unknown_attributes(r.keys()));
+        }
         if !problems.is_empty() {
             return Err(ManageError::Invalid(problems.join("; ")));
         }

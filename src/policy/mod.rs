@@ -59,12 +59,34 @@ pub enum Denial {
     InsufficientScope(String),
     #[error("rate limit exceeded; retry after {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    #[error("API key is not allowed for {attribute} {value:?}")]
+    AttributeNotAllowed { attribute: String, value: String },
+    #[error("API key is restricted on {attribute}, and this request does not say which")]
+    AttributeMissing { attribute: String },
+    /// The JSON body a restriction is checked against cannot be parsed: fail closed.
+    #[error(
+        "the request body is not JSON, so the API key's {attribute} restriction cannot be checked"
+    )]
+    AttributeUnreadable { attribute: String },
 }
 
 impl From<PathError> for Denial {
     fn from(e: PathError) -> Self {
         Denial::BadPath(e)
     }
+}
+
+/// What the rules read of a request besides its key and route.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// The effective method (an honoured override).
+    pub method: &'a Method,
+    /// The path as the client sent it (the normalised one is the admission's).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The body, when [`Policy::body_needed`] asked for it.
+    pub body: Option<&'a [u8]>,
 }
 
 /// A request that passed admission: who is calling, which route it takes, and the path that
@@ -272,7 +294,7 @@ impl Policy {
         &self,
         identity: Identity,
         admitted: Admitted<'p>,
-        method: &Method,
+        view: &RequestView<'_>,
         rate: &mut RateReport,
     ) -> Result<Permit<'p>, Denial> {
         let route = admitted.route;
@@ -281,7 +303,7 @@ impl Policy {
                 Rule::RateLimit { category } => {
                     self.rate_limits(&identity, category.as_deref(), rate).await
                 }
-                other => self.check(other, &identity, &admitted, method),
+                other => self.check(other, &identity, &admitted, view),
             };
             if let Err(denial) = verdict
                 && let Err(denial) =
@@ -306,6 +328,27 @@ impl Policy {
             normalized: admitted.normalized,
             identity: Some(identity),
         })
+    }
+
+    /// The largest body this key's request must be read up to before [`Policy::authorize`]:
+    /// a JSON attribute the key is restricted on. `None` (the common case): stream it.
+    pub fn body_needed(&self, admitted: &Admitted<'_>, identity: &Identity) -> Option<u64> {
+        let restrictions = &identity.record().restrictions;
+        if restrictions.is_empty() {
+            return None;
+        }
+        admitted
+            .route
+            .rules
+            .iter()
+            .filter_map(|r| match r {
+                Rule::Attribute(a) if restrictions.contains_key(&a.name) => match a.source {
+                    crate::config::AttributeSource::Json { max_body, .. } => Some(max_body),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .max()
     }
 
     /// The global deny and allow lists.

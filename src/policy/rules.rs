@@ -6,12 +6,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::Method;
-
+use super::path::percent_decode;
 use super::ratelimit::{Counter, Decision, Limit, RateReport, Subject};
-use super::{Admitted, Denial, Policy, Rule, scopes};
+use super::{Admitted, Denial, Policy, RequestView, Rule, scopes};
 use crate::auth::Identity;
 use crate::config::Per;
+use crate::config::{AttributeConfig, AttributeSource};
 use crate::store::KeyRateLimit;
 
 impl Policy {
@@ -23,13 +23,14 @@ impl Policy {
         rule: &Rule,
         identity: &Identity,
         admitted: &Admitted<'_>,
-        method: &Method,
+        view: &RequestView<'_>,
     ) -> Result<(), Denial> {
         match rule {
             Rule::Environment => self.environment(identity),
             Rule::KeyType { allow_publishable } => key_type(identity, *allow_publishable),
             Rule::KeyIp => key_ip(identity, admitted.client_ip),
-            Rule::Scope(scope) => scope_held(identity, scope.as_deref(), method),
+            Rule::Scope(scope) => scope_held(identity, scope.as_deref(), view.method),
+            Rule::Attribute(a) => attribute(a, identity, admitted, view),
             // Checked by `rate_limits`, the one rule that awaits.
             Rule::RateLimit { .. } => Ok(()),
         }
@@ -150,6 +151,80 @@ impl Policy {
     }
 }
 
+/// The request's values of attribute `a` are among those the key is restricted to (a key
+/// without a restriction on it passes).
+fn attribute(
+    a: &AttributeConfig,
+    identity: &Identity,
+    admitted: &Admitted<'_>,
+    view: &RequestView<'_>,
+) -> Result<(), Denial> {
+    let Some(allowed) = identity.record().restrictions.get(&a.name) else {
+        return Ok(());
+    };
+    let values: Vec<std::borrow::Cow<'_, str>> = match &a.source {
+        AttributeSource::Header(name) => view
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect(),
+        AttributeSource::Query(name) => view
+            .query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k).as_deref() == Some(name.as_str()))
+                    .then(|| percent_decode(v).unwrap_or_default().into())
+            })
+            .collect(),
+        AttributeSource::Path(name) => admitted
+            .route
+            .pattern
+            .as_ref()
+            .and_then(|p| p.param(admitted.normalized.as_deref().unwrap_or(view.path), name))
+            .map(|v| percent_decode(v).unwrap_or_else(|| v.to_owned()).into())
+            .into_iter()
+            .collect(),
+        AttributeSource::Json { pointer, .. } => {
+            let unreadable = || Denial::AttributeUnreadable {
+                attribute: a.name.clone(),
+            };
+            let body = view.body.ok_or_else(unreadable)?;
+            let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| unreadable())?;
+            match doc.pointer(pointer) {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(serde_json::Value::Array(items)) => items.iter().map(json_text).collect(),
+                Some(v) => vec![json_text(v)],
+            }
+        }
+    };
+    if values.is_empty() {
+        return if a.required {
+            Err(Denial::AttributeMissing {
+                attribute: a.name.clone(),
+            })
+        } else {
+            Ok(())
+        };
+    }
+    match values.iter().find(|v| !a.admits(allowed, v)) {
+        Some(v) => Err(Denial::AttributeNotAllowed {
+            attribute: a.name.clone(),
+            value: v.chars().take(64).collect(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> std::borrow::Cow<'static, str> {
+    match v {
+        serde_json::Value::String(s) => s.clone().into(),
+        other => other.to_string().into(),
+    }
+}
+
 /// Publishable keys only where the route allows them.
 fn key_type(identity: &Identity, allow_publishable: bool) -> Result<(), Denial> {
     if identity.is_publishable() && !allow_publishable {
@@ -167,7 +242,11 @@ fn key_ip(identity: &Identity, ip: IpAddr) -> Result<(), Denial> {
     }
 }
 
-fn scope_held(identity: &Identity, required: Option<&str>, method: &Method) -> Result<(), Denial> {
+fn scope_held(
+    identity: &Identity,
+    required: Option<&str>,
+    method: &http::Method,
+) -> Result<(), Denial> {
     scopes::check(&identity.record().scopes, required, method)
         .map_err(|needed| Denial::InsufficientScope(needed.to_owned()))
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
 use http::{Request, Response};
-use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::UpstreamBody;
@@ -40,6 +39,10 @@ impl Forwarder {
         })
     }
 
+    pub fn max_request_body(&self) -> u64 {
+        self.max_request_body
+    }
+
     pub fn body_limit(&self) -> usize {
         usize::try_from(self.max_request_body).unwrap_or(usize::MAX)
     }
@@ -49,7 +52,10 @@ impl Forwarder {
     }
 
     /// Rejects a body whose declared length is over the limit before streaming any of it.
-    pub fn check_declared_length(&self, req: &Request<Incoming>) -> Result<(), Rejection> {
+    pub fn check_declared_length<B: http_body::Body>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<(), Rejection> {
         let declared = req.body().size_hint().exact().or_else(|| {
             req.headers()
                 .get(CONTENT_LENGTH)

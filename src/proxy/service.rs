@@ -12,9 +12,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
+use super::body::{ClientBody, upstream_body};
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::forward::Forwarder;
@@ -26,7 +27,7 @@ use crate::auth::{self, AuthFailure, Identity, Verifier};
 use crate::config::{Carrier, ErrorContract};
 use crate::error::Rejection;
 use crate::policy::ratelimit::set_rate_limit_headers;
-use crate::policy::{Admitted, Permit, Policy};
+use crate::policy::{Admitted, Permit, Policy, RequestView};
 use crate::telemetry::{Held, Metrics};
 
 /// What the client receives: the upstream's streamed body, or keygate's JSON error.
@@ -94,14 +95,27 @@ impl App {
             .await?; // 400 / 403 / 429
         cx.hints.carriers = admitted.route().accepts;
         // A CONNECT tunnel is never public: it always needs a key.
-        let permit = if admitted.route().public && !connect {
-            policy.public(admitted)
+        let (permit, req) = if admitted.route().public && !connect {
+            (policy.public(admitted), req.map(Either::Left))
         } else {
             let identity = self.authenticate(&req, &admitted, &policy, cx).await?; // 401 / 503
             let method = effective_method(req.method(), req.headers(), self.honor_method_override);
-            policy
-                .authorize(identity, admitted, &method, &mut cx.trace.rate)
-                .await? // 403 / 429
+            // A restriction on a JSON field: the body is read (bounded) before the decision.
+            let (req, body) = match policy.body_needed(&admitted, &identity) {
+                None => (req.map(Either::Left), None),
+                Some(cap) => self.buffer(req, cap).await?, // 400 / 413
+            };
+            let view = RequestView {
+                method: &method,
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+                body: body.as_deref(),
+            };
+            let permit = policy
+                .authorize(identity, admitted, &view, &mut cx.trace.rate)
+                .await?; // 403 / 429
+            (permit, req)
         };
         if connect {
             let (forwarder, metrics) = (&self.forwarder, &self.metrics);
@@ -145,16 +159,39 @@ impl App {
         }
     }
 
+    /// Reads the body whole (at most `cap` bytes, and never more than `listen.max_request_body`)
+    /// so a rule can look into it; it is then forwarded from memory.
+    async fn buffer(
+        &self,
+        req: Request<Incoming>,
+        cap: u64,
+    ) -> Result<(Request<ClientBody>, Option<Bytes>), Rejection> {
+        self.forwarder.check_declared_length(&req)?; // 413
+        let limit = cap.min(self.forwarder.max_request_body());
+        let (parts, incoming) = req.into_parts();
+        let cap_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+        let bytes = match Limited::new(incoming, cap_usize).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Rejection::PayloadTooLarge { limit });
+            }
+            Err(_) => return Err(Rejection::BadBody("could not read the request body")),
+        };
+        let req = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
+        Ok((req, Some(bytes)))
+    }
+
     /// Sends a permitted request upstream; an upgrade the upstream accepts becomes a tunnel.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         cx: &mut Context,
     ) -> Result<Response<PooledBody>, Rejection> {
         self.forwarder.check_declared_length(&req)?; // 413
-        let mut req = req.map(|body| Limited::new(body, self.forwarder.body_limit()));
+        let limit = self.forwarder.body_limit();
+        let mut req = req.map(|body| upstream_body(body, limit));
         let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let sent_at = Instant::now();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
 use http::{Method, Request, Response, Version};
-use hyper::body::Incoming;
 
+use super::body::{ClientBody, upstream_body};
 use super::conn::ConnInfo;
 use super::forward::Forwarder;
 use super::pool::PooledBody;
@@ -67,13 +67,14 @@ impl Edge {
         &self,
         forwarder: &Forwarder,
         metrics: &Arc<Metrics>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
     ) -> Result<Response<PooledBody>, Rejection> {
         forwarder.check_declared_length(&req)?; // 413
-        let mut req = req.map(|body| http_body_util::Limited::new(body, forwarder.body_limit()));
+        let limit = forwarder.body_limit();
+        let mut req = req.map(|body| upstream_body(body, limit));
         let client_upgrade = hyper::upgrade::on(&mut req);
         let mut resp = forwarder
             .send_connect(req, permit, conn, request_id)
