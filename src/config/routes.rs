@@ -230,7 +230,7 @@ pub(super) fn validate(
         Rule::Scope(r.scope.filter(|s| !s.is_empty())),
     ];
     for a in attributes {
-        let listed = a.routes.is_empty() || a.routes.iter().any(|n| *n == name);
+        let listed = a.routes.is_empty() || a.routes.contains(&name);
         let findable = match &a.source {
             AttributeSource::Path(p) => pattern.as_ref().is_some_and(|pat| pat.has_param(p)),
             _ => true,
