@@ -44,6 +44,13 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Put the trial in front of your own API (e.g. `http://127.0.0.1:3000`) instead of
+        /// the built-in echo upstream.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Run a shipped seed profile and show its contract: zentra, zendfi, zaropay, zynta.
+        #[arg(long, value_parser = parse_profile)]
+        profile: Option<&'static keygate::dev::Profile>,
     },
     /// Manage keys: in the configured store, or through a running instance's admin API.
     Keys {
@@ -115,8 +122,17 @@ async fn run(cli: Cli) -> ExitCode {
             }
             Err(code) => return code,
         },
-        Command::Dev { listen } => {
-            keygate::dev::run(listen, keygate::server::shutdown_signal()).await
+        Command::Dev {
+            listen,
+            upstream,
+            profile,
+        } => {
+            let trial = keygate::dev::Trial {
+                listen,
+                upstream,
+                profile,
+            };
+            keygate::dev::run(trial, keygate::server::shutdown_signal()).await
         }
         Command::Keys {
             admin_url: Some(url),
@@ -147,6 +163,13 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_profile(name: &str) -> Result<&'static keygate::dev::Profile, String> {
+    keygate::dev::Profile::named(name).ok_or_else(|| {
+        let names: Vec<&str> = keygate::dev::PROFILES.iter().map(|p| p.name).collect();
+        format!("no profile {name:?}; one of {}", names.join(", "))
+    })
 }
 
 fn exit(ok: bool) -> ExitCode {

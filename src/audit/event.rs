@@ -115,6 +115,9 @@ pub struct Event {
     /// Aggregated events: requests by status class (`2xx`, …) or failures (`count`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, u64>,
+    /// Usage events: requests by exact response status (`"200"`, `"404"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub statuses: BTreeMap<String, u64>,
     /// Aggregated events: the minute they cover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minute: Option<Timestamp>,
@@ -142,6 +145,7 @@ impl Event {
             method: None,
             route: None,
             counts: BTreeMap::new(),
+            statuses: BTreeMap::new(),
             minute: None,
             prev: String::new(),
             hash: String::new(),

@@ -51,6 +51,8 @@ const MAX_FAILURE_ROWS: usize = 10_000;
 const MAX_USAGE_ROWS: usize = 50_000;
 /// Client addresses remembered per usage aggregate.
 const MAX_IPS: usize = 4;
+/// Distinct response statuses counted exactly per usage aggregate.
+const MAX_STATUSES: usize = 16;
 const DAY: u64 = 24 * 3600;
 
 static OTHER_METHOD: std::sync::LazyLock<Method> =
@@ -98,6 +100,8 @@ struct UsageKey {
 #[derive(Default)]
 struct UsageCount {
     by_class: [u64; 5],
+    /// Requests by exact status (ZendFi's audit: "response status"), a few per row.
+    statuses: Vec<(u16, u64)>,
     ips: Vec<IpAddr>,
 }
 
@@ -215,6 +219,12 @@ impl Audit {
         }
         let count = map.entry(key).or_default();
         count.by_class[status_class(status)] += 1;
+        match count.statuses.iter().position(|(s, _)| *s == status) {
+            Some(i) => count.statuses[i].1 += 1,
+            None if count.statuses.len() < MAX_STATUSES => count.statuses.push((status, 1)),
+            // Beyond a handful of distinct statuses per row, the class counts still hold them.
+            None => {}
+        }
         if count.ips.len() < MAX_IPS && !count.ips.contains(&ip) {
             count.ips.push(ip);
         }
@@ -259,6 +269,11 @@ impl Audit {
                 e.method = Some(k.method.to_string());
                 e.client_ips = c.ips.iter().map(ToString::to_string).collect();
                 e.counts = class_counts(&c.by_class);
+                e.statuses = c
+                    .statuses
+                    .iter()
+                    .map(|(s, n)| (s.to_string(), *n))
+                    .collect();
                 self.record(e);
             }
         }

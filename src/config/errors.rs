@@ -183,9 +183,26 @@ pub struct KindOverride {
 pub struct ErrorContract {
     pub layout: ErrorLayout,
     overrides: Vec<(ErrorKind, KindOverride)>,
+    /// How the environments are spelled in keys (`sandbox`), for messages; default the
+    /// internal names `live` and `test`.
+    env_labels: Option<(String, String)>,
 }
 
 impl ErrorContract {
+    /// Messages name environments as keys spell them.
+    pub fn set_environment_labels(&mut self, live: &str, test: &str) {
+        self.env_labels = Some((live.to_owned(), test.to_owned()));
+    }
+
+    /// `live` / `test` as the keys spell them.
+    pub fn environment_label<'a>(&'a self, internal: &'a str) -> &'a str {
+        match (&self.env_labels, internal) {
+            (Some((live, _)), "live") => live,
+            (Some((_, test)), "test") => test,
+            _ => internal,
+        }
+    }
+
     /// The status, code and (when reshaped) message template of `kind`.
     pub fn shape(&self, kind: ErrorKind) -> (u16, &str, Option<&str>) {
         let (status, code) = kind.default_status_code();

@@ -308,7 +308,8 @@ fn validate(
     let admin = admin::validate(&mut c, raw, &listen, &ops, getenv);
     let raw = c.section("audit", take("audit"));
     let audit = audit::validate(&mut c, raw, &store);
-    let errors = errors::validate(&mut c, take("errors"));
+    let mut errors = errors::validate(&mut c, take("errors"));
+    errors.set_environment_labels(&keys.labels.live, &keys.labels.test);
 
     Config {
         environment,

@@ -120,7 +120,13 @@ impl Rejection {
     }
 
     /// A message template's field, from what this rejection knows.
-    fn field(&self, name: &str, hints: &Hints, request_id: &str) -> String {
+    fn field(
+        &self,
+        name: &str,
+        contract: &ErrorContract,
+        hints: &Hints,
+        request_id: &str,
+    ) -> String {
         match (name, self) {
             ("scope", Rejection::Denied(Denial::InsufficientScope(s))) => s.clone(),
             ("ip", Rejection::Denied(Denial::IpNotAllowed(ip))) => ip.to_string(),
@@ -131,10 +137,10 @@ impl Rejection {
             ("request_id", _) => request_id.to_owned(),
             ("carriers", _) => hints.carriers.hint(),
             ("key_environment", Rejection::Denied(Denial::WrongEnvironment { key, .. })) => {
-                (*key).to_owned()
+                contract.environment_label(key).to_owned()
             }
             ("environment", Rejection::Denied(Denial::WrongEnvironment { instance, .. })) => {
-                (*instance).to_owned()
+                contract.environment_label(instance).to_owned()
             }
             ("limit", Rejection::PayloadTooLarge { limit }) => limit.to_string(),
             (
@@ -155,8 +161,13 @@ impl Rejection {
 
     /// The message a body carries when the contract does not reshape it: the error itself,
     /// with the carriers the route accepts where the client must choose one.
-    fn default_message(&self, hints: &Hints) -> String {
+    fn default_message(&self, contract: &ErrorContract, hints: &Hints) -> String {
         match self {
+            Rejection::Denied(Denial::WrongEnvironment { key, instance }) => format!(
+                "API key is for the {} environment; this endpoint serves {}",
+                contract.environment_label(key),
+                contract.environment_label(instance)
+            ),
             Rejection::Auth(AuthFailure::Missing) => {
                 format!("no API key: send it as {}", hints.carriers.hint())
             }
@@ -179,8 +190,8 @@ impl Rejection {
         let (status, code, template) = contract.shape(self.kind());
         let status = StatusCode::from_u16(status).unwrap_or_else(|_| self.status());
         let message = match template {
-            Some(t) => render(t, |name| self.field(name, hints, request_id)),
-            None => self.default_message(hints),
+            Some(t) => render(t, |name| self.field(name, contract, hints, request_id)),
+            None => self.default_message(contract, hints),
         };
         let body = error_body(&contract.layout, status, code, &message, Some(request_id));
         let mut resp = json_response(status, body);

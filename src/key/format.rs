@@ -442,6 +442,20 @@ impl KeyFormat {
         })
     }
 
+    /// With an embedded id, the record id a parsed key belongs to (`key_<id>`).
+    pub fn record_id_of(&self, parsed: &ParsedKey<'_>) -> Option<String> {
+        match self.shape {
+            Shape::EmbeddedId { .. } => {
+                let prefix = self.prefix(parsed.key_type, parsed.environment);
+                parsed
+                    .lookup_material()
+                    .get(prefix.len()..)
+                    .map(|id| format!("key_{id}"))
+            }
+            Shape::Checksummed { .. } => None,
+        }
+    }
+
     /// Checks shape and checksum without touching any store.
     pub fn parse<'a>(&self, key: &'a str) -> Result<ParsedKey<'a>, KeyFormatError> {
         let (prefix, key_type, environment) = self

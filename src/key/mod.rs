@@ -20,7 +20,7 @@ use rand::distributions::Alphanumeric;
 use rand::rngs::OsRng;
 
 /// `n` base62 characters from the OS CSPRNG (unbiased: `Alphanumeric` samples by rejection).
-pub(crate) fn random_base62(n: usize) -> String {
+pub fn random_base62(n: usize) -> String {
     OsRng
         .sample_iter(&Alphanumeric)
         .take(n)

@@ -22,8 +22,9 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         owner: String,
-        #[arg(long, value_enum, default_value = "live")]
-        env: EnvArg,
+        /// The key's environment; default: the one the configured instance serves.
+        #[arg(long, value_enum)]
+        env: Option<EnvArg>,
         #[arg(long = "type", value_enum, default_value = "secret")]
         key_type: TypeArg,
         #[arg(long)]
@@ -193,6 +194,17 @@ enum Backend {
     Admin(admin_client::AdminClient),
 }
 
+impl Backend {
+    /// The environment keys are created in when none is given: the configured instance's (the
+    /// admin API applies its own when the field is absent).
+    fn environment(&self) -> Environment {
+        match self {
+            Backend::Store(tool) => tool.environment(),
+            Backend::Admin(_) => Environment::Live,
+        }
+    }
+}
+
 /// Runs a `keys` command on the configured store.
 pub async fn run_on_store(cfg: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let store = crate::store::Store::open(&cfg.store)?;
@@ -229,6 +241,12 @@ async fn import(tool: &KeyTool, file: &Path, csv: bool) -> anyhow::Result<()> {
                 println!("row {line}: FAILED: {error}");
             }
         }
+    }
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, ImportOutcome::Imported { .. }))
+    {
+        println!("Proxies: {}.", tool.propagate().await.describe());
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} rows failed", outcomes.len());
@@ -295,7 +313,11 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                 ip_allowlist: allow_ip,
                 rate_limit: rate_limit_arg(tier, rate_limit),
                 restrictions: restrict.into_iter().collect(),
-                ..NewRecord::new(owner, env.into(), key_type.into())
+                ..NewRecord::new(
+                    owner,
+                    env.map_or(backend.environment(), Environment::from),
+                    key_type.into(),
+                )
             };
             let out = match backend {
                 Backend::Store(tool) => {
@@ -305,7 +327,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                 }
                 Backend::Admin(c) => {
                     let body = serde_json::json!({
-                        "owner": req.owner, "environment": req.environment, "type": req.key_type,
+                        "owner": req.owner, "environment": env.map(Environment::from), "type": req.key_type,
                         "name": req.name, "scopes": req.scopes,
                         "expires_in": req.expires_in.map(|d| d.as_secs()),
                         "metadata": req.metadata, "ip_allowlist": req.ip_allowlist,

@@ -80,7 +80,12 @@ impl KeyTool {
         if !problems.is_empty() {
             return Err(ManageError::Invalid(problems.join("; ")));
         }
-        let lookup_hash = self.hasher.lookup_hash(&key);
+        // What the record is found by: the key, or (embedded id) its prefix and id.
+        let (material, record_id) = match &parsed {
+            Some(p) => (p.lookup_material().to_owned(), self.format.record_id_of(p)),
+            None => (key.clone(), None),
+        };
+        let lookup_hash = self.hasher.lookup_hash(&material);
         if self.store.find_by_hash(lookup_hash).await?.is_some() {
             return Ok(None);
         }
@@ -89,7 +94,7 @@ impl KeyTool {
             .await
             .map_err(ManageError::task)??;
         let (_, mut rec) = self.mint(req).await?;
-        rec.id = new_key_id();
+        rec.id = record_id.unwrap_or_else(new_key_id);
         rec.lookup_hash = lookup_hash;
         rec.phc = phc;
         rec.display_prefix = display_prefix;

@@ -63,6 +63,8 @@ pub struct KeyTool {
     default_scopes: Vec<String>,
     /// The attributes keys can be restricted on (`[attributes.<name>]`).
     attributes: Vec<String>,
+    /// The environment the configured instance serves.
+    environment: crate::key::Environment,
 }
 
 impl KeyTool {
@@ -76,6 +78,7 @@ impl KeyTool {
             propagation_timeout: Duration::from_secs(1),
             default_scopes: Vec::new(),
             attributes: Vec::new(),
+            environment: crate::key::Environment::Live,
         }
     }
 
@@ -96,6 +99,7 @@ impl KeyTool {
             max_key_length: cfg.keys.max_length,
             propagation_timeout: cfg.propagation.timeout,
             default_scopes: cfg.keys.default_scopes.clone(),
+            environment: cfg.environment,
             attributes: cfg
                 .policy
                 .attributes
@@ -114,6 +118,11 @@ impl KeyTool {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The environment the configured instance serves (the default for new keys).
+    pub fn environment(&self) -> crate::key::Environment {
+        self.environment
     }
 
     /// Restrictions on attributes the configuration does not define can never be checked.

@@ -484,8 +484,14 @@ pub async fn mint_with(
 
 /// Runs the `keygate` binary to completion.
 pub fn keygate(args: &[&str]) -> std::process::Output {
+    keygate_env(args, &[])
+}
+
+/// Runs the `keygate` binary to completion with these environment variables.
+pub fn keygate_env(args: &[&str], envs: &[(String, String)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("KEYGATE_PEPPER")
         .output()
         .unwrap()
@@ -499,8 +505,15 @@ pub struct Served {
 
 impl Served {
     pub fn start(cfg: &str) -> Served {
+        Served::start_env(cfg, &[])
+    }
+
+    /// `keygate serve --config cfg` with these environment variables (e.g. `KEYGATE__…`
+    /// overrides of a shipped profile).
+    pub fn start_env(cfg: &str, envs: &[(String, String)]) -> Served {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
             .args(["serve", "--config", cfg])
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("KEYGATE_PEPPER")
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -515,7 +528,7 @@ impl Served {
                 .map_while(Result::ok)
             {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(listen) = v["fields"]["listen"].as_str()
+                    && let Some(listen) = v["fields"]["listen"].as_str().or(v["listen"].as_str())
                 {
                     let _ = tx.send(listen.parse::<std::net::SocketAddr>().unwrap());
                 }
