@@ -55,6 +55,7 @@ pub mod manage;
 pub mod net;
 pub mod policy;
 pub mod proxy;
+pub mod self_service;
 pub mod server;
 pub mod store;
 pub mod telemetry;

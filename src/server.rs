@@ -24,6 +24,7 @@ use crate::key::{KeyFormat, KeyHasher};
 use crate::manage::KeyTool;
 use crate::policy::Policy;
 use crate::proxy::{App, ConnInfo, Edge, Forwarder, Ops, TunnelLimits, accept_loop, http_builder};
+use crate::self_service::SelfService;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -113,6 +114,10 @@ impl Server {
             audit: Arc::clone(&audit),
             access_log: config.log.access,
             errors: config.errors.clone(),
+            // Always there: a reload may mount `[self_service]`.
+            self_service: SelfService::new(
+                KeyTool::with_store(store.clone(), config)?.with_audit(Arc::clone(&audit)),
+            ),
             edge: Edge {
                 allow_connect: config.listen.allow_connect,
                 upgrades: config.listen.upgrades.clone(),

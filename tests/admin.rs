@@ -599,7 +599,7 @@ async fn openapi_matches_the_routes() {
     assert_eq!(documented, routed);
 
     let up = Upstream::start().await;
-    let kg = Keygate::start(&up.url(), "").await;
+    let kg = Keygate::start(&up.url(), "[self_service]\npath = \"/me/keys\"\n").await;
     let (_, id) = kg.live_key().await;
     for (method, path) in &routed {
         let path = path.replace("{id}", &id);
@@ -615,6 +615,15 @@ async fn openapi_matches_the_routes() {
     }
     let served = kg.admin(Method::GET, "/v1/openapi.json", None).await.json();
     assert_eq!(served, doc);
+    // The customer-facing document, as configured.
+    let ss = kg
+        .admin(Method::GET, "/v1/self-service/openapi.json", None)
+        .await
+        .json();
+    assert!(
+        ss["paths"]["/me/keys/{id}/rotate"]["post"].is_object(),
+        "{ss}"
+    );
 }
 
 #[tokio::test]

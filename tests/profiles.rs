@@ -673,3 +673,265 @@ async fn zendfi() {
         "no key.used event with the exact statuses"
     );
 }
+
+/// ZendFi's key management API, with the merchant's own key, on the proxy port.
+#[tokio::test]
+async fn zendfi_self_service() {
+    let up = Upstream::start().await;
+    let z = Running::start("zendfi", &up, &[]);
+    let (manager, manager_id) = z.create(&["--scopes", "keys_manage,payments_read"]);
+    let (reader, _) = z.create(&["--scopes", "payments_read"]);
+    let (_, live_id) = z.create(&["--env", "live"]);
+    let (_, stranger_id) = {
+        let v = z.keys(&["create", "--owner", "acct_2"]);
+        (
+            v["key"].as_str().unwrap().to_owned(),
+            v["record"]["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let bearer = |k: &str| format!("Bearer {k}");
+    let api = |method: Method, path: String, key: String, body: &'static str| {
+        let z = &z;
+        async move {
+            z.call(method, &path, &[("authorization", &bearer(&key))], body)
+                .await
+        }
+    };
+    let hits = up.hits();
+
+    // List: "all API keys for the authenticated merchant … only metadata", exactly ZendFi's
+    // fields, test and live.
+    let r = api(Method::GET, "/api/v1/keys".into(), manager.clone(), "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let list = r.json();
+    let items = list.as_array().expect("a bare array");
+    assert_eq!(
+        items.len(),
+        3,
+        "the merchant's three keys, not acct_2's: {list}"
+    );
+    for k in items {
+        let mut fields: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            ["created_at", "id", "is_active", "last_used_at", "mode"]
+        );
+    }
+    assert!(
+        items
+            .iter()
+            .any(|k| k["id"] == live_id && k["mode"] == "live")
+    );
+    assert!(items.iter().all(|k| k["id"] != stranger_id));
+    assert!(
+        !list.to_string().contains("zfi_"),
+        "no key material in a listing"
+    );
+    // Ratelimit headers on the API's answers too.
+    assert_eq!(header(&r, "x-ratelimit-limit").as_deref(), Some("30"));
+
+    // Create: {"mode":"test"} -> {"key","id","mode","created_at"}, the key shown once.
+    let r = api(
+        Method::POST,
+        "/api/v1/keys".into(),
+        manager.clone(),
+        r#"{"mode":"test"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let created = r.json();
+    let mut fields: Vec<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["created_at", "id", "key", "mode"]);
+    let new_key = created["key"].as_str().unwrap().to_owned();
+    let new_id = created["id"].as_str().unwrap().to_owned();
+    assert!(new_key.starts_with("zfi_test_"));
+    // It works at once, with the creator's scopes (never more).
+    let r = api(Method::GET, "/api/v1/payments".into(), new_key.clone(), "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-scopes").as_deref(),
+        Some("keys_manage,payments_read")
+    );
+    // Rotate: the documented shape; "The old key stops working immediately".
+    let r = api(
+        Method::POST,
+        format!("/api/v1/keys/{new_id}/rotate"),
+        manager.clone(),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rotated = r.json();
+    let mut fields: Vec<&str> = rotated
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "mode",
+            "new_key",
+            "new_key_id",
+            "old_key_deactivated",
+            "old_key_id"
+        ]
+    );
+    assert_eq!(rotated["old_key_id"], *new_id);
+    assert_eq!(rotated["old_key_deactivated"], true);
+    let r = api(Method::GET, "/api/v1/payments".into(), new_key.clone(), "").await;
+    assert_eq!(
+        (r.status.as_u16(), code_of(&r).as_str()),
+        (401, "expired_key")
+    );
+    let newer = rotated["new_key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api(Method::GET, "/api/v1/payments".into(), newer.clone(), "")
+            .await
+            .status,
+        200
+    );
+    // Revoke.
+    let newer_id = rotated["new_key_id"].as_str().unwrap().to_owned();
+    let r = api(
+        Method::POST,
+        format!("/api/v1/keys/{newer_id}/revoke"),
+        manager.clone(),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["is_active"], false);
+    assert_eq!(
+        api(Method::GET, "/api/v1/payments".into(), newer, "")
+            .await
+            .status,
+        401
+    );
+
+    // Another merchant's key does not exist here: 404, not 403.
+    for (m, path) in [
+        (Method::GET, format!("/api/v1/keys/{stranger_id}")),
+        (Method::POST, format!("/api/v1/keys/{stranger_id}/rotate")),
+        (Method::POST, format!("/api/v1/keys/{stranger_id}/revoke")),
+        (Method::GET, "/api/v1/keys/key_doesnotexist".to_owned()),
+    ] {
+        let r = api(m, path.clone(), manager.clone(), "").await;
+        assert_eq!(r.status, 404, "{path}");
+    }
+    // No escalation: scopes it does not hold, the live environment, a stronger key's secret.
+    let r = api(
+        Method::POST,
+        "/api/v1/keys".into(),
+        manager.clone(),
+        r#"{"mode":"test","scopes":["full_access"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("full_access")
+    );
+    let r = api(
+        Method::POST,
+        "/api/v1/keys".into(),
+        manager.clone(),
+        r#"{"mode":"live"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let (full, full_id) = z.create(&[]);
+    let r = api(
+        Method::POST,
+        format!("/api/v1/keys/{full_id}/rotate"),
+        manager.clone(),
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "a full_access key's successor would be stronger"
+    );
+    assert_eq!(
+        api(Method::GET, "/api/v1/payments".into(), full.clone(), "")
+            .await
+            .status,
+        200
+    );
+    // A key without keys_manage: 403 naming the scope.
+    let r = api(Method::GET, "/api/v1/keys".into(), reader.clone(), "").await;
+    assert_eq!(
+        (r.status.as_u16(), code_of(&r).as_str()),
+        (403, "insufficient_scope")
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys_manage")
+    );
+    // "Rotate key 5 requests per minute" counts requests: one rotation, one of a stranger's
+    // key (404) and one refused (403) so far; two more pass, the next is 429.
+    for _ in 0..2 {
+        let (_, id) = z.create(&["--scopes", "payments_read"]);
+        let r = api(
+            Method::POST,
+            format!("/api/v1/keys/{id}/rotate"),
+            manager.clone(),
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let (_, id) = z.create(&["--scopes", "payments_read"]);
+    let r = api(
+        Method::POST,
+        format!("/api/v1/keys/{id}/rotate"),
+        manager.clone(),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), code_of(&r).as_str()),
+        (429, "rate_limited")
+    );
+    assert!(header(&r, "retry-after").is_some());
+
+    // Never forwarded.
+    let payments_calls = 3; // new_key, newer, full: the refused ones never reach it
+    assert_eq!(
+        up.hits(),
+        hits + payments_calls,
+        "the key API reached the upstream"
+    );
+    // The audit trail names the calling key as actor; the store and logs hold no created key.
+    let audit = z.store.with_extension("json.audit.jsonl");
+    assert_eventually!(
+        std::fs::read_to_string(&audit)
+            .is_ok_and(|t| t.contains(&format!("\"actor\":\"key:{manager_id}\""))
+                && t.contains("\"action\":\"key.rotated\"")),
+        Duration::from_secs(5),
+        "no audit event with the calling key as actor"
+    );
+    let stored = std::fs::read_to_string(&z.store).unwrap();
+    let logs = z.served.logs.lock().unwrap().join("\n");
+    for secret in [&new_key, &manager] {
+        let body = &secret["zfi_test_".len()..];
+        assert!(
+            !stored.contains(body) && !logs.contains(body),
+            "key material stored or logged"
+        );
+    }
+}

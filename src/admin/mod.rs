@@ -127,6 +127,14 @@ impl Admin {
         let now = Timestamp::now();
         match op {
             Op::OpenApi => Ok((StatusCode::OK, openapi().clone())),
+            Op::SelfServiceOpenApi => match self.policy.load().self_service() {
+                Some(c) => Ok((StatusCode::OK, crate::self_service::openapi(c))),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "the self-service key API is not mounted: set [self_service] path",
+                )),
+            },
             Op::CreateKey => {
                 let req: CreateRequest = parse_json(&body)?;
                 let new = req.into_new_record(self.environment)?;

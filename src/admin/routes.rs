@@ -14,6 +14,7 @@ pub enum Op {
     KeyUsage,
     ListAudit,
     OpenApi,
+    SelfServiceOpenApi,
 }
 
 /// Every route: method, path template, operation.
@@ -27,6 +28,11 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
     ("GET", "/v1/keys/{id}/usage", Op::KeyUsage),
     ("GET", "/v1/audit", Op::ListAudit),
     ("GET", "/v1/openapi.json", Op::OpenApi),
+    (
+        "GET",
+        "/v1/self-service/openapi.json",
+        Op::SelfServiceOpenApi,
+    ),
 ];
 
 /// The operation for `method path` and the `{id}` it names, if any. `None` when no route has
@@ -73,7 +79,12 @@ impl Op {
             Op::CreateKey => OpClass::Create,
             Op::RotateKey => OpClass::Rotate,
             Op::UpdateKey | Op::RevokeKey => OpClass::Write,
-            Op::ListKeys | Op::GetKey | Op::KeyUsage | Op::ListAudit | Op::OpenApi => OpClass::Read,
+            Op::ListKeys
+            | Op::GetKey
+            | Op::KeyUsage
+            | Op::ListAudit
+            | Op::OpenApi
+            | Op::SelfServiceOpenApi => OpClass::Read,
         }
     }
 }

@@ -21,6 +21,7 @@ mod log;
 mod routes;
 mod rules;
 mod secret;
+mod self_service;
 mod store;
 mod upstream;
 
@@ -43,6 +44,7 @@ pub use log::{LogConfig, LogFormat};
 pub use routes::{PathPattern, RouteConfig};
 pub use rules::{Rule, RuleKind, RuleSet};
 pub use secret::Secret;
+pub use self_service::{SelfServiceConfig, Shapes};
 pub use store::{PropagationConfig, RedisConfig, RedisTopology, StoreConfig};
 pub use upstream::UpstreamConfig;
 
@@ -98,6 +100,8 @@ pub struct PolicyConfig {
     pub rate_limits: RateLimitConfig,
     /// Request attributes keys can be restricted on.
     pub attributes: Vec<std::sync::Arc<AttributeConfig>>,
+    /// The self-service key API on the proxy port (its route is the first in `routes`).
+    pub self_service: Option<SelfServiceConfig>,
 }
 
 /// The prefix of environment variables that override file settings: `KEYGATE__UPSTREAM__URL`.
@@ -121,6 +125,7 @@ const SECTIONS: &[&str] = &[
     "audit",
     "errors",
     "attributes",
+    "self_service",
 ];
 
 impl Config {
@@ -293,6 +298,17 @@ fn validate(
         &attributes,
     );
     let raw = c.section("ip", take("ip"));
+    let raw_ss = c.section("self_service", take("self_service"));
+    let self_service = self_service::validate(&mut c, raw_ss);
+    let mut routes = routes;
+    if let Some(ss) = &self_service {
+        if routes.iter().any(|r| &*r.name == "self-service") {
+            c.problem("routes: the name \"self-service\" is the self-service API's".into());
+        }
+        if let Some(route) = routes::self_service_route(&ss.path, &ss.scope, &auth.carriers) {
+            routes.insert(0, route);
+        }
+    }
     for a in &attributes {
         for name in &a.routes {
             if !routes.iter().any(|r| *r.name == **name) && name != "default" {
@@ -327,6 +343,7 @@ fn validate(
             ip,
             rate_limits,
             attributes,
+            self_service,
         },
         admin,
         audit,

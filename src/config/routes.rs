@@ -29,6 +29,8 @@ pub struct RouteConfig {
     pub rules: Vec<Rule>,
     /// Rules whose denials are logged and counted, not enforced.
     pub report_only: RuleSet,
+    /// Answered by keygate's self-service key API, never forwarded.
+    pub self_service: bool,
 }
 
 impl RouteConfig {
@@ -255,7 +257,37 @@ pub(super) fn validate(
         public: r.public.unwrap_or(false),
         rules,
         report_only,
+        self_service: false,
     }
+}
+
+/// The route of the self-service key API at `path`: a key is verified as on any route (carriers,
+/// environment, key type — never publishable —, its IP allowlist) and must hold `scope`; the
+/// API applies its own per-operation limits.
+pub(super) fn self_service_route(
+    path: &str,
+    scope: &str,
+    global_carriers: &[Carrier],
+) -> Option<RouteConfig> {
+    let pattern = PathPattern::parse(&format!("{path}/*")).ok()?;
+    Some(RouteConfig {
+        name: "self-service".into(),
+        methods: Vec::new(),
+        pattern: Some(pattern),
+        carriers: Vec::new(),
+        accepts: CarrierSet::of(global_carriers),
+        public: false,
+        rules: vec![
+            Rule::Environment,
+            Rule::KeyType {
+                allow_publishable: false,
+            },
+            Rule::KeyIp,
+            Rule::Scope(Some(scope.to_owned())),
+        ],
+        report_only: RuleSet::default(),
+        self_service: true,
+    })
 }
 
 #[cfg(test)]

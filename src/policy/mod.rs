@@ -243,6 +243,11 @@ impl Policy {
         &self.limiter
     }
 
+    /// `[self_service]`, when the key API is mounted.
+    pub fn self_service(&self) -> Option<&crate::config::SelfServiceConfig> {
+        self.config.self_service.as_ref()
+    }
+
     pub fn header_styles(&self) -> crate::config::HeaderStyles {
         self.config.rate_limits.headers
     }

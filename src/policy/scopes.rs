@@ -58,6 +58,22 @@ pub fn check<'a>(
     }
 }
 
+/// Whether a key holding `holder` may give another key `scope` (self-service keys can never
+/// grant more than they hold): everything from `all`/`full_access`/`admin`; `write`, `read` and
+/// any fine scope from `write`; `read` from `read`; a fine scope from one that implies it.
+pub fn grants(holder: &[String], scope: &str) -> bool {
+    let has = |s: &str| holder.iter().any(|k| k == s);
+    if has("all") || has("full_access") || has("admin") {
+        return true;
+    }
+    match scope {
+        "all" | "full_access" | "admin" => false,
+        "write" => has("write"),
+        "read" | "read_only" => has("write") || has("read") || has("read_only"),
+        fine => has("write") || holds_fine(holder, fine),
+    }
+}
+
 fn holds_fine(key_scopes: &[String], scope: &str) -> bool {
     let (resource, action, sep) = match scope.rsplit_once(':') {
         Some((r, a)) => (r, a, ':'),
@@ -108,6 +124,20 @@ mod tests {
                 Ok(())
             );
         }
+    }
+
+    #[test]
+    fn granting_never_exceeds_holding() {
+        let grant = |holder: &[&str], scope: &str| grants(&s(holder), scope);
+        assert!(grant(&["full_access"], "admin") && grant(&["all"], "keys_manage"));
+        assert!(!grant(&["keys_manage"], "full_access"));
+        assert!(grant(&["keys_manage"], "keys_manage"));
+        assert!(!grant(&["keys_manage"], "payments_write"));
+        assert!(grant(&["payments_write"], "payments_read"));
+        assert!(!grant(&["payments_read"], "payments_write"));
+        assert!(grant(&["payments:*"], "payments:refund"));
+        assert!(grant(&["write"], "payments:write") && !grant(&["write"], "admin"));
+        assert!(!grant(&["read"], "write") && !grant(&["read"], "payments:read"));
     }
 
     #[test]

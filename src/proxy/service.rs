@@ -28,6 +28,7 @@ use crate::config::{Carrier, ErrorContract};
 use crate::error::Rejection;
 use crate::policy::ratelimit::set_rate_limit_headers;
 use crate::policy::{Admitted, Permit, Policy, RequestView};
+use crate::self_service::SelfService;
 use crate::telemetry::{Held, Metrics};
 
 /// What the client receives: the upstream's streamed body, or keygate's JSON error.
@@ -51,6 +52,8 @@ pub struct App {
     pub(crate) edge: Edge,
     /// How rejections look to clients.
     pub(crate) errors: ErrorContract,
+    /// The self-service key API, when mounted.
+    pub(crate) self_service: SelfService,
 }
 
 /// The route label of requests refused before routing (e.g. a malformed path).
@@ -78,7 +81,7 @@ impl App {
         req: Request<Incoming>,
         conn: &ConnInfo,
         cx: &mut Context,
-    ) -> Result<Response<PooledBody>, Rejection> {
+    ) -> Result<Response<ProxyBody>, Rejection> {
         // One policy for the whole request, even if a reload swaps it meanwhile.
         let policy = self.policy.load_full();
         let connect = self.edge.screen_connect(req.method())?; // 405
@@ -122,9 +125,28 @@ impl App {
             return self
                 .edge
                 .connect(forwarder, metrics, req, &permit, conn, &cx.request_id)
-                .await;
+                .await
+                .map(|r| r.map(Either::Left));
         }
-        self.forward(req, &permit, conn, cx).await // 413 / 502 / 504
+        // The self-service key API answers here; nothing reaches the upstream.
+        if permit.route().self_service {
+            let request_id = cx.request_id.to_str().unwrap_or_default().to_owned();
+            return self
+                .self_service
+                .handle(
+                    &permit,
+                    req,
+                    &policy,
+                    &mut cx.trace.rate,
+                    &self.errors,
+                    &request_id,
+                )
+                .await
+                .map(|r| r.map(Either::Right));
+        }
+        self.forward(req, &permit, conn, cx)
+            .await
+            .map(|r| r.map(Either::Left)) // 413 / 502 / 504
     }
 
     /// The credential from the route's carriers, verified; a failure is remembered (audit
@@ -228,15 +250,17 @@ impl App {
     /// headers and request id; then metrics, the audit trail and the access log.
     fn finish(
         &self,
-        result: Result<Response<PooledBody>, Rejection>,
+        result: Result<Response<ProxyBody>, Rejection>,
         cx: &mut Context,
         conn: &ConnInfo,
         started: Instant,
     ) -> Response<ProxyBody> {
         let mut resp = match result {
             Ok(resp) => {
-                self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-                resp.map(Either::Left)
+                if matches!(resp.body(), Either::Left(_)) {
+                    self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                resp
             }
             Err(err) => {
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);

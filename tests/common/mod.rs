@@ -501,6 +501,8 @@ pub fn keygate_env(args: &[&str], envs: &[(String, String)]) -> std::process::Ou
 pub struct Served {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// Every line it logged so far.
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Served {
@@ -521,12 +523,15 @@ impl Served {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = Arc::clone(&logs);
         std::thread::spawn(move || {
             use std::io::BufRead as _;
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
+                kept.lock().unwrap().push(line.clone());
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && let Some(listen) = v["fields"]["listen"].as_str().or(v["listen"].as_str())
                 {
@@ -537,7 +542,7 @@ impl Served {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("keygate serve did not log its address");
-        Served { child, addr }
+        Served { child, addr, logs }
     }
 
     pub fn signal(&self, sig: &str) {
