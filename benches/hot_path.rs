@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keygate::auth::Credential;
+use keygate::config::PathRules;
 use keygate::config::{Carrier, Config};
 use keygate::key::{Environment, KeyFormat, KeyHasher, KeyType};
 use keygate::manage::KeyTool;
@@ -244,10 +245,20 @@ fn routing(c: &mut Criterion) {
     .collect();
     let mut g = c.benchmark_group("path");
     g.bench_function("normalise_clean", |b| {
-        b.iter(|| keygate::policy::normalize(black_box("/v1/payments/pay_123/capture")))
+        b.iter(|| {
+            keygate::policy::normalize(
+                black_box("/v1/payments/pay_123/capture"),
+                &PathRules::default(),
+            )
+        })
     });
     g.bench_function("normalise_dirty", |b| {
-        b.iter(|| keygate::policy::normalize(black_box("/v1//payments/./pay_%31%32/capture")))
+        b.iter(|| {
+            keygate::policy::normalize(
+                black_box("/v1//payments/./pay_%31%32/capture"),
+                &PathRules::default(),
+            )
+        })
     });
     g.bench_function("match_8_routes_last", |b| {
         b.iter(|| {

@@ -12,18 +12,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin, AdminListener};
 use crate::audit::Audit;
 use crate::auth::{Verifier, VerifierSettings};
+use crate::config::ListenConfig;
 use crate::config::{Config, MethodOverride};
 use crate::key::{KeyFormat, KeyHasher};
 use crate::manage::KeyTool;
+use crate::net::IpSet;
 use crate::policy::Policy;
-use crate::proxy::{App, ConnInfo, Edge, Forwarder, Ops, TunnelLimits, accept_loop, http_builder};
+use crate::proxy::{
+    App, ConnInfo, Edge, Forwarder, Gate, Listening, Ops, Timing, TunnelLimits, accept_loop,
+    http_builder,
+};
 use crate::self_service::SelfService;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -35,8 +39,10 @@ pub struct Server {
     ops: Arc<Ops>,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
-    header_read_timeout: Duration,
-    proxy_protocol: bool,
+    /// `[listen]`: timeouts, caps, head limits for the listeners.
+    listen: ListenConfig,
+    /// Exempt from the per-client connection cap (they carry many clients).
+    trusted_proxies: IpSet,
     usage_interval: Duration,
     audit: Arc<Audit>,
     audit_interval: Duration,
@@ -114,6 +120,7 @@ impl Server {
             audit: Arc::clone(&audit),
             access_log: config.log.access,
             errors: config.errors.clone(),
+            underscores: config.listen.underscore_headers,
             // Always there: a reload may mount `[self_service]`.
             self_service: SelfService::new(
                 KeyTool::with_store(store.clone(), config)?.with_audit(Arc::clone(&audit)),
@@ -146,8 +153,8 @@ impl Server {
             ops,
             draining,
             drain_timeout: config.listen.drain_timeout,
-            header_read_timeout: config.listen.header_read_timeout,
-            proxy_protocol: config.listen.proxy_protocol,
+            listen: config.listen.clone(),
+            trusted_proxies: IpSet::new(&config.policy.ip.trusted_proxies),
             usage_interval: config.auth.last_used_flush_interval,
             audit,
             audit_interval: config.audit.flush_interval,
@@ -210,7 +217,7 @@ impl Server {
         ops: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let builder = http_builder(self.header_read_timeout);
+        let builder = http_builder(&self.listen);
 
         let verifier = Arc::clone(&self.app.verifier);
         self.background.push(every(self.usage_interval, move || {
@@ -252,43 +259,50 @@ impl Server {
             }
         }));
 
-        let ops_graceful = GracefulShutdown::new();
         let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ops_app = Arc::clone(&self.ops);
         let ops_task = tokio::spawn(accept_loop(
             ops,
-            builder.clone(),
-            ops_graceful,
-            ops_stop_rx,
-            None,
-            None,
-            move |_peer, _tls| {
-                let ops_app = Arc::clone(&ops_app);
-                service_fn(move |req| Arc::clone(&ops_app).handle(req))
+            Listening {
+                builder: builder.clone(),
+                // Scrapers and probes: few, from anywhere the operator allows.
+                gate: Gate::new(1024, usize::MAX, IpSet::default(), Arc::default()),
+                timing: Timing::of(&self.listen),
+                proxy_protocol: false,
+                tls: None,
+                make_service: move |_peer, _tls| {
+                    let ops_app = Arc::clone(&ops_app);
+                    service_fn(move |req| Arc::clone(&ops_app).handle(req))
+                },
             },
+            ops_stop_rx,
         ));
 
-        let graceful = GracefulShutdown::new();
         let app = Arc::clone(&self.app);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let proxy_task = tokio::spawn(accept_loop(
             proxy,
-            builder,
-            graceful,
-            stop_rx,
-            self.proxy_protocol.then_some(self.header_read_timeout),
-            self.tls.as_ref().map(|t| {
-                (
-                    Arc::clone(t),
-                    self.header_read_timeout,
-                    Arc::clone(&self.app.metrics),
-                )
-            }),
-            move |peer, tls| {
-                let app = Arc::clone(&app);
-                let conn = ConnInfo::new(peer, tls);
-                service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+            Listening {
+                builder,
+                gate: Gate::new(
+                    self.listen.max_connections,
+                    self.listen.max_connections_per_ip,
+                    self.trusted_proxies.clone(),
+                    Arc::clone(&self.app.metrics.connections),
+                ),
+                timing: Timing::of(&self.listen),
+                proxy_protocol: self.listen.proxy_protocol,
+                tls: self
+                    .tls
+                    .as_ref()
+                    .map(|t| (Arc::clone(t), Arc::clone(&self.app.metrics))),
+                make_service: move |peer, tls| {
+                    let app = Arc::clone(&app);
+                    let conn = ConnInfo::new(peer, tls);
+                    service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+                },
             },
+            stop_rx,
         ));
 
         shutdown.await;

@@ -38,10 +38,12 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     UpstreamTimeout,
     AuthUnavailable,
+    RequestTimeout,
+    NotImplemented,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::MissingKey,
         ErrorKind::MalformedKey,
         ErrorKind::UnknownKey,
@@ -59,6 +61,8 @@ impl ErrorKind {
         ErrorKind::UpstreamUnavailable,
         ErrorKind::UpstreamTimeout,
         ErrorKind::AuthUnavailable,
+        ErrorKind::RequestTimeout,
+        ErrorKind::NotImplemented,
     ];
 
     /// The name `[errors.<name>]` takes.
@@ -81,6 +85,8 @@ impl ErrorKind {
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::AuthUnavailable => "auth_unavailable",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::NotImplemented => "not_implemented",
         }
     }
 
@@ -104,6 +110,8 @@ impl ErrorKind {
             ErrorKind::UpstreamUnavailable => (502, "upstream_unavailable"),
             ErrorKind::UpstreamTimeout => (504, "upstream_timeout"),
             ErrorKind::AuthUnavailable => (503, "auth_unavailable"),
+            ErrorKind::RequestTimeout => (408, "request_timeout"),
+            ErrorKind::NotImplemented => (501, "not_implemented"),
         }
     }
 

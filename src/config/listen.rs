@@ -28,6 +28,33 @@ pub struct ListenConfig {
     pub tunnel_idle_timeout: Duration,
     /// No tunnel lives longer than this.
     pub tunnel_max_lifetime: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike). Before its first request a connection has `header_read_timeout`
+    /// from accept to a complete head: PROXY header, TLS, protocol detection, preface, head.
+    pub idle_timeout: Duration,
+    /// A client that sends nothing of its body for this long gets 408.
+    pub body_read_timeout: Duration,
+    /// HTTP/2 PING interval on idle connections, and how long an answer may take.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// Open connections at most, in all (over it: refused at accept).
+    pub max_connections: usize,
+    /// Open connections at most from one client address (trusted proxies are exempt).
+    pub max_connections_per_ip: usize,
+    /// The largest request head, HTTP/1.1 and HTTP/2 alike (431 / stream reset beyond).
+    pub max_header_bytes: usize,
+    /// What happens to request headers whose names contain `_`.
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// Header names with `_` (`X_Api_Key`, `Transfer_Encoding`): CGI-style servers read them as
+/// their `-` spelling, so they never reach the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding (nginx's default).
+    Drop,
+    /// The request is refused with 400.
+    Refuse,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +75,14 @@ pub(super) struct RawListen {
     upgrades: Option<Vec<String>>,
     tunnel_idle_timeout: Option<String>,
     tunnel_max_lifetime: Option<String>,
+    idle_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    http2_keepalive_interval: Option<String>,
+    http2_keepalive_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_header_bytes: Option<Size>,
+    underscore_headers: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -103,6 +138,41 @@ pub(super) fn validate(c: &mut Check<'_>, raw: RawListen) -> ListenConfig {
             raw.tunnel_max_lifetime,
             secs(24 * 3600),
         ),
+        idle_timeout: c.duration("listen.idle_timeout", raw.idle_timeout, secs(60)),
+        body_read_timeout: c.duration("listen.body_read_timeout", raw.body_read_timeout, secs(30)),
+        http2_keepalive_interval: c.duration(
+            "listen.http2_keepalive_interval",
+            raw.http2_keepalive_interval,
+            secs(30),
+        ),
+        http2_keepalive_timeout: c.duration(
+            "listen.http2_keepalive_timeout",
+            raw.http2_keepalive_timeout,
+            secs(10),
+        ),
+        max_connections: c.positive("listen.max_connections", raw.max_connections, 10_000),
+        max_connections_per_ip: c.positive(
+            "listen.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            1_000,
+        ),
+        max_header_bytes: {
+            let n = c.size("listen.max_header_bytes", raw.max_header_bytes, 64 << 10);
+            if !(1024..=(1 << 20)).contains(&n) {
+                c.problem("listen.max_header_bytes: between 1KiB and 1MiB".into());
+            }
+            usize::try_from(n.clamp(1024, 1 << 20)).unwrap_or(64 << 10)
+        },
+        underscore_headers: match raw.underscore_headers.as_deref() {
+            None | Some("drop") => UnderscoreHeaders::Drop,
+            Some("refuse") => UnderscoreHeaders::Refuse,
+            Some(other) => {
+                c.problem(format!(
+                    "listen.underscore_headers: {other:?} is not \"drop\" or \"refuse\""
+                ));
+                UnderscoreHeaders::Drop
+            }
+        },
     };
     for u in &listen.upgrades {
         if u == "h2c" || u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {

@@ -18,6 +18,7 @@ mod keys;
 mod limits;
 mod listen;
 mod log;
+mod paths;
 mod routes;
 mod rules;
 mod secret;
@@ -39,8 +40,9 @@ pub use errors::{ErrorContract, ErrorKind, ErrorLayout, TEMPLATE_FIELDS, placeho
 pub use ip::{IpConfig, parse_net};
 pub use keys::KeysConfig;
 pub use limits::{Algorithm, HeaderStyles, Limit, LimiterBackend, Per, RateLimitConfig};
-pub use listen::{ListenConfig, OpsConfig};
+pub use listen::{ListenConfig, OpsConfig, UnderscoreHeaders};
 pub use log::{LogConfig, LogFormat};
+pub use paths::{PATH_FORMS, PathRules};
 pub use routes::{PathPattern, RouteConfig};
 pub use rules::{Rule, RuleKind, RuleSet};
 pub use secret::Secret;
@@ -102,6 +104,8 @@ pub struct PolicyConfig {
     pub attributes: Vec<std::sync::Arc<AttributeConfig>>,
     /// The self-service key API on the proxy port (its route is the first in `routes`).
     pub self_service: Option<SelfServiceConfig>,
+    /// Path forms refused before routing, and how literal segments match.
+    pub paths: PathRules,
 }
 
 /// The prefix of environment variables that override file settings: `KEYGATE__UPSTREAM__URL`.
@@ -126,6 +130,7 @@ const SECTIONS: &[&str] = &[
     "errors",
     "attributes",
     "self_service",
+    "paths",
 ];
 
 impl Config {
@@ -297,6 +302,8 @@ fn validate(
         &rate_limits,
         &attributes,
     );
+    let raw = c.section("paths", take("paths"));
+    let paths = paths::validate(&mut c, raw);
     let raw = c.section("ip", take("ip"));
     let raw_ss = c.section("self_service", take("self_service"));
     let self_service = self_service::validate(&mut c, raw_ss);
@@ -344,6 +351,7 @@ fn validate(
             rate_limits,
             attributes,
             self_service,
+            paths,
         },
         admin,
         audit,

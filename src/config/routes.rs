@@ -108,15 +108,49 @@ impl PathPattern {
 
     /// Whether the normalised `path` matches.
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_as(path, false)
+    }
+
+    /// Whether the normalised `path` matches, literal segments in any ASCII case if
+    /// `fold_case`.
+    pub fn matches_as(&self, path: &str, fold_case: bool) -> bool {
         let mut parts = path.split('/').filter(|s| !s.is_empty());
         for seg in &self.segments {
             match (seg, parts.next()) {
                 (Segment::Literal(l), Some(p)) if l == p => {}
+                (Segment::Literal(l), Some(p)) if fold_case && l.eq_ignore_ascii_case(p) => {}
                 (Segment::Param(_), Some(_)) => {}
                 _ => return false,
             }
         }
         self.prefix || parts.next().is_none()
+    }
+
+    /// `path` (which this pattern matches case-insensitively) with its literal segments in the
+    /// pattern's case — what is forwarded, so the upstream sees the route keygate matched.
+    /// `None` when it already is.
+    pub fn canonical(&self, path: &str) -> Option<String> {
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let differs = self
+            .segments
+            .iter()
+            .zip(&parts)
+            .any(|(seg, p)| matches!(seg, Segment::Literal(l) if l != p));
+        if !differs {
+            return None;
+        }
+        let mut out = String::with_capacity(path.len());
+        for (i, p) in parts.iter().enumerate() {
+            out.push('/');
+            match self.segments.get(i) {
+                Some(Segment::Literal(l)) => out.push_str(l),
+                _ => out.push_str(p),
+            }
+        }
+        if out.is_empty() || path.ends_with('/') {
+            out.push('/');
+        }
+        Some(out)
     }
 
     pub fn has_param(&self, name: &str) -> bool {

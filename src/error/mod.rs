@@ -32,9 +32,18 @@ pub enum Rejection {
     /// `CONNECT`: keygate is not a forward proxy.
     #[error("method {0} is not allowed")]
     MethodNotAllowed(&'static str),
-    /// The request body could not be read (before forwarding, to check a restriction).
+    /// The request body could not be read: malformed chunked framing, or a body cut short.
     #[error("{0}")]
     BadBody(&'static str),
+    /// A request the edge refuses before routing (Host headers, header names).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The client stopped sending its body for `listen.body_read_timeout`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// A transfer coding other than `chunked` (e.g. `gzip, chunked`): never re-framed silently.
+    #[error("Transfer-Encoding other than chunked is not supported")]
+    UnsupportedTransferCoding,
     #[error("the upstream service is unavailable")]
     UpstreamUnavailable,
     #[error("the upstream service did not answer in time")]
@@ -113,7 +122,9 @@ impl Rejection {
             },
             Rejection::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Rejection::MethodNotAllowed(_) => ErrorKind::MethodNotAllowed,
-            Rejection::BadBody(_) => ErrorKind::BadRequest,
+            Rejection::BadBody(_) | Rejection::BadRequest(_) => ErrorKind::BadRequest,
+            Rejection::BodyTimeout => ErrorKind::RequestTimeout,
+            Rejection::UnsupportedTransferCoding => ErrorKind::NotImplemented,
             Rejection::UpstreamUnavailable => ErrorKind::UpstreamUnavailable,
             Rejection::UpstreamTimeout => ErrorKind::UpstreamTimeout,
         }
@@ -311,6 +322,13 @@ mod tests {
             ),
             (Rejection::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
+            (Rejection::BodyTimeout, 408, "request_timeout"),
+            (Rejection::UnsupportedTransferCoding, 501, "not_implemented"),
+            (
+                Rejection::BadRequest("two Host headers"),
+                400,
+                "bad_request",
+            ),
             (
                 AuthFailure::Unavailable { retry_after: s }.into(),
                 503,

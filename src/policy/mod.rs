@@ -265,13 +265,18 @@ impl Policy {
     ) -> Result<Admitted<'_>, Denial> {
         let client_ip = ip::client_ip(peer, headers, &self.trusted).ok_or(Denial::UnknownClient)?; // 400
         trace.client_ip = Some(client_ip);
-        let normalized = match normalize(path)? {
+        let paths = &self.config.paths;
+        let mut normalized = match normalize(path, paths)? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         }; // 400
-        let route = self
-            .routes
-            .find(method, normalized.as_deref().unwrap_or(path));
+        let routed = normalized.as_deref().unwrap_or(path);
+        let route = self.routes.find(method, routed, paths.case_insensitive);
+        if paths.case_insensitive
+            && let Some(canonical) = route.pattern.as_ref().and_then(|p| p.canonical(routed))
+        {
+            normalized = Some(canonical);
+        }
         trace.route = Some(Arc::clone(&route.name));
         let admitted = Admitted {
             route,

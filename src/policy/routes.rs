@@ -17,13 +17,16 @@ impl Routes {
         Routes { routes, default }
     }
 
-    /// The first route whose methods and pattern match, else the default route.
-    pub fn find(&self, method: &Method, path: &str) -> &RouteConfig {
+    /// The first route whose methods and pattern match, else the default route. With
+    /// `fold_case`, literal segments match in any ASCII case.
+    pub fn find(&self, method: &Method, path: &str, fold_case: bool) -> &RouteConfig {
         self.routes
             .iter()
             .find(|r| {
                 (r.methods.is_empty() || r.methods.contains(method))
-                    && r.pattern.as_ref().is_some_and(|p| p.matches(path))
+                    && r.pattern
+                        .as_ref()
+                        .is_some_and(|p| p.matches_as(path, fold_case))
             })
             .unwrap_or(&self.default)
     }

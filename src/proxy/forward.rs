@@ -25,6 +25,7 @@ pub struct Forwarder {
     plan: HeaderPlan,
     metrics: Arc<Metrics>,
     max_request_body: u64,
+    body_read_timeout: std::time::Duration,
     keep_method_override: bool,
 }
 
@@ -35,6 +36,7 @@ impl Forwarder {
             plan: HeaderPlan::new(&cfg.auth, &cfg.upstream.url, cfg.upstream.preserve_host)?,
             metrics,
             max_request_body: cfg.listen.max_request_body,
+            body_read_timeout: cfg.listen.body_read_timeout,
             keep_method_override: cfg.auth.method_override == crate::config::MethodOverride::Honor,
         })
     }
@@ -45,6 +47,11 @@ impl Forwarder {
 
     pub fn body_limit(&self) -> usize {
         usize::try_from(self.max_request_body).unwrap_or(usize::MAX)
+    }
+
+    /// How long the client may pause while sending its body.
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        self.body_read_timeout
     }
 
     pub fn is_http2(&self) -> bool {

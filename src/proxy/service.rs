@@ -12,15 +12,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
-use super::body::{ClientBody, upstream_body};
+use super::body::{BodyError, ClientBody, ClientStream, upstream_body};
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::forward::Forwarder;
 use super::headers::{X_REQUEST_ID, effective_method};
 use super::pool::PooledBody;
+use super::screen::screen;
 use super::upgrade::Edge;
 use crate::audit::Audit;
 use crate::auth::{self, AuthFailure, Identity, Verifier};
@@ -54,6 +55,8 @@ pub struct App {
     pub(crate) errors: ErrorContract,
     /// The self-service key API, when mounted.
     pub(crate) self_service: SelfService,
+    /// Header names with `_`: dropped before forwarding, or refused.
+    pub(crate) underscores: crate::config::UnderscoreHeaders,
 }
 
 /// The route label of requests refused before routing (e.g. a malformed path).
@@ -82,6 +85,7 @@ impl App {
         conn: &ConnInfo,
         cx: &mut Context,
     ) -> Result<Response<ProxyBody>, Rejection> {
+        screen(&req, self.underscores)?; // 400 / 501
         // One policy for the whole request, even if a reload swaps it meanwhile.
         let policy = self.policy.load_full();
         let connect = self.edge.screen_connect(req.method())?; // 405
@@ -192,12 +196,14 @@ impl App {
         let limit = cap.min(self.forwarder.max_request_body());
         let (parts, incoming) = req.into_parts();
         let cap_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        let bytes = match Limited::new(incoming, cap_usize).collect().await {
+        let body = ClientStream::new(incoming, cap_usize, self.forwarder.body_read_timeout());
+        let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(Rejection::PayloadTooLarge { limit });
+            Err(BodyError::TooLarge) => return Err(Rejection::PayloadTooLarge { limit }),
+            Err(BodyError::Timeout) => return Err(Rejection::BodyTimeout),
+            Err(BodyError::Malformed) => {
+                return Err(Rejection::BadBody("could not read the request body"));
             }
-            Err(_) => return Err(Rejection::BadBody("could not read the request body")),
         };
         let req = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
         Ok((req, Some(bytes)))
@@ -212,8 +218,11 @@ impl App {
         cx: &mut Context,
     ) -> Result<Response<PooledBody>, Rejection> {
         self.forwarder.check_declared_length(&req)?; // 413
-        let limit = self.forwarder.body_limit();
-        let mut req = req.map(|body| upstream_body(body, limit));
+        let (limit, idle) = (
+            self.forwarder.body_limit(),
+            self.forwarder.body_read_timeout(),
+        );
+        let mut req = req.map(|body| upstream_body(body, limit, idle));
         let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let sent_at = Instant::now();

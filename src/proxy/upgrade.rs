@@ -73,8 +73,8 @@ impl Edge {
         request_id: &HeaderValue,
     ) -> Result<Response<PooledBody>, Rejection> {
         forwarder.check_declared_length(&req)?; // 413
-        let limit = forwarder.body_limit();
-        let mut req = req.map(|body| upstream_body(body, limit));
+        let (limit, idle) = (forwarder.body_limit(), forwarder.body_read_timeout());
+        let mut req = req.map(|body| upstream_body(body, limit, idle));
         let client_upgrade = hyper::upgrade::on(&mut req);
         let mut resp = forwarder
             .send_connect(req, permit, conn, request_id)

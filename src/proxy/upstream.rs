@@ -7,14 +7,13 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::UpstreamBody;
+use super::body::{BodyError, UpstreamBody, body_error_in};
 use super::headers::remove_hop_by_hop;
 use super::pool::{H1Pool, PooledBody};
 use crate::config::UpstreamConfig;
@@ -185,11 +184,17 @@ where
 }
 
 fn classify(e: &(dyn StdError + 'static), body_limit: u64) -> Rejection {
+    // The client's body failing is the client's error, whatever the upstream made of it.
+    match body_error_in(e) {
+        Some(BodyError::TooLarge) => return Rejection::PayloadTooLarge { limit: body_limit },
+        Some(BodyError::Malformed) => {
+            return Rejection::BadBody("the request body is malformed or was cut short");
+        }
+        Some(BodyError::Timeout) => return Rejection::BodyTimeout,
+        None => {}
+    }
     let mut source = Some(e);
     while let Some(s) = source {
-        if s.is::<LengthLimitError>() {
-            return Rejection::PayloadTooLarge { limit: body_limit };
-        }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {

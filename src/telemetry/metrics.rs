@@ -44,6 +44,20 @@ pub struct Metrics {
     pub revocation_lag: Histogram,
     /// Requests by route and outcome: `ok` (forwarded) or the error code.
     pub by_route: RouteCounters,
+    /// The proxy listener's connections.
+    pub connections: Arc<ConnectionCounters>,
+}
+
+/// A listener's connections: open, refused at a cap, closed by a timeout.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    pub open: AtomicU64,
+    pub refused_global: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    /// Closed for not completing a first request head in time.
+    pub timed_out_head: AtomicU64,
+    /// Closed after `idle_timeout` with nothing in flight.
+    pub closed_idle: AtomicU64,
 }
 
 /// Holds a gauge one higher for as long as it lives (also when a future is dropped midway).
@@ -263,6 +277,24 @@ impl Metrics {
             out,
             "# HELP keygate_tunnels_open Open tunnels (upgraded connections, CONNECT).\n# TYPE keygate_tunnels_open gauge\nkeygate_tunnels_open {}",
             self.tunnels_open.load(Ordering::Relaxed)
+        );
+        let c = &self.connections;
+        let _ = writeln!(
+            out,
+            "# HELP keygate_connections_open Open client connections.\n# TYPE keygate_connections_open gauge\nkeygate_connections_open {}",
+            c.open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_connections_refused_total Connections refused at accept, by the cap reached.\n# TYPE keygate_connections_refused_total counter\nkeygate_connections_refused_total{{reason=\"max_connections\"}} {}\nkeygate_connections_refused_total{{reason=\"max_connections_per_ip\"}} {}",
+            c.refused_global.load(Ordering::Relaxed),
+            c.refused_per_ip.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_connections_closed_total Connections keygate closed for waiting too long.\n# TYPE keygate_connections_closed_total counter\nkeygate_connections_closed_total{{reason=\"first_request_timeout\"}} {}\nkeygate_connections_closed_total{{reason=\"idle_timeout\"}} {}",
+            c.timed_out_head.load(Ordering::Relaxed),
+            c.closed_idle.load(Ordering::Relaxed)
         );
         self.by_route.render(&mut out);
         self.request_seconds.render(

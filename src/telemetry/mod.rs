@@ -5,7 +5,7 @@ mod metrics;
 use std::io::IsTerminal;
 
 use crate::config::{LogConfig, LogFormat};
-pub use metrics::{Held, Histogram, Metrics, RouteCounters};
+pub use metrics::{ConnectionCounters, Held, Histogram, Metrics, RouteCounters};
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured filter.
 pub fn init_logging(cfg: &LogConfig) {

@@ -36,6 +36,31 @@ static FORWARDING: [&HeaderName; 5] = [
     &X_REAL_IP,
 ];
 
+/// Headers some upstream stacks read as the request's real path (IIS and Symfony's
+/// `X-Original-URL`/`X-Rewrite-URL`, Spring's `X-Forwarded-Prefix`, …), scheme, port or client
+/// address: a client could otherwise route itself past the route keygate matched, or pose as
+/// another address. Always stripped; keygate sends its own `X-Forwarded-*` and `X-Real-IP`.
+static OVERRIDES: [HeaderName; 18] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-override-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-original-path"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-originating-ip"),
+];
+
 /// Method-override headers: stripped unless configured to be honoured (and then the scope is
 /// checked against the overridden method).
 pub static METHOD_OVERRIDES: [&HeaderName; 3] =
@@ -187,8 +212,9 @@ impl HeaderPlan {
     /// Every client header the upstream must not receive, found in one pass over the names
     /// the request carries (most carry none but the credential): hop-by-hop headers and those
     /// `Connection` names, the credential carriers (unless forwarded), forwarding headers
-    /// (keygate sets its own), method overrides (unless honoured) and anything in the identity
-    /// namespace or spelled like a forwarding header with `_` for `-`.
+    /// (keygate sets its own), path, scheme and address overrides, method overrides (unless
+    /// honoured), anything in the identity namespace, and every name with `_` (CGI-style servers
+    /// read `X_Api_Key` as `X-Api-Key`, `Transfer_Encoding` as `Transfer-Encoding`).
     fn doomed(&self, headers: &HeaderMap, keep_method_override: bool) -> Vec<HeaderName> {
         let mut doomed = connection_named(headers);
         doomed.extend(
@@ -197,6 +223,8 @@ impl HeaderPlan {
                 .filter(|name| {
                     HOP_BY_HOP.contains(name)
                         || FORWARDING.contains(name)
+                        || OVERRIDES.contains(name)
+                        || name.as_str().contains('_')
                         || self.strip_credentials.contains(name)
                         || (!keep_method_override && METHOD_OVERRIDES.contains(name))
                         || self.spoofed(name)
