@@ -35,6 +35,8 @@ pub enum InvalidKey {
     BadCharacters,
     #[error("Authorization header must use the Bearer scheme")]
     NotBearer,
+    #[error("Authorization: Basic must carry the API key as the username, with an empty password")]
+    BadBasic,
     #[error("this endpoint does not accept the API key in that header")]
     WrongCarrier,
 }

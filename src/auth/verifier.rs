@@ -272,14 +272,14 @@ impl Verifier {
 
     /// Verifies a credential and applies the record-only checks.
     pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthFailure> {
-        let (key, material, presented) = match self.format.parse(cred.key) {
+        let (key, material, presented) = match self.format.parse(&cred.key) {
             Ok(parsed) => (
                 parsed.as_str(),
                 parsed.lookup_material(),
                 Some((parsed.environment, parsed.key_type)),
             ),
-            Err(_) if self.settings.accept_legacy && is_legacy_shaped(cred.key) => {
-                (cred.key, cred.key, None)
+            Err(_) if self.settings.accept_legacy && is_legacy_shaped(&cred.key) => {
+                (&*cred.key, &*cred.key, None)
             }
             Err(e) => return Err(e.into()),
         };

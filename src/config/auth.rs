@@ -14,6 +14,8 @@ pub enum Carrier {
     Bearer,
     /// `X-Api-Key: <key>`
     ApiKeyHeader,
+    /// `Authorization: Basic base64(<key>:)` — the key as username, no password (`curl -u`).
+    Basic,
 }
 
 impl Carrier {
@@ -22,6 +24,7 @@ impl Carrier {
         match name.to_ascii_lowercase().as_str() {
             "authorization" | "bearer" => Some(Carrier::Bearer),
             "x-api-key" => Some(Carrier::ApiKeyHeader),
+            "basic" => Some(Carrier::Basic),
             _ => None,
         }
     }
@@ -49,6 +52,9 @@ impl CarrierSet {
         if self.contains(Carrier::ApiKeyHeader) {
             ways.push("`X-Api-Key: <key>`");
         }
+        if self.contains(Carrier::Basic) {
+            ways.push("`Authorization: Basic` with the key as username (`curl -u <key>:`)");
+        }
         ways.join(" or ")
     }
 }
@@ -58,6 +64,7 @@ impl Carrier {
         match self {
             Carrier::Bearer => 1,
             Carrier::ApiKeyHeader => 2,
+            Carrier::Basic => 4,
         }
     }
 }

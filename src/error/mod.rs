@@ -103,7 +103,8 @@ impl Rejection {
                     | InvalidKey::Ambiguous
                     | InvalidKey::TooLong
                     | InvalidKey::BadCharacters
-                    | InvalidKey::NotBearer,
+                    | InvalidKey::NotBearer
+                    | InvalidKey::BadBasic,
                 ) => ErrorKind::MalformedKey,
                 AuthFailure::Expired => ErrorKind::ExpiredKey,
                 AuthFailure::Unavailable { .. } => ErrorKind::AuthUnavailable,
@@ -207,11 +208,19 @@ impl Rejection {
         let body = error_body(&contract.layout, status, code, &message, Some(request_id));
         let mut resp = json_response(status, body);
         let h = resp.headers_mut();
-        if status == StatusCode::UNAUTHORIZED && hints.carriers.contains(Carrier::Bearer) {
-            h.insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"api\""),
-            );
+        if status == StatusCode::UNAUTHORIZED {
+            if hints.carriers.contains(Carrier::Bearer) {
+                h.append(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"api\""),
+                );
+            }
+            if hints.carriers.contains(Carrier::Basic) {
+                h.append(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"api\""),
+                );
+            }
         }
         if let Some(after) = self.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));

@@ -175,8 +175,8 @@ impl App {
                 Ok(identity)
             }
             Err(err) => {
-                cx.key_id = self.verifier.cached_key_id(cred.key);
-                cx.key_prefix = self.verifier.display_prefix(cred.key).map(str::to_owned);
+                cx.key_id = self.verifier.cached_key_id(&cred.key);
+                cx.key_prefix = self.verifier.display_prefix(&cred.key).map(str::to_owned);
                 if matches!(err, AuthFailure::Invalid(_)) {
                     policy.record_failed_auth(admitted.client_ip()).await;
                 }

@@ -92,8 +92,8 @@ pub struct HeaderPlan {
     environment: HeaderName,
     key_type: HeaderName,
     scopes: HeaderName,
-    /// Credential headers to remove before forwarding (empty when forwarding is configured).
-    strip_credentials: Vec<HeaderName>,
+    /// Credential carriers to remove before forwarding (none when forwarding is configured).
+    strip_credentials: Credentials,
     upstream_scheme: Scheme,
     upstream_authority: Authority,
     upstream_host: HeaderValue,
@@ -111,16 +111,11 @@ impl HeaderPlan {
             .authority()
             .cloned()
             .ok_or("upstream URL has no authority")?;
-        let strip_credentials = if auth.forward_credential {
-            Vec::new()
-        } else {
-            auth.carriers
-                .iter()
-                .map(|c| match c {
-                    Carrier::Bearer => header::AUTHORIZATION,
-                    Carrier::ApiKeyHeader => X_API_KEY.clone(),
-                })
-                .collect()
+        let stripped = |c: Carrier| !auth.forward_credential && auth.carriers.contains(&c);
+        let strip_credentials = Credentials {
+            api_key: stripped(Carrier::ApiKeyHeader),
+            bearer: stripped(Carrier::Bearer),
+            basic: stripped(Carrier::Basic),
         };
         Ok(HeaderPlan {
             identity_prefix: auth.identity_prefix.clone(),
@@ -225,7 +220,7 @@ impl HeaderPlan {
                         || FORWARDING.contains(name)
                         || OVERRIDES.contains(name)
                         || name.as_str().contains('_')
-                        || self.strip_credentials.contains(name)
+                        || self.strip_credentials.carries(name, headers)
                         || (!keep_method_override && METHOD_OVERRIDES.contains(name))
                         || self.spoofed(name)
                 })
@@ -249,6 +244,36 @@ impl HeaderPlan {
                 f.len() == n.len() && n.iter().zip(f).all(|(a, b)| same(a, b))
             });
         in_namespace || forwarding_lookalike
+    }
+}
+
+/// Which credential carriers are removed before forwarding. `Authorization` goes when its
+/// scheme is one keygate reads; another scheme (`Digest`, a Basic when the Basic carrier is
+/// off) is the client's business with the upstream and passes.
+#[derive(Clone, Copy, Debug)]
+struct Credentials {
+    api_key: bool,
+    bearer: bool,
+    basic: bool,
+}
+
+impl Credentials {
+    fn carries(&self, name: &HeaderName, headers: &HeaderMap) -> bool {
+        if *name == X_API_KEY {
+            return self.api_key;
+        }
+        if *name != header::AUTHORIZATION || !(self.bearer || self.basic) {
+            return false;
+        }
+        let scheme_is = |v: &[u8], s: &[u8]| {
+            v.len() > s.len()
+                && v[..s.len()].eq_ignore_ascii_case(s)
+                && matches!(v[s.len()], b' ' | b'\t')
+        };
+        headers.get_all(header::AUTHORIZATION).iter().any(|v| {
+            let v = v.as_bytes();
+            (self.bearer && scheme_is(v, b"bearer")) || (self.basic && scheme_is(v, b"basic"))
+        })
     }
 }
 
