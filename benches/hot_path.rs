@@ -64,7 +64,7 @@ fn verification(c: &mut Criterion) {
     });
     let verifier = proxy.verifier();
     let cred = Credential {
-        key: &key,
+        key: key.as_str().into(),
         carrier: Carrier::Bearer,
     };
     rt.block_on(verifier.verify(&cred)).unwrap();

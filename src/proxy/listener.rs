@@ -222,7 +222,16 @@ where
     loop {
         let wake = hard_stop.unwrap_or_else(|| activity.deadline(timing));
         tokio::select! {
-            result = conn.as_mut() => return result,
+            result = conn.as_mut() => {
+                // hyper's own head timer (for later requests' heads, and racing ours for the
+                // first) ends the connection with a timeout error: counted the same way.
+                let timed_out = result.as_ref().err().and_then(|e| e.downcast_ref::<hyper::Error>()).is_some_and(hyper::Error::is_timeout);
+                if timed_out && hard_stop.is_none() && activity.requests.load(Ordering::Acquire) == 0 {
+                    counters.timed_out_head.fetch_add(1, Ordering::Relaxed);
+                }
+                return result;
+            }
+            () = activity.changed.notified(), if hard_stop.is_none() => {} // a request ended: look again
             changed = closing.changed(), if hard_stop.is_none() => {
                 if changed.is_ok() && *closing.borrow() {
                     conn.as_mut().graceful_shutdown();
@@ -256,6 +265,8 @@ struct Activity {
     last_ms: AtomicU64,
     origin: Instant,
     first_request_by: Instant,
+    /// Told when a request ends, so an idle deadline is taken from then.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,6 +283,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             origin: Instant::now(),
             first_request_by,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -315,6 +327,7 @@ impl Drop for InFlight {
         let ms = u64::try_from(a.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         a.last_ms.store(ms, Ordering::Release);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        a.changed.notify_one();
     }
 }
 
