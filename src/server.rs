@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
@@ -59,6 +60,9 @@ impl Server {
     /// Opens the store and builds the request path. Must run inside a tokio runtime.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let store = Store::open(&config.store)?;
+        if let Some(path) = store.create_if_missing(&config.store)? {
+            tracing::info!(path = %path.display(), "no key store file; created an empty one");
+        }
         let format = KeyFormat::with_shape(&config.keys.labels, config.keys.shape)
             .map_err(anyhow::Error::msg)?;
         let hasher = KeyHasher::with_cost(
@@ -436,15 +440,27 @@ pub async fn run(
             "keys.argon2_* is below OWASP's recommendation (19456 KiB, 2 iterations): new keys are cheaper to brute-force"
         );
     }
-    let proxy_listener = TcpListener::bind(cfg.listen.address).await?;
-    let ops_listener = TcpListener::bind(cfg.ops.address).await?;
+    let bind = |what: &'static str, setting: &'static str, addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the {what} ({setting})"))
+    };
+    let proxy_listener = bind("proxy", "listen.address", cfg.listen.address).await?;
+    let ops_listener = bind("ops endpoints", "ops.address", cfg.ops.address).await?;
     tracing::info!(
         listen = %proxy_listener.local_addr()?, ops = %ops_listener.local_addr()?,
         upstream = %cfg.upstream.url, environment = %cfg.environment, "keygate serving"
     );
     let mut server = Server::new(&cfg)?.with_config_file(path.to_owned());
     if server.admin_enabled() {
-        let admin = AdminListener::bind(&cfg.admin.address).await?;
+        let admin = AdminListener::bind(&cfg.admin.address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the admin API (admin.address)",
+                    cfg.admin.address
+                )
+            })?;
         tracing::info!(admin = %admin.describe(), tokens = cfg.admin.tokens.len(), "admin API serving");
         server = server.with_admin_listener(admin);
     } else {

@@ -385,3 +385,85 @@ async fn sighup_reloads_ip_rules_and_keeps_the_old_config_when_the_new_one_is_ba
         "the file watch did not reload"
     );
 }
+
+#[test]
+fn relative_paths_follow_the_config_file_and_reading_never_creates_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let path = conf.join("sidecar.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[store]\npath = \"data/keys.json\"\n\
+         [rate_limits.tiers]\npro = { limit = 10, window = 60 }\n",
+    )
+    .unwrap();
+    std::fs::create_dir(conf.join("data")).unwrap();
+    let cfg = path.to_str().unwrap();
+    // Run from elsewhere: the store is the config folder's data/keys.json, never ./keys.json.
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("KEYGATE_PEPPER")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["keys", "--config", cfg, "list"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no key store at") && err.contains("conf/data/keys.json"),
+        "{err}"
+    );
+    let created: Vec<_> = walk(dir.path());
+    assert_eq!(
+        created.len(),
+        3,
+        "a reading command created files: {created:?}"
+    );
+
+    let out = run(&[
+        "keys",
+        "--config",
+        cfg,
+        "create",
+        "--owner",
+        "acct_1",
+        "--tier",
+        "nonexistent",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no tier \"nonexistent\"") && err.contains("pro"),
+        "{err}"
+    );
+    let out = run(&[
+        "keys", "--config", cfg, "create", "--owner", "acct_1", "--tier", "pro",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(conf.join("data/keys.json").exists());
+    assert!(!dir.path().join("keys.json").exists());
+    let out = run(&["keys", "--config", cfg, "list", "--state", "bogus"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown state");
+    let out = run(&["keys", "--config", cfg, "list", "--state", "active"]);
+    assert!(stdout(&out).contains("acct_1"), "{}", stdout(&out));
+}
+
+/// Every file and folder under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

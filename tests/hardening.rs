@@ -264,6 +264,8 @@ const PATH_VECTORS: &[(&str, &str)] = &[
     ("trailing_dots", "/admin%20/users"),
     ("invalid_utf8", "/a%c0%aeb"),
     ("invalid_utf8", "/a%ffb"),
+    ("invalid_utf8", "/a/%e0%80%ae%e0%80%ae/admin"),
+    ("invalid_utf8", "/a/..%c0%afadmin"),
 ];
 
 #[tokio::test]

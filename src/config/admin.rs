@@ -67,7 +67,7 @@ pub(super) fn validate(
     getenv: Getenv<'_>,
 ) -> AdminConfig {
     let address = match raw.address.as_deref() {
-        Some(a) if a.starts_with("unix:") => AdminAddress::Unix(PathBuf::from(&a[5..])),
+        Some(a) if a.starts_with("unix:") => AdminAddress::Unix(c.file(&a[5..])),
         other => {
             let a = c.addr("admin.address", other.map(str::to_owned), "127.0.0.1:9091");
             if a.port() != 0 && (a == listen.address || a == ops.address) {

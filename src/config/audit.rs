@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::{Check, Size};
+use super::check::{Check, DurationValue, Size};
 use super::store::StoreConfig;
 
 #[derive(Clone, Debug)]
@@ -30,13 +30,13 @@ pub(super) struct RawAudit {
     max_file_size: Option<Size>,
     keep_files: Option<usize>,
     stream_max_len: Option<u64>,
-    flush_interval: Option<String>,
+    flush_interval: Option<DurationValue>,
     queue: Option<usize>,
 }
 
 pub(super) fn validate(c: &mut Check<'_>, raw: RawAudit, store: &StoreConfig) -> AuditConfig {
     AuditConfig {
-        file: raw.file.map(PathBuf::from).or_else(|| match store {
+        file: raw.file.map(|f| c.file(f)).or_else(|| match store {
             StoreConfig::File { path, .. } => {
                 let mut p = path.clone().into_os_string();
                 p.push(".audit.jsonl");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::Check;
+use super::check::{Check, DurationValue};
 use super::secret::{Getenv, Secret, read_secret};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,13 +105,13 @@ pub(super) struct RawAuth {
     carriers: Option<Vec<String>>,
     forward_credential: Option<bool>,
     identity_header_prefix: Option<String>,
-    cache_ttl: Option<String>,
+    cache_ttl: Option<DurationValue>,
     cache_max_entries: Option<u64>,
-    negative_cache_ttl: Option<String>,
+    negative_cache_ttl: Option<DurationValue>,
     negative_cache_max_entries: Option<u64>,
     argon2_concurrency: Option<usize>,
-    last_used_flush_interval: Option<String>,
-    stale_limit: Option<String>,
+    last_used_flush_interval: Option<DurationValue>,
+    stale_limit: Option<DurationValue>,
     method_override: Option<String>,
     signing_key_env: Option<String>,
     signing_key_file: Option<String>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::Check;
+use super::check::{Check, DurationValue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -102,7 +102,7 @@ pub struct RateLimitConfig {
 #[serde(default)]
 pub(super) struct RawLimit {
     limit: Option<u64>,
-    window: Option<String>,
+    window: Option<DurationValue>,
     algorithm: Option<String>,
     per: Option<String>,
 }

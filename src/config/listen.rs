@@ -2,12 +2,11 @@
 //! metrics).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::{Check, Size};
+use super::check::{Check, DurationValue, Size};
 use crate::tls::{CertFiles, SniCert, TlsConfig};
 
 #[derive(Clone, Debug)]
@@ -66,19 +65,19 @@ pub struct OpsConfig {
 #[serde(default)]
 pub(super) struct RawListen {
     address: Option<String>,
-    header_read_timeout: Option<String>,
+    header_read_timeout: Option<DurationValue>,
     max_request_body: Option<Size>,
-    drain_timeout: Option<String>,
+    drain_timeout: Option<DurationValue>,
     proxy_protocol: Option<bool>,
     tls: Option<RawTls>,
     allow_connect: Option<bool>,
     upgrades: Option<Vec<String>>,
-    tunnel_idle_timeout: Option<String>,
-    tunnel_max_lifetime: Option<String>,
-    idle_timeout: Option<String>,
-    body_read_timeout: Option<String>,
-    http2_keepalive_interval: Option<String>,
-    http2_keepalive_timeout: Option<String>,
+    tunnel_idle_timeout: Option<DurationValue>,
+    tunnel_max_lifetime: Option<DurationValue>,
+    idle_timeout: Option<DurationValue>,
+    body_read_timeout: Option<DurationValue>,
+    http2_keepalive_interval: Option<DurationValue>,
+    http2_keepalive_timeout: Option<DurationValue>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_header_bytes: Option<Size>,
@@ -91,7 +90,7 @@ struct RawTls {
     cert_file: Option<String>,
     key_file: Option<String>,
     client_ca_file: Option<String>,
-    reload_interval: Option<String>,
+    reload_interval: Option<DurationValue>,
     sni: Vec<RawSni>,
 }
 
@@ -204,8 +203,8 @@ fn validate_tls(c: &mut Check<'_>, raw: RawTls) -> Option<TlsConfig> {
     };
     let cfg = TlsConfig {
         default: CertFiles {
-            cert_file: cert.into(),
-            key_file: key.into(),
+            cert_file: c.file(cert),
+            key_file: c.file(key),
         },
         sni: raw
             .sni
@@ -213,12 +212,12 @@ fn validate_tls(c: &mut Check<'_>, raw: RawTls) -> Option<TlsConfig> {
             .map(|s| SniCert {
                 names: s.names,
                 files: CertFiles {
-                    cert_file: s.cert_file.into(),
-                    key_file: s.key_file.into(),
+                    cert_file: c.file(s.cert_file),
+                    key_file: c.file(s.key_file),
                 },
             })
             .collect(),
-        client_ca_file: raw.client_ca_file.map(PathBuf::from),
+        client_ca_file: raw.client_ca_file.map(|f| c.file(f)),
         reload_interval: c.duration(
             "listen.tls.reload_interval",
             raw.reload_interval,

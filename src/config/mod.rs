@@ -135,17 +135,33 @@ const SECTIONS: &[&str] = &[
 
 impl Config {
     /// Reads and validates a config file, with overrides from the process environment.
+    /// Relative file settings (store, audit, certificates, secret files, the admin socket) are
+    /// taken from the file's folder, wherever the process runs.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            problems: vec![format!("{}: {e}", path.display())],
+            problems: vec![format!("cannot read {}: {e}", path.display())],
         })?;
-        Config::from_toml(&text, std::env::vars(), |name| std::env::var_os(name))
+        let base = path.parent().unwrap_or(Path::new(""));
+        Config::from_toml_in(&text, Some(base), std::env::vars(), |name| {
+            std::env::var_os(name)
+        })
     }
 
-    /// Validates TOML text. `overrides` are `(name, value)` pairs (normally the environment);
-    /// `getenv` resolves secrets named by `*_env` settings.
+    /// Validates TOML text (relative file settings are relative to the working directory).
+    /// `overrides` are `(name, value)` pairs (normally the environment); `getenv` resolves
+    /// secrets named by `*_env` settings.
     pub fn from_toml(
         text: &str,
+        overrides: impl IntoIterator<Item = (String, String)>,
+        getenv: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_toml_in(text, None, overrides, getenv)
+    }
+
+    /// [`Config::from_toml`] with relative file settings taken from `base`.
+    pub fn from_toml_in(
+        text: &str,
+        base: Option<&Path>,
         overrides: impl IntoIterator<Item = (String, String)>,
         getenv: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Config, ConfigError> {
@@ -153,8 +169,17 @@ impl Config {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
             problems: vec![format!("not valid TOML: {}", e.to_string().trim())],
         })?;
-        apply_overrides(&mut table, overrides, &mut problems);
-        let config = validate(table, &getenv, &mut problems);
+        let overridden = apply_overrides(&mut table, overrides, &mut problems);
+        let config = validate(table, base, &getenv, &mut problems);
+        // A problem with a value from the environment names the variable, not the file.
+        for p in &mut problems {
+            if let Some((_, var)) = overridden.iter().find(|(setting, _)| {
+                p.strip_prefix(setting.as_str())
+                    .is_some_and(|rest| rest.starts_with(':') || rest.starts_with(' '))
+            }) {
+                p.push_str(&format!(" (from the environment variable {var})"));
+            }
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -163,11 +188,13 @@ impl Config {
     }
 }
 
+/// Applies `KEYGATE__SECTION__SETTING` variables; returns `(setting, variable)` for each.
 fn apply_overrides(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
     problems: &mut Vec<String>,
-) {
+) -> Vec<(String, String)> {
+    let mut applied = Vec::new();
     for (name, value) in vars {
         let Some(path) = name.strip_prefix(ENV_OVERRIDE_PREFIX) else {
             continue;
@@ -184,8 +211,11 @@ fn apply_overrides(
             .unwrap_or(toml::Value::String(value));
         if let Err(section) = set_path(table, &parts, parsed) {
             problems.push(format!("{name}: {section} is not a section"));
+        } else {
+            applied.push((parts.join("."), name));
         }
     }
+    applied
 }
 
 /// Sets `table[parts[0]][parts[1]]… = value`, creating sections; fails naming a non-section.
@@ -208,10 +238,11 @@ fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Re
 
 fn validate(
     mut table: toml::Table,
+    base: Option<&Path>,
     getenv: &dyn Fn(&str) -> Option<std::ffi::OsString>,
     problems: &mut Vec<String>,
 ) -> Config {
-    let mut c = Check { problems };
+    let mut c = Check { problems, base };
     let mut unknown: Vec<String> = table
         .keys()
         .filter(|k| !SECTIONS.contains(&k.as_str()))
@@ -219,7 +250,8 @@ fn validate(
         .collect();
     unknown.sort();
     for k in unknown {
-        c.problem(format!("{k}: unknown setting"));
+        let hint = check::did_you_mean(&k, SECTIONS);
+        c.problem(format!("{k}: unknown setting{hint}"));
     }
     let mut take = |name: &str| table.remove(name);
 
@@ -450,6 +482,35 @@ mod tests {
         assert_eq!(c.upstream.url, "http://10.0.0.1:9000/");
         assert_eq!(c.listen.max_request_body, 1024);
         assert!(c.auth.forward_credential);
+    }
+
+    #[test]
+    fn env_problems_name_the_variable_and_files_are_relative_to_the_config() {
+        let vars = vec![(
+            "KEYGATE__LISTEN__IDLE_TIMEOUT".to_owned(),
+            "soon".to_owned(),
+        )];
+        let err = Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\n", vars, |_| None)
+            .err()
+            .map(|e| e.problems)
+            .unwrap_or_default();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(
+            err[0].starts_with("listen.idle_timeout: \"soon\""),
+            "{err:?}"
+        );
+        assert!(
+            err[0].ends_with("(from the environment variable KEYGATE__LISTEN__IDLE_TIMEOUT)"),
+            "{err:?}"
+        );
+
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[store]\npath = \"data/keys.json\"\n[audit]\nfile = \"/var/log/a.jsonl\"\n";
+        let c = Config::from_toml_in(text, Some(Path::new("/etc/keygate")), Vec::new(), |_| None)
+            .unwrap();
+        assert!(
+            matches!(&c.store, StoreConfig::File { path, .. } if path == Path::new("/etc/keygate/data/keys.json"))
+        );
+        assert_eq!(c.audit.file.as_deref(), Some(Path::new("/var/log/a.jsonl")));
     }
 
     #[test]

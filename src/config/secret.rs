@@ -50,7 +50,7 @@ pub(super) fn read_secret(
         },
         None => getenv(default_env).map(std::ffi::OsString::into_encoded_bytes),
     };
-    let from_file = file.and_then(|path| match std::fs::read(&path) {
+    let from_file = file.and_then(|path| match std::fs::read(c.file(&path)) {
         Ok(mut bytes) => {
             while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
                 bytes.pop();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::Check;
+use super::check::{Check, DurationValue};
 use super::secret::{Getenv, Secret, read_secret};
 
 #[derive(Clone, Debug)]
@@ -64,7 +64,7 @@ pub(super) struct RawStore {
     backend: Option<String>,
     path: Option<String>,
     read_only: Option<bool>,
-    reload_interval: Option<String>,
+    reload_interval: Option<DurationValue>,
     url: Option<String>,
     cluster_nodes: Option<Vec<String>>,
     sentinels: Option<Vec<String>>,
@@ -72,8 +72,8 @@ pub(super) struct RawStore {
     key_prefix: Option<String>,
     password_env: Option<String>,
     password_file: Option<String>,
-    timeout: Option<String>,
-    propagation_timeout: Option<String>,
+    timeout: Option<DurationValue>,
+    propagation_timeout: Option<DurationValue>,
     replica_id: Option<String>,
 }
 
@@ -132,7 +132,7 @@ pub(super) fn validate(c: &mut Check<'_>, raw: RawStore, getenv: Getenv<'_>) -> 
         "file" => {
             misplaced(c, &redis_only, "redis");
             StoreConfig::File {
-                path: PathBuf::from(raw.path.unwrap_or_else(|| "keys.json".into())),
+                path: c.file(raw.path.unwrap_or_else(|| "keys.json".into())),
                 read_only: raw.read_only.unwrap_or(false),
                 reload_interval: c.duration(
                     "store.reload_interval",

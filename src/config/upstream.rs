@@ -1,12 +1,11 @@
 //! `[upstream]`: the API keygate protects, and how it is reached.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
 use serde::Deserialize;
 
-use super::check::Check;
+use super::check::{Check, DurationValue};
 use crate::tls::{CertFiles, UpstreamTls};
 
 #[derive(Clone, Debug)]
@@ -29,9 +28,9 @@ pub struct UpstreamConfig {
 #[serde(default)]
 pub(super) struct RawUpstream {
     url: Option<String>,
-    connect_timeout: Option<String>,
-    response_timeout: Option<String>,
-    pool_idle_timeout: Option<String>,
+    connect_timeout: Option<DurationValue>,
+    response_timeout: Option<DurationValue>,
+    pool_idle_timeout: Option<DurationValue>,
     pool_max_idle_per_host: Option<usize>,
     preserve_host: Option<bool>,
     ca_file: Option<String>,
@@ -76,11 +75,11 @@ pub(super) fn validate(c: &mut Check<'_>, raw: RawUpstream) -> UpstreamConfig {
         pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(256),
         preserve_host: raw.preserve_host.unwrap_or(true),
         tls: UpstreamTls {
-            ca_file: raw.ca_file.map(PathBuf::from),
+            ca_file: raw.ca_file.map(|f| c.file(f)),
             client: match (raw.client_cert_file, raw.client_key_file) {
                 (Some(cert), Some(key)) => Some(CertFiles {
-                    cert_file: cert.into(),
-                    key_file: key.into(),
+                    cert_file: c.file(cert),
+                    key_file: c.file(key),
                 }),
                 (None, None) => None,
                 _ => {

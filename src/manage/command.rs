@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 
+use super::args::{
+    EnvArg, StateArg, TypeArg, parse_meta, parse_net_arg, parse_rate, parse_restriction,
+};
 use super::remote as admin_client;
 use super::render::{render_new_key, render_table};
 use super::{ImportOutcome, KeyTool, read_import};
 use crate::config::Config;
-use crate::key::{Environment, KeyType};
+use crate::key::Environment;
 use crate::store::{KeyPatch, KeyRateLimit, NewRecord};
 use crate::time::Timestamp;
 
@@ -60,9 +63,9 @@ pub enum KeysCommand {
         owner: Option<String>,
         #[arg(long, value_enum)]
         env: Option<EnvArg>,
-        /// `active`, `expired` or `revoked`.
-        #[arg(long)]
-        state: Option<String>,
+        /// Only keys in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
         #[arg(long)]
         json: bool,
     },
@@ -128,59 +131,6 @@ pub enum KeysCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum EnvArg {
-    Live,
-    Test,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TypeArg {
-    Secret,
-    Publishable,
-}
-
-fn parse_net_arg(s: &str) -> Result<ipnet::IpNet, String> {
-    crate::config::parse_net(s).ok_or_else(|| format!("{s:?} is not an IP address or CIDR"))
-}
-
-fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
-    let (n, w) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?} is not LIMIT/WINDOW, e.g. 100/1m"))?;
-    let n: u64 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("{n:?} is not a number"))?;
-    let w = humantime::parse_duration(w.trim()).map_err(|e| format!("{w:?}: {e}"))?;
-    if n == 0 || w.as_secs() == 0 {
-        return Err("limit and window (whole seconds) must be greater than zero".into());
-    }
-    Ok((n, w))
-}
-
-fn parse_restriction(s: &str) -> Result<(String, Vec<String>), String> {
-    let (name, values) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not attribute=value,value"))?;
-    let values: Vec<String> = values
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if values.is_empty() {
-        return Err(format!("{s:?}: at least one allowed value"));
-    }
-    Ok((name.trim().to_owned(), values))
-}
-
-fn parse_meta(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
-}
-
 /// Runs a `keys` command against a running instance's admin API.
 pub async fn run_remote(admin_url: &str, command: KeysCommand) -> anyhow::Result<()> {
     let client = admin_client::AdminClient::from_env(admin_url)?;
@@ -207,6 +157,21 @@ impl Backend {
 
 /// Runs a `keys` command on the configured store.
 pub async fn run_on_store(cfg: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    // Reading commands never create a store: a missing file is most likely a wrong --config.
+    let reads_only = matches!(
+        command,
+        KeysCommand::List { .. } | KeysCommand::Show { .. } | KeysCommand::Usage { .. }
+    );
+    if let crate::config::StoreConfig::File { path, .. } = &cfg.store
+        && reads_only
+        && !path.exists()
+    {
+        anyhow::bail!(
+            "no key store at {}: nothing to read (it is created by `keygate serve` or the \
+             first `keys create`; relative paths are taken from the config file's folder)",
+            path.display()
+        );
+    }
     let store = crate::store::Store::open(&cfg.store)?;
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());
     let audit = crate::audit::Audit::start(&cfg.audit, &store, metrics);
@@ -362,7 +327,7 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     .await?
                     .iter()
                     .filter(|r| env.is_none_or(|e| r.environment == e.into()))
-                    .filter(|r| state.as_deref().is_none_or(|s| r.state(now).as_str() == s))
+                    .filter(|r| state.is_none_or(|s| r.state(now).as_str() == s.as_str()))
                     .map(|r| view(r))
                     .collect(),
                 Backend::Admin(c) => {
@@ -373,8 +338,8 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     if let Some(e) = env {
                         query.push(format!("env={}", Environment::from(e)));
                     }
-                    if let Some(s) = &state {
-                        query.push(format!("state={}", admin_client::encode(s)));
+                    if let Some(s) = state {
+                        query.push(format!("state={}", s.as_str()));
                     }
                     c.list_all(&query).await?
                 }
@@ -560,22 +525,4 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
         ),
     }
     Ok(())
-}
-
-impl From<EnvArg> for Environment {
-    fn from(e: EnvArg) -> Self {
-        match e {
-            EnvArg::Live => Environment::Live,
-            EnvArg::Test => Environment::Test,
-        }
-    }
-}
-
-impl From<TypeArg> for KeyType {
-    fn from(t: TypeArg) -> Self {
-        match t {
-            TypeArg::Secret => KeyType::Secret,
-            TypeArg::Publishable => KeyType::Publishable,
-        }
-    }
 }

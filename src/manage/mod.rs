@@ -4,6 +4,7 @@
 //! creation or rotation, and nowhere else. [`remote`] is the CLI's client of a running
 //! instance's admin API; [`render`] its human output.
 
+mod args;
 pub mod command;
 mod import;
 pub mod remote;
@@ -65,6 +66,8 @@ pub struct KeyTool {
     attributes: Vec<String>,
     /// The environment the configured instance serves.
     environment: crate::key::Environment,
+    /// `[rate_limits.tiers]` names a key may be put on (`None`: not checked).
+    tiers: Option<Vec<String>>,
 }
 
 impl KeyTool {
@@ -78,6 +81,7 @@ impl KeyTool {
             propagation_timeout: Duration::from_secs(1),
             default_scopes: Vec::new(),
             attributes: Vec::new(),
+            tiers: None,
             environment: crate::key::Environment::Live,
         }
     }
@@ -100,6 +104,7 @@ impl KeyTool {
             propagation_timeout: cfg.propagation.timeout,
             default_scopes: cfg.keys.default_scopes.clone(),
             environment: cfg.environment,
+            tiers: Some(cfg.policy.rate_limits.tiers.keys().cloned().collect()),
             attributes: cfg
                 .policy
                 .attributes
@@ -131,6 +136,21 @@ impl KeyTool {
             .filter(|n| !self.attributes.contains(n))
             .map(|n| format!("restrictions: no attribute {n:?} is configured ([attributes.{n}])"))
             .collect()
+    }
+
+    /// A tier that is not configured: refused rather than silently falling back to the default.
+    fn unknown_tier(&self, limit: Option<&crate::store::KeyRateLimit>) -> Option<String> {
+        let (Some(crate::store::KeyRateLimit::Tier { tier }), Some(tiers)) = (limit, &self.tiers)
+        else {
+            return None;
+        };
+        (!tiers.contains(tier)).then(|| match tiers.len() {
+            0 => format!("rate_limit: no tier {tier:?}: no [rate_limits.tiers] are configured"),
+            _ => format!(
+                "rate_limit: no tier {tier:?} is configured (tiers: {})",
+                tiers.join(", ")
+            ),
+        })
     }
 
     /// Waits (bounded by `store.propagation_timeout`) until every proxy serving the store has
@@ -170,6 +190,7 @@ impl KeyTool {
         }
         let mut problems = req.problems();
         problems.extend(self.unknown_attributes(req.restrictions.keys()));
+        problems.extend(self.unknown_tier(req.rate_limit.as_ref()));
         if !problems.is_empty() {
             return Err(ManageError::Invalid(problems.join("; ")));
         }
@@ -233,6 +254,7 @@ impl KeyTool {
         if let Some(r) = &patch.restrictions {
             problems.extend(self.unknown_attributes(r.keys()));
         }
+        problems.extend(self.unknown_tier(patch.rate_limit.as_ref().and_then(Option::as_ref)));
         if !problems.is_empty() {
             return Err(ManageError::Invalid(problems.join("; ")));
         }

@@ -266,6 +266,20 @@ impl Store {
         }
     }
 
+    /// The file backend's store file, written empty when missing (for `serve`, which then
+    /// watches it); `Some(path)` when it was created.
+    pub fn create_if_missing(
+        &self,
+        cfg: &crate::config::StoreConfig,
+    ) -> Result<Option<std::path::PathBuf>, StoreError> {
+        match (self, cfg) {
+            (Store::File(s), crate::config::StoreConfig::File { path, .. }) => {
+                Ok(s.create_if_missing()?.then(|| path.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Starts the backend's background work: file watching, or the invalidation subscription.
     pub fn spawn_background(
         &self,

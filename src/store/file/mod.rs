@@ -104,7 +104,8 @@ impl std::fmt::Debug for FileStore {
 }
 
 impl FileStore {
-    /// Opens (and, unless read-only, creates) the store file.
+    /// Opens the store file. A missing file is an empty store (created by the first write, or
+    /// by [`FileStore::create_if_missing`]) unless read-only: then it is an error.
     pub fn open(path: impl Into<PathBuf>, read_only: bool) -> Result<Self, StoreError> {
         let path = path.into();
         let mut lock_path = path.clone().into_os_string();
@@ -121,11 +122,19 @@ impl FileStore {
                 replica: OnceLock::new(),
             }),
         };
-        if !read_only && !store.inner.path.exists() {
-            store.write_locked(|_| Ok(()))?;
+        if read_only || store.inner.path.exists() {
+            store.reload(false)?;
         }
-        store.reload(false)?;
         Ok(store)
+    }
+
+    /// Writes an empty store file when there is none; true when it did.
+    pub fn create_if_missing(&self) -> Result<bool, StoreError> {
+        if self.inner.path.exists() || self.inner.read_only {
+            return Ok(false);
+        }
+        self.write_locked(|_| Ok(()))?;
+        Ok(true)
     }
 
     pub(super) fn changes(&self) -> &Changes {
