@@ -185,7 +185,7 @@ impl Server {
 
     /// Applies the policy part of `path` now. Returns the problems when the file is invalid.
     pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
-        reload(&self.policy, &self.app.verifier, path).await
+        reload(&self.policy, &self.app.verifier, &self.app.metrics, path).await
     }
 
     /// Serves the admin API on `listener` (ignored when the admin API is off).
@@ -233,6 +233,7 @@ impl Server {
             self.background.push(tokio::spawn(watch_config(
                 Arc::clone(&self.policy),
                 Arc::clone(&self.app.verifier),
+                Arc::clone(&self.app.metrics),
                 path,
             )));
         }
@@ -353,22 +354,34 @@ where
 async fn reload(
     policy: &ArcSwap<Policy>,
     verifier: &Verifier,
+    metrics: &Metrics,
     path: &std::path::Path,
 ) -> Result<(), String> {
     // Reading and validating touch the disk (and TLS files): off the runtime threads.
     let owned = path.to_owned();
-    let cfg = tokio::task::spawn_blocking(move || Config::load(&owned))
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&owned))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let cfg = match loaded {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            metrics
+                .config_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
     let next = policy.load().reconfigured(&cfg.policy, verifier.store());
     policy.store(Arc::new(next));
+    metrics.config_reloads.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
 async fn watch_config(
     policy: Arc<ArcSwap<Policy>>,
     verifier: Arc<Verifier>,
+    metrics: Arc<Metrics>,
     path: std::path::PathBuf,
 ) {
     let stamp = |p: &std::path::Path| {
@@ -395,7 +408,7 @@ async fn watch_config(
             }
         };
         last = stamp(&path);
-        match reload(&policy, &verifier, &path).await {
+        match reload(&policy, &verifier, &metrics, &path).await {
             Ok(()) => tracing::info!(
                 trigger = why,
                 file = %path.display(),

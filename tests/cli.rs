@@ -467,3 +467,51 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn json_logs_are_flat_and_a_bad_rust_log_is_reported() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_9", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let auth = bearer(created["key"].as_str().unwrap());
+    let served = Served::start_env(&cfg, &[("RUST_LOG".into(), "keygate=[bogus".into())]);
+    let r = send(
+        http::Method::GET,
+        &format!("http://{}/x", served.addr),
+        &[("authorization", &auth), ("user-agent", "probe/1.0")],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let access = || {
+        served.logs.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "access").then_some(v)
+        })
+    };
+    assert_eventually!(access().is_some(), Duration::from_secs(5), "no access line");
+    let v = access().unwrap();
+    assert!(v.get("fields").is_none(), "not flat: {v}");
+    assert_eq!(v["owner"], "acct_9");
+    assert_eq!(v["user_agent"], "probe/1.0");
+    assert_eq!(v["http_version"], "HTTP/1.1");
+    assert_eq!(v["status"], 200);
+    let logs = served.logs.lock().unwrap().clone();
+    assert!(
+        logs.iter().all(|l| !l.contains('\u{1b}')),
+        "escape codes in piped logs"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("RUST_LOG is not a valid filter")),
+        "a bad RUST_LOG went unreported: {logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .all(|l| !l.contains(created["key"].as_str().unwrap()))
+    );
+}

@@ -24,6 +24,13 @@ pub(super) struct Context {
     /// What the route accepts, for the hints in a rejection.
     pub hints: Hints,
     pub key_id: Option<Arc<str>>,
+    /// The verified key's owner, for the access log.
+    pub owner: Option<Arc<str>>,
+    pub version: Version,
+    /// The client's `User-Agent` (at most 256 bytes kept), for the access log.
+    pub user_agent: Option<HeaderValue>,
+    /// The request's declared `Content-Length`, for the access log.
+    pub request_bytes: Option<u64>,
     /// Display prefix of a key that failed verification.
     pub key_prefix: Option<String>,
     /// The error code when keygate rejected the request.
@@ -41,6 +48,14 @@ impl Context {
             unread_body: req.version() <= Version::HTTP_11 && !req.body().is_end_stream(),
             method: req.method().clone(),
             uri: req.uri().clone(),
+            owner: None,
+            version: req.version(),
+            user_agent: req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .filter(|v| v.len() <= 256)
+                .cloned(),
+            request_bytes: declared_length(req.headers()),
             trace: Trace::default(),
             hints: Hints::default(),
             key_id: None,
@@ -50,4 +65,14 @@ impl Context {
             upstream_us: 0,
         }
     }
+}
+
+/// A single, well-formed `Content-Length`.
+pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    v.to_str().ok()?.parse().ok()
 }

@@ -73,7 +73,7 @@ impl Ops {
                 )));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 r
             }

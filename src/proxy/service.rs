@@ -172,6 +172,7 @@ impl App {
         match self.verifier.verify(&cred).await {
             Ok(identity) => {
                 cx.key_id = Some(Arc::clone(identity.key_id()));
+                cx.owner = Some(Arc::clone(identity.owner()));
                 Ok(identity)
             }
             Err(err) => {
@@ -316,7 +317,12 @@ impl App {
                 status,
                 code = cx.code.unwrap_or("ok"),
                 key_id = cx.key_id.as_deref().unwrap_or("-"),
+                owner = cx.owner.as_deref().unwrap_or("-"),
                 client_ip = %cx.trace.client_ip.unwrap_or(conn.peer.ip()),
+                http_version = ?cx.version,
+                user_agent = cx.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                request_bytes = cx.request_bytes,
+                response_bytes = super::context::declared_length(resp.headers()),
                 duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 upstream_us = cx.upstream_us,
                 reason = cx.reason.as_deref().unwrap_or(""),

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub audit_dropped: AtomicU64,
     pub audit_sink_errors: AtomicU64,
     pub tls_handshake_errors: AtomicU64,
+    /// Configuration reloads (SIGHUP, file change) applied and refused.
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
     /// Requests being forwarded (a gauge of upstream connection use).
     pub upstream_in_flight: AtomicU64,
     /// Open tunnels (upgrades, CONNECT).
@@ -296,6 +299,16 @@ impl Metrics {
             c.timed_out_head.load(Ordering::Relaxed),
             c.closed_idle.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_config_reloads_total Configuration reloads, by result (a refused file keeps the running configuration).
+# TYPE keygate_config_reloads_total counter
+keygate_config_reloads_total{{result=\"success\"}} {}
+keygate_config_reloads_total{{result=\"failure\"}} {}",
+            self.config_reloads.load(Ordering::Relaxed),
+            self.config_reload_failures.load(Ordering::Relaxed)
+        );
+        super::process::render(&mut out);
         self.by_route.render(&mut out);
         self.request_seconds.render(
             &mut out,

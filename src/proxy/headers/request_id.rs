@@ -22,22 +22,40 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     new_request_id()
 }
 
-/// `<process random>-<counter>`: unique per process without an RNG call per request.
+/// `<process random>-<16 hex digits>`: a counter through a keyed permutation, so ids are
+/// unique per process without an RNG call per request and do not show how many came before.
 fn new_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| crate::key::random_base62(10));
-    id_value(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+    static PROCESS: std::sync::OnceLock<(String, [u64; 2])> = std::sync::OnceLock::new();
+    let (prefix, keys) = PROCESS.get_or_init(|| {
+        (
+            crate::key::random_base62(10),
+            [rand::random(), rand::random()],
+        )
+    });
+    id_value(
+        prefix,
+        scramble(COUNTER.fetch_add(1, Ordering::Relaxed), *keys),
+    )
 }
 
-/// `<prefix>-<n in hex>`, built by hand: this runs on every request without an `X-Request-Id`.
+/// A bijection on u64 (splitmix64's finaliser between two key XORs): distinct counters give
+/// distinct ids, and without the keys consecutive ids look unrelated.
+fn scramble(n: u64, keys: [u64; 2]) -> u64 {
+    let mut x = n ^ keys[0];
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) ^ keys[1]
+}
+
+/// `<prefix>-<n as 16 hex digits>`, built by hand: this runs on every request without an
+/// `X-Request-Id`.
 fn id_value(prefix: &str, n: u64) -> HeaderValue {
     let mut id = Vec::with_capacity(prefix.len() + 17);
     id.extend_from_slice(prefix.as_bytes());
     id.push(b'-');
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
     id.extend(
-        (0..digits)
+        (0..16)
             .rev()
             .map(|i| b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]),
     );
@@ -50,10 +68,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_id_counter_is_hex() {
+    fn request_id_counter_is_hex_and_scrambled() {
         for n in [0, 1, 9, 10, 15, 16, 255, 4096, 0xdead_beef, u64::MAX] {
-            assert_eq!(id_value("p", n), format!("p-{n:x}").as_str(), "{n}");
+            assert_eq!(id_value("p", n), format!("p-{n:016x}").as_str(), "{n}");
         }
+        let keys = [0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|n| scramble(n, keys)).collect();
+        assert_eq!(ids.len(), 10_000, "not a bijection");
+        assert!(scramble(1, keys).abs_diff(scramble(0, keys)) > 1 << 32);
     }
 
     #[test]

@@ -487,7 +487,12 @@ mod tests {
     async fn read_only_store_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.json");
-        FileStore::open(&path, false).unwrap();
+        // Opening never creates the file; a read-only open of a missing one fails.
+        let rw = FileStore::open(&path, false).unwrap();
+        assert!(!path.exists());
+        assert!(FileStore::open(&path, true).is_err());
+        assert!(rw.create_if_missing().unwrap());
+        assert!(!rw.create_if_missing().unwrap());
         let ro = FileStore::open(&path, true).unwrap();
         let (_, rec) = mint("acct_1");
         assert!(matches!(ro.insert(rec).await, Err(StoreError::ReadOnly(_))));
