@@ -30,25 +30,6 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Writes raw bytes and reads until the server closes or goes quiet for `quiet`.
-async fn raw(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    read_all(&mut s, quiet).await
-}
-
-async fn read_all(s: &mut TcpStream, quiet: Duration) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn status_of(text: &str) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
@@ -464,6 +445,10 @@ async fn client_body_faults_are_the_clients_not_the_upstreams() {
         let status = status_of(&text);
         assert!(status == Some(400) || status.is_none(), "{body:?}: {text}");
     }
+    // Bare LF line ends in chunked framing are refused like any malformed chunk.
+    let req = format!("{head}Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n");
+    let text = raw(kg.addr, req.as_bytes(), Duration::from_millis(500)).await;
+    assert_eq!(status_of(&text), Some(400), "{text}");
     // A body shorter than its Content-Length, then the client stops sending.
     let mut s = TcpStream::connect(kg.addr).await.unwrap();
     s.write_all(format!("{head}Content-Length: 10\r\n\r\nabc").as_bytes())

@@ -560,3 +560,26 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// Writes raw bytes on a new connection and reads until the server closes or goes quiet for
+/// `quiet`.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_all(&mut s, quiet).await
+}
+
+/// Reads until the peer closes or goes quiet for `quiet`.
+pub async fn read_all(s: &mut tokio::net::TcpStream, quiet: Duration) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
