@@ -39,6 +39,18 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     CheckConfig(ConfigArg),
+    /// Write a minimal, loopback-bound configuration file to start from.
+    Init {
+        /// Where to write it.
+        #[arg(long, short, default_value = "sidecar.toml")]
+        config: PathBuf,
+        /// The API keygate protects.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        upstream: String,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Zero-config trial: a built-in echo upstream, a temporary store and a test key.
     Dev {
         /// Where the proxy listens.
@@ -58,7 +70,7 @@ enum Command {
         config: ConfigArg,
         /// Talk to this admin API (e.g. `http://127.0.0.1:9091`) instead of the store; the
         /// token comes from `KEYGATE_ADMIN_TOKEN`.
-        #[arg(long, env = "KEYGATE_ADMIN_URL")]
+        #[arg(long, env = "KEYGATE_ADMIN_URL", global = true)]
         admin_url: Option<String>,
         #[command(subcommand)]
         command: KeysCommand,
@@ -116,6 +128,11 @@ async fn run(cli: Cli) -> ExitCode {
                 Err(code) => code,
             };
         }
+        Command::Init {
+            config,
+            upstream,
+            force,
+        } => keygate::dev::init::write_config(&config, &upstream, force),
         Command::Serve(a) => match load_config(&a.config) {
             Ok(cfg) => {
                 keygate::server::run(cfg, &a.config, keygate::server::shutdown_signal()).await

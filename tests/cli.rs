@@ -127,6 +127,19 @@ fn key_lifecycle_through_the_cli() {
         "keys", "--config", &cfg, "list", "--json", "--owner", "acct_42",
     ]));
     let show = stdout(&keygate(&["keys", "--config", &cfg, "show", &id]));
+    assert!(
+        list.contains("NAME") && list.contains("billing") && list.contains("EXPIRES"),
+        "{list}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("name") && l.ends_with("billing")),
+        "{show}"
+    );
+    assert!(
+        show.contains("payments:read,refunds:write") && show.contains("expires"),
+        "{show}"
+    );
     let store = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
     let secret_part = &key["sk_live_".len()..];
     for (what, text) in [
@@ -514,4 +527,42 @@ async fn json_logs_are_flat_and_a_bad_rust_log_is_reported() {
         logs.iter()
             .all(|l| !l.contains(created["key"].as_str().unwrap()))
     );
+}
+
+#[test]
+fn init_writes_a_loopback_config_that_serves_and_revoking_twice_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.toml");
+    let p = path.to_str().unwrap();
+    let out = keygate(&["init", "--config", p, "--upstream", "http://127.0.0.1:3999"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("keygate serve --config"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("address = \"127.0.0.1:8080\"") && text.contains("http://127.0.0.1:3999")
+    );
+    assert!(text.lines().count() < 40, "init wrote the whole example");
+    assert!(keygate(&["check-config", "--config", p]).status.success());
+    // Never overwrites by accident.
+    let again = keygate(&["init", "--config", p]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let out = keygate(&[
+        "keys", "--config", p, "create", "--owner", "acct_2", "--json",
+    ]);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = stdout(&keygate(&["keys", "--config", p, "revoke", &id]));
+    assert!(first.starts_with("Revoked "), "{first}");
+    let second = stdout(&keygate(&["keys", "--config", p, "revoke", &id]));
+    assert!(second.contains("was already revoked"), "{second}");
+    // The store sits next to the config, not in the working directory.
+    assert!(dir.path().join("keys.json").exists());
 }

@@ -6,6 +6,7 @@
 //! 403s and its 429.
 
 pub mod echo;
+pub mod init;
 mod profiles;
 
 use std::future::Future;

@@ -12,7 +12,7 @@ use super::args::{
     EnvArg, StateArg, TypeArg, parse_meta, parse_net_arg, parse_rate, parse_restriction,
 };
 use super::remote as admin_client;
-use super::render::{render_new_key, render_table};
+use super::render::{render_detail, render_new_key, render_table};
 use super::{ImportOutcome, KeyTool, read_import};
 use crate::config::Config;
 use crate::key::Environment;
@@ -23,13 +23,16 @@ use crate::time::Timestamp;
 pub enum KeysCommand {
     /// Create a key; prints it once.
     Create {
+        /// Who the key belongs to (an account or customer id).
         #[arg(long)]
         owner: String,
         /// The key's environment; default: the one the configured instance serves.
         #[arg(long, value_enum)]
         env: Option<EnvArg>,
+        /// `secret` (server side) or `publishable` (safe in a browser or app).
         #[arg(long = "type", value_enum, default_value = "secret")]
         key_type: TypeArg,
+        /// A label for people, e.g. `billing-prod`.
         #[arg(long)]
         name: Option<String>,
         /// Comma-separated scopes, e.g. `payments:read,payments:write`.
@@ -54,30 +57,38 @@ pub enum KeysCommand {
         /// The key's own rate limit, e.g. `100/1m`.
         #[arg(long = "rate-limit", value_parser = parse_rate)]
         rate_limit: Option<(u64, Duration)>,
+        /// Print JSON (the admin API's shapes) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List keys (metadata only).
     List {
+        /// Only this owner's keys.
         #[arg(long)]
         owner: Option<String>,
+        /// Only keys of this environment.
         #[arg(long, value_enum)]
         env: Option<EnvArg>,
         /// Only keys in this state.
         #[arg(long, value_enum)]
         state: Option<StateArg>,
+        /// Print JSON (the admin API's shapes) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one key's metadata.
     Show {
+        /// The key's id (`key_…`).
         id: String,
+        /// Print JSON (the admin API's shapes) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Change a key's name, scopes, IP allowlist, rate limit or expiry.
     Update {
+        /// The key's id (`key_…`).
         id: String,
+        /// A label for people, e.g. `billing-prod`.
         #[arg(long)]
         name: Option<String>,
         /// Replaces the scopes (comma-separated).
@@ -92,8 +103,10 @@ pub enum KeysCommand {
         /// Lifts every attribute restriction.
         #[arg(long, conflicts_with = "restrict")]
         no_restrictions: bool,
+        /// A rate-limit tier from `[rate_limits.tiers]`, e.g. `pro`.
         #[arg(long, conflicts_with = "rate_limit")]
         tier: Option<String>,
+        /// The key's own rate limit, e.g. `100/1m`.
         #[arg(long = "rate-limit", value_parser = parse_rate)]
         rate_limit: Option<(u64, Duration)>,
         /// New lifetime from now, e.g. `30d`.
@@ -102,21 +115,26 @@ pub enum KeysCommand {
         /// Remove the expiry.
         #[arg(long)]
         no_expiry: bool,
+        /// Print JSON (the admin API's shapes) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Issue a successor and retire the key (at once, or after --grace).
     Rotate {
+        /// The key's id (`key_…`).
         id: String,
         /// Keep the old key working this long, e.g. `1h`.
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<Duration>,
+        /// Print JSON (the admin API's shapes) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a key for good.
     Revoke {
+        /// The key's id (`key_…`).
         id: String,
+        /// Print JSON (the admin API's shapes) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -125,7 +143,9 @@ pub enum KeysCommand {
     /// Import existing plaintext keys (hashed on the way in; the plaintext is not kept).
     /// JSON lines, or CSV with a header `key,owner,scopes,env,type,name`. Store only.
     Import {
+        /// The file to import.
         file: PathBuf,
+        /// The file is CSV (default: JSON lines).
         #[arg(long)]
         csv: bool,
     },
@@ -301,6 +321,15 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     c.call("POST", "/v1/keys", Some(body)).await?
                 }
             };
+            if out["record"]["scopes"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+            {
+                eprintln!(
+                    "warning: the key has no scopes, so it passes only routes that need none \
+                     (give it --scopes, or set keys.default_scopes)"
+                );
+            }
             if json {
                 println!("{out}");
             } else {
@@ -362,9 +391,10 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
                     .await?
                 }
             };
-            print_view(&v, json);
-            if !json {
-                print_propagation(&v);
+            if json {
+                print_view(&v, true);
+            } else {
+                print!("{}", render_detail(&v));
             }
         }
         KeysCommand::Update {
@@ -479,6 +509,21 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, json } => {
+            // Revoking twice changes nothing; say so rather than "Revoked" again.
+            let before = match backend {
+                Backend::Store(tool) => tool.get(&id).await.ok().map(|r| view(&r)),
+                Backend::Admin(c) => c
+                    .call(
+                        "GET",
+                        &format!("/v1/keys/{}", admin_client::encode(&id)),
+                        None,
+                    )
+                    .await
+                    .ok(),
+            };
+            let already = before
+                .as_ref()
+                .and_then(|b| b["revoked_at"].as_str().map(str::to_owned));
             let v = match backend {
                 Backend::Store(tool) => {
                     let v = view(&tool.revoke(&id, &actor).await?);
@@ -495,6 +540,13 @@ async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
             };
             if json {
                 print_view(&v, true);
+            } else if let Some(at) = already {
+                println!(
+                    "{} ({}) of {} was already revoked (at {at}); nothing changed.",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["display_prefix"].as_str().unwrap_or_default(),
+                    v["owner"].as_str().unwrap_or_default()
+                );
             } else {
                 println!(
                     "Revoked {} ({}) of {}.",

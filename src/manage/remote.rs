@@ -15,12 +15,29 @@ pub struct AdminClient {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// `token` from `name:token` (the server reads an entry the same way), else the whole value.
+fn token_part(value: &str) -> &str {
+    match value.split_once(':') {
+        Some((name, token))
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
+        {
+            token.trim()
+        }
+        _ => value,
+    }
+}
+
 impl AdminClient {
     /// `base` like `http://127.0.0.1:9091`; the token from `KEYGATE_ADMIN_TOKEN`.
+    /// The token from `KEYGATE_ADMIN_TOKEN`: the token alone, or `name:token` as written in
+    /// `KEYGATE_ADMIN_TOKENS` on the server (the name is the server's; only the token is sent).
     pub fn from_env(base: &str) -> anyhow::Result<AdminClient> {
-        let token = std::env::var("KEYGATE_ADMIN_TOKEN")
+        let value = std::env::var("KEYGATE_ADMIN_TOKEN")
             .context("KEYGATE_ADMIN_TOKEN must hold an admin token to use --admin-url")?;
-        AdminClient::new(base, token)
+        AdminClient::new(base, token_part(value.trim()).to_owned())
     }
 
     pub fn new(base: &str, token: String) -> anyhow::Result<AdminClient> {
@@ -104,4 +121,17 @@ pub fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_token_variable_takes_either_form() {
+        assert_eq!(
+            super::token_part("ops:0123456789abcdef"),
+            "0123456789abcdef"
+        );
+        assert_eq!(super::token_part("0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(super::token_part("bad name:x"), "bad name:x");
+    }
 }
