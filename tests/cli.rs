@@ -566,3 +566,26 @@ fn init_writes_a_loopback_config_that_serves_and_revoking_twice_says_so() {
     // The store sits next to the config, not in the working directory.
     assert!(dir.path().join("keys.json").exists());
 }
+
+#[test]
+fn a_bind_error_names_the_listener_and_its_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "http://127.0.0.1:9", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"localhost:{port}\""),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = keygate(&["serve", "--config", &cfg]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} for the proxy (listen.address)"
+        )),
+        "{err}"
+    );
+}
