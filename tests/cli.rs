@@ -38,6 +38,9 @@ fn check_config_lists_every_problem_and_exits_2() {
     let out = keygate(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    // Each problem points at its line and column.
+    assert!(err.contains("bad.toml:4:1: listen.address:"), "{err}");
+    assert!(err.contains("bad.toml:1:1: environment:"), "{err}");
     for needle in [
         "4 problems",
         "environment:",

@@ -58,6 +58,7 @@ impl Check<'_> {
             return T::default();
         };
         let mut unknown = Vec::new();
+        let value_again = value.clone();
         let parsed = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
         let known = fields_of::<T>();
         for p in unknown {
@@ -71,11 +72,43 @@ impl Check<'_> {
         }
         match parsed {
             Ok(v) => v,
-            Err(e) => {
-                self.problem(format!("{name}: {}", e.to_string().trim()));
-                T::default()
+            Err(e) => self.each_field::<T>(name, value_again, e),
+        }
+    }
+
+    /// After a type error in a section: every setting is tried alone, so each bad one is
+    /// reported (not only the first), and the section keeps the settings that are fine.
+    fn each_field<T: DeserializeOwned + Default>(
+        &mut self,
+        name: &str,
+        value: toml::Value,
+        whole: toml::de::Error,
+    ) -> T {
+        let toml::Value::Table(table) = value else {
+            self.problem(format!("{name}: {}", whole.to_string().trim()));
+            return T::default();
+        };
+        let mut good = toml::Table::new();
+        let mut reported = false;
+        for (key, v) in table {
+            let alone: toml::Table = std::iter::once((key.clone(), v.clone())).collect();
+            match T::deserialize(toml::Value::Table(alone)) {
+                Ok(_) => {
+                    good.insert(key, v);
+                }
+                Err(e) => {
+                    reported = true;
+                    let msg = e.to_string();
+                    let msg = msg.trim();
+                    // serde names the setting itself ("invalid type: … for key `x`" or not).
+                    self.problem(format!("{name}.{key}: {msg}"));
+                }
             }
         }
+        if !reported {
+            self.problem(format!("{name}: {}", whole.to_string().trim()));
+        }
+        T::deserialize(toml::Value::Table(good)).unwrap_or_default()
     }
 
     pub(super) fn duration(
@@ -321,5 +354,27 @@ mod tests {
             problems,
             ["listen.idle_timout: unknown setting; did you mean `idle_timeout`?"]
         );
+    }
+
+    #[test]
+    fn every_type_error_of_a_section_is_reported() {
+        #[derive(Deserialize, Default, Debug)]
+        #[serde(default)]
+        struct Raw {
+            a: Option<String>,
+            b: Option<u64>,
+            c: Option<bool>,
+        }
+        let mut problems = Vec::new();
+        let mut c = Check {
+            problems: &mut problems,
+            base: None,
+        };
+        let value: toml::Value = toml::from_str("a = 1\nb = \"x\"\nc = true").unwrap();
+        let raw: Raw = c.section("s", Some(value));
+        assert_eq!(raw.c, Some(true), "the good setting was lost");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("s.a: invalid type"), "{problems:?}");
+        assert!(problems[1].starts_with("s.b: invalid type"), "{problems:?}");
     }
 }

@@ -17,6 +17,7 @@ mod ip;
 mod keys;
 mod limits;
 mod listen;
+mod locate;
 mod log;
 mod paths;
 mod routes;
@@ -144,6 +145,18 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         Config::from_toml_in(&text, Some(base), std::env::vars(), |name| {
             std::env::var_os(name)
+        })
+        .map_err(|mut e| {
+            // Each problem points at where its setting is written (not for environment values).
+            for p in &mut e.problems {
+                let at = locate::setting_of(p)
+                    .filter(|_| !p.ends_with(')') || !p.contains("environment variable"))
+                    .and_then(|s| locate::locate(&text, s));
+                if let Some((line, col)) = at {
+                    *p = format!("{}:{line}:{col}: {p}", path.display());
+                }
+            }
+            e
         })
     }
 
