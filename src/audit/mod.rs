@@ -419,7 +419,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metric
             .map(|mut e| {
                 chain.seal(&mut e);
                 let json = serde_json::to_string(&e).unwrap_or_default();
-                tracing::info!(target: "keygate::audit", action = %e.action, event = %json, "audit");
+                log_event(&e);
                 json
             })
             .collect();
@@ -444,4 +444,35 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metric
             let _ = w.send(());
         }
     }
+}
+
+/// One log line per audit event, its fields at the top level of a JSON line (the nested ones —
+/// changes, counts, statuses, client IPs — as compact JSON text).
+fn log_event(e: &Event) {
+    let nested = |v: serde_json::Value| match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::Object(m) if m.is_empty() => None,
+        serde_json::Value::Array(a) if a.is_empty() => None,
+        v => Some(v.to_string()),
+    };
+    tracing::info!(
+        target: "keygate::audit",
+        seq = e.seq,
+        action = %e.action,
+        actor = e.actor.as_deref(),
+        key_id = e.key_id.as_deref(),
+        key_prefix = e.key_prefix.as_deref(),
+        owner = e.owner.as_deref(),
+        environment = e.environment.as_deref(),
+        code = e.code.as_deref(),
+        method = e.method.as_deref(),
+        route = e.route.as_deref(),
+        minute = e.minute.map(|m| m.to_string()),
+        changes = nested(e.changes.clone().unwrap_or_default()),
+        counts = nested(serde_json::json!(e.counts)),
+        statuses = nested(serde_json::json!(e.statuses)),
+        client_ips = nested(serde_json::json!(e.client_ips)),
+        hash = %e.hash,
+        "audit"
+    );
 }
