@@ -19,6 +19,9 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The identity headers keygate sets (prefix `x-auth-`, no signing key configured).
+const IDENTITY: &[&str] = &["x-auth-key-id", "x-auth-owner", "x-auth-env", "x-auth-key-type", "x-auth-scopes"];
+
 struct Rig {
     rt: tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -32,9 +35,17 @@ async fn upstream(listener: TcpListener, key_id: String, key: String) {
         let (key_id, key) = (key_id.clone(), key.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let ok = req.headers().get("x-auth-key-id").and_then(|v| v.to_str().ok()) == Some(key_id.as_str())
-                    && req.headers().get_all("x-auth-key-id").iter().count() == 1
-                    && !req.headers().iter().any(|(_, v)| v.as_bytes().windows(key.len()).any(|w| w == key.as_bytes()));
+                let h = req.headers();
+                let has_key = |v: &http::HeaderValue| v.as_bytes().windows(key.len()).any(|w| w == key.as_bytes());
+                // The key's identity, once; nothing else in the identity namespace (a client's
+                // spoofed x-auth-* never passes); the carriers keygate read are gone. (A key a
+                // client puts in some other header is that header's business: it is forwarded.)
+                let ok = h.get("x-auth-key-id").and_then(|v| v.to_str().ok()) == Some(key_id.as_str())
+                    && h.get_all("x-auth-key-id").iter().count() == 1
+                    && h.keys().filter(|n| n.as_str().starts_with("x-auth-")).all(|n| IDENTITY.contains(&n.as_str()))
+                    && h.get_all("x-auth-owner").iter().map(|v| v.as_bytes()).eq([&b"acct_fuzz"[..]])
+                    && !h.contains_key("x-api-key")
+                    && !h.get_all(http::header::AUTHORIZATION).iter().any(has_key);
                 if !ok {
                     eprintln!("forwarded without its identity (or with the key): {:?}", req.headers());
                     std::process::abort();
