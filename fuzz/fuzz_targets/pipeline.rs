@@ -28,6 +28,13 @@ struct Rig {
     key: String,
 }
 
+/// An `Authorization` value in a scheme keygate reads (Bearer, Basic); any other scheme is the
+/// client's business with the upstream and is forwarded whatever it holds.
+fn read_by_keygate(v: &http::HeaderValue) -> bool {
+    let scheme = v.as_bytes().split(|b| *b == b' ' || *b == b'\t').next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case(b"bearer") || scheme.eq_ignore_ascii_case(b"basic")
+}
+
 /// An upstream that aborts on any request without the key's identity, or with the key.
 async fn upstream(listener: TcpListener, key_id: String, key: String) {
     loop {
@@ -38,14 +45,15 @@ async fn upstream(listener: TcpListener, key_id: String, key: String) {
                 let h = req.headers();
                 let has_key = |v: &http::HeaderValue| v.as_bytes().windows(key.len()).any(|w| w == key.as_bytes());
                 // The key's identity, once; nothing else in the identity namespace (a client's
-                // spoofed x-auth-* never passes); the carriers keygate read are gone. (A key a
-                // client puts in some other header is that header's business: it is forwarded.)
+                // spoofed x-auth-* never passes); the carriers keygate reads are gone. (A key a
+                // client puts in some other header, or in an Authorization of another scheme, is
+                // that header's business: it is forwarded.)
                 let ok = h.get("x-auth-key-id").and_then(|v| v.to_str().ok()) == Some(key_id.as_str())
                     && h.get_all("x-auth-key-id").iter().count() == 1
                     && h.keys().filter(|n| n.as_str().starts_with("x-auth-")).all(|n| IDENTITY.contains(&n.as_str()))
                     && h.get_all("x-auth-owner").iter().map(|v| v.as_bytes()).eq([&b"acct_fuzz"[..]])
                     && !h.contains_key("x-api-key")
-                    && !h.get_all(http::header::AUTHORIZATION).iter().any(has_key);
+                    && !h.get_all(http::header::AUTHORIZATION).iter().any(|v| has_key(v) && read_by_keygate(v));
                 if !ok {
                     eprintln!("forwarded without its identity (or with the key): {:?}", req.headers());
                     std::process::abort();

@@ -110,7 +110,9 @@ impl App {
             // A restriction on a JSON field: the body is read (bounded) before the decision.
             let (req, body) = match policy.body_needed(&admitted, &identity) {
                 None => (req.map(Either::Left), None),
-                Some(cap) => self.buffer(req, cap).await?, // 400 / 413
+                // Boxed, like the other rare paths below: their state would otherwise make
+                // every request's future larger, and hyper moves that future per request.
+                Some(cap) => Box::pin(self.buffer(req, cap)).await?, // 400 / 413
             };
             let view = RequestView {
                 method: &method,
@@ -126,27 +128,30 @@ impl App {
         };
         if connect {
             let (forwarder, metrics) = (&self.forwarder, &self.metrics);
-            return self
-                .edge
-                .connect(forwarder, metrics, req, &permit, conn, &cx.request_id)
-                .await
-                .map(|r| r.map(Either::Left));
+            return Box::pin(self.edge.connect(
+                forwarder,
+                metrics,
+                req,
+                &permit,
+                conn,
+                &cx.request_id,
+            ))
+            .await
+            .map(|r| r.map(Either::Left));
         }
         // The self-service key API answers here; nothing reaches the upstream.
         if permit.route().self_service {
             let request_id = cx.request_id.to_str().unwrap_or_default().to_owned();
-            return self
-                .self_service
-                .handle(
-                    &permit,
-                    req,
-                    &policy,
-                    &mut cx.trace.rate,
-                    &self.errors,
-                    &request_id,
-                )
-                .await
-                .map(|r| r.map(Either::Right));
+            return Box::pin(self.self_service.handle(
+                &permit,
+                req,
+                &policy,
+                &mut cx.trace.rate,
+                &self.errors,
+                &request_id,
+            ))
+            .await
+            .map(|r| r.map(Either::Right));
         }
         self.forward(req, &permit, conn, cx)
             .await
