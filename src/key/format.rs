@@ -110,8 +110,17 @@ impl Alphabet {
         }
     }
 
+    /// Whether `b` is one of [`Alphabet::chars`] (by ranges: this runs per key character on
+    /// every request).
     fn contains(self, b: u8) -> bool {
-        self.chars().contains(&b)
+        match self {
+            Alphabet::Base62 => b.is_ascii_alphanumeric(),
+            Alphabet::Hex => matches!(b, b'0'..=b'9' | b'a'..=b'f'),
+            Alphabet::Base58 => {
+                b.is_ascii_alphanumeric() && !matches!(b, b'0' | b'O' | b'I' | b'l')
+            }
+            Alphabet::LowerAlphanumeric => matches!(b, b'0'..=b'9' | b'a'..=b'z'),
+        }
     }
 
     /// Bits of entropy in `n` characters.
@@ -119,10 +128,13 @@ impl Alphabet {
         n as f64 * (self.chars().len() as f64).log2()
     }
 
-    /// Characters a CRC32 takes in this alphabet.
-    fn checksum_len(self) -> usize {
-        let base = self.chars().len() as f64;
-        (32.0 / base.log2()).ceil() as usize
+    /// Characters a CRC32 takes in this alphabet: ⌈32 / log2(base)⌉.
+    const fn checksum_len(self) -> usize {
+        match self {
+            Alphabet::Base62 | Alphabet::Base58 => 6,
+            Alphabet::Hex => 8,
+            Alphabet::LowerAlphanumeric => 7,
+        }
     }
 
     /// `n` characters from the OS CSPRNG, uniformly (by rejection sampling).
@@ -476,7 +488,8 @@ impl KeyFormat {
                 }
                 if checksum {
                     let (head, sum) = key.split_at(key.len() - sum_len);
-                    if checksum_chars(head, alphabet).as_bytes() != sum.as_bytes() {
+                    let mut digits = [0u8; 8];
+                    if checksum_digits(head, alphabet, &mut digits) != sum.as_bytes() {
                         return Err(KeyFormatError::BadChecksum);
                     }
                 }
@@ -518,16 +531,24 @@ impl KeyFormat {
 
 /// CRC32 of `s` as digits of `alphabet` (most significant first, zero-padded).
 fn checksum_chars(s: &str, alphabet: Alphabet) -> String {
+    let mut digits = [0u8; 8];
+    checksum_digits(s, alphabet, &mut digits)
+        .iter()
+        .map(|b| char::from(*b))
+        .collect()
+}
+
+/// [`checksum_chars`] into `out`, without allocating (parsing runs on every request).
+fn checksum_digits<'o>(s: &str, alphabet: Alphabet, out: &'o mut [u8; 8]) -> &'o [u8] {
     let chars = alphabet.chars();
     let base = chars.len() as u32;
     let mut n = crc32fast::hash(s.as_bytes());
-    let len = alphabet.checksum_len();
-    let mut out = vec![chars[0]; len];
-    for slot in out.iter_mut().rev() {
+    let digits = &mut out[..alphabet.checksum_len()];
+    for slot in digits.iter_mut().rev() {
         *slot = chars[(n % base) as usize];
         n /= base;
     }
-    out.into_iter().map(char::from).collect()
+    digits
 }
 
 #[cfg(test)]
@@ -536,6 +557,26 @@ mod tests {
 
     fn fmt() -> KeyFormat {
         KeyFormat::new(&Labels::default()).unwrap()
+    }
+
+    #[test]
+    fn alphabet_tables_agree_with_their_characters() {
+        for a in [
+            Alphabet::Base62,
+            Alphabet::Hex,
+            Alphabet::Base58,
+            Alphabet::LowerAlphanumeric,
+        ] {
+            for b in 0..=255u8 {
+                assert_eq!(a.contains(b), a.chars().contains(&b), "{a:?} {b}");
+            }
+            let base = a.chars().len() as f64;
+            assert_eq!(
+                a.checksum_len(),
+                (32.0 / base.log2()).ceil() as usize,
+                "{a:?}"
+            );
+        }
     }
 
     #[test]
