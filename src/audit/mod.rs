@@ -449,12 +449,10 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Sink, metrics: Arc<Metric
 /// One log line per audit event, its fields at the top level of a JSON line (the nested ones —
 /// changes, counts, statuses, client IPs — as compact JSON text).
 fn log_event(e: &Event) {
-    let nested = |v: serde_json::Value| match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::Object(m) if m.is_empty() => None,
-        serde_json::Value::Array(a) if a.is_empty() => None,
-        v => Some(v.to_string()),
-    };
+    // Compact JSON text of a nested field, or nothing when it is empty.
+    fn nested<T: serde::Serialize + ?Sized>(v: &T, empty: bool) -> Option<String> {
+        (!empty).then(|| serde_json::to_string(v).unwrap_or_default())
+    }
     tracing::info!(
         target: "keygate::audit",
         seq = e.seq,
@@ -468,10 +466,10 @@ fn log_event(e: &Event) {
         method = e.method.as_deref(),
         route = e.route.as_deref(),
         minute = e.minute.map(|m| m.to_string()),
-        changes = nested(e.changes.clone().unwrap_or_default()),
-        counts = nested(serde_json::json!(e.counts)),
-        statuses = nested(serde_json::json!(e.statuses)),
-        client_ips = nested(serde_json::json!(e.client_ips)),
+        changes = e.changes.as_ref().and_then(|c| nested(c, c.is_null())),
+        counts = nested(&e.counts, e.counts.is_empty()),
+        statuses = nested(&e.statuses, e.statuses.is_empty()),
+        client_ips = nested(&e.client_ips, e.client_ips.is_empty()),
         hash = %e.hash,
         "audit"
     );

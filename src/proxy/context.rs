@@ -29,7 +29,7 @@ pub(super) struct Context {
     pub version: Version,
     /// The client's `User-Agent` (at most 256 bytes kept), for the access log.
     pub user_agent: Option<HeaderValue>,
-    /// The request's declared `Content-Length`, for the access log.
+    /// The request body's length when known up front (`Content-Length`), for the access log.
     pub request_bytes: Option<u64>,
     /// Display prefix of a key that failed verification.
     pub key_prefix: Option<String>,
@@ -55,7 +55,7 @@ impl Context {
                 .get(http::header::USER_AGENT)
                 .filter(|v| v.len() <= 256)
                 .cloned(),
-            request_bytes: declared_length(req.headers()),
+            request_bytes: req.body().size_hint().exact(),
             trace: Trace::default(),
             hints: Hints::default(),
             key_id: None,
@@ -65,14 +65,4 @@ impl Context {
             upstream_us: 0,
         }
     }
-}
-
-/// A single, well-formed `Content-Length`.
-pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let v = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    v.to_str().ok()?.parse().ok()
 }

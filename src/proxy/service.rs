@@ -327,7 +327,7 @@ impl App {
                 http_version = ?cx.version,
                 user_agent = cx.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
                 request_bytes = cx.request_bytes,
-                response_bytes = super::context::declared_length(resp.headers()),
+                response_bytes = http_body::Body::size_hint(resp.body()).exact(),
                 duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 upstream_us = cx.upstream_us,
                 reason = cx.reason.as_deref().unwrap_or(""),
