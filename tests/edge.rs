@@ -314,17 +314,25 @@ async fn trace_headers_pass_and_metrics_count_by_route_and_outcome() {
     let r = get(&kg.url("/a"), &[]).await;
     assert!(r.headers.contains_key("x-request-id"));
     get(&kg.url("/a"), &[("authorization", "Bearer sk_live_nope")]).await;
+    // A second forwarded request rides the kept-alive upstream connection.
+    let r = get(&kg.url("/b"), &[("authorization", &bearer(&key))]).await;
+    assert_eq!(r.status, 200);
 
     let metrics = get(&format!("http://{}/metrics", kg.ops_addr), &[]).await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     for line in [
-        "keygate_route_requests_total{route=\"default\",outcome=\"ok\"} 1",
+        "keygate_route_requests_total{route=\"default\",outcome=\"ok\"} 2",
         "keygate_route_requests_total{route=\"default\",outcome=\"unauthorized\"} 1",
         "keygate_route_requests_total{route=\"default\",outcome=\"invalid_key\"} 1",
-        "keygate_request_duration_seconds_count 3",
-        "keygate_upstream_duration_seconds_count 1",
+        "keygate_request_duration_seconds_count{route=\"default\"} 4",
+        "keygate_request_duration_seconds_bucket{route=\"default\",le=\"+Inf\"} 4",
+        "keygate_upstream_duration_seconds_count{route=\"default\"} 2",
         "keygate_store_lookup_duration_seconds_count 1",
         "keygate_upstream_in_flight 0",
+        "keygate_upstream_connections_opened_total 1",
+        "keygate_upstream_connections_reused_total 1",
+        "keygate_upstream_connections_open 1",
+        "keygate_upstream_connections_idle 1",
         "keygate_tls_handshake_errors_total 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -13,8 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use rand::Rng;
-use rand::rngs::OsRng;
+use rand::RngExt as _;
 
 /// Base62 characters of randomness in a default key body: 32 × log2(62) ≈ 190.5 bits.
 pub const RANDOM_LEN: usize = 32;
@@ -140,9 +139,9 @@ impl Alphabet {
     /// `n` characters from the OS CSPRNG, uniformly (by rejection sampling).
     fn random(self, n: usize) -> String {
         let chars = self.chars();
-        let mut rng = OsRng;
+        let mut rng = super::os_rng();
         (0..n)
-            .map(|_| char::from(chars[rng.gen_range(0..chars.len())]))
+            .map(|_| char::from(chars[rng.random_range(0..chars.len())]))
             .collect()
     }
 }

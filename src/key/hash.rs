@@ -7,7 +7,7 @@ use std::str::FromStr;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use hmac::{Hmac, Mac};
-use rand::rngs::OsRng;
+use rand::Rng as _;
 use sha2::{Digest, Sha256};
 
 /// SHA-256 (or HMAC-SHA256) of a key: the store's index. Not secret on its own, but never logged.
@@ -177,7 +177,9 @@ impl KeyHasher {
 
     /// A new Argon2id PHC string for `key`, with a random salt. Slow by design (tens of ms).
     pub fn phc(&self, key: &str) -> Result<String, PhcError> {
-        let salt = SaltString::generate(&mut OsRng);
+        let mut bytes = [0u8; 16];
+        super::os_rng().fill_bytes(&mut bytes);
+        let salt = SaltString::encode_b64(&bytes).map_err(|e| PhcError(e.to_string()))?;
         self.argon2
             .hash_password(key.as_bytes(), &salt)
             .map(|h| h.to_string())

@@ -15,14 +15,21 @@ pub mod format_defaults {
     pub use super::format::RANDOM_LEN;
 }
 
-use rand::Rng;
-use rand::distributions::Alphanumeric;
-use rand::rngs::OsRng;
+use rand::RngExt as _;
+use rand::distr::Alphanumeric;
+use rand::rngs::SysRng;
+
+/// The operating system's CSPRNG. A failing OS generator is unrecoverable (nothing a client
+/// controls reaches it): like `getrandom` callers everywhere, keygate panics rather than make a
+/// weak key.
+pub(crate) fn os_rng() -> rand::rand_core::UnwrapErr<SysRng> {
+    rand::rand_core::UnwrapErr(SysRng)
+}
 
 /// `n` base62 characters from the OS CSPRNG (unbiased: `Alphanumeric` samples by rejection).
 pub fn random_base62(n: usize) -> String {
-    OsRng
-        .sample_iter(&Alphanumeric)
+    os_rng()
+        .sample_iter(Alphanumeric)
         .take(n)
         .map(char::from)
         .collect()

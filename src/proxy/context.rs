@@ -37,8 +37,8 @@ pub(super) struct Context {
     pub code: Option<&'static str>,
     /// Why, for the access log.
     pub reason: Option<String>,
-    /// Upstream round trip to the response head, microseconds (0: not forwarded).
-    pub upstream_us: u64,
+    /// Upstream round trip to the response head (`None`: not forwarded).
+    pub upstream: Option<std::time::Duration>,
 }
 
 impl Context {
@@ -62,7 +62,7 @@ impl Context {
             key_prefix: None,
             code: None,
             reason: None,
-            upstream_us: 0,
+            upstream: None,
         }
     }
 }

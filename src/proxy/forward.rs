@@ -32,7 +32,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
         Ok(Forwarder {
-            upstream: Upstream::new(&cfg.upstream)?,
+            upstream: Upstream::new(&cfg.upstream, Arc::clone(&metrics.upstream_pool))?,
             plan: HeaderPlan::new(&cfg.auth, &cfg.upstream.url, cfg.upstream.preserve_host)?,
             metrics,
             max_request_body: cfg.listen.max_request_body,

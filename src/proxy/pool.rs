@@ -24,6 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
 use super::body::UpstreamBody;
+use crate::telemetry::PoolStats;
+use std::sync::atomic::Ordering;
 
 /// Why a request got no response head.
 #[derive(Debug)]
@@ -67,6 +69,7 @@ pub struct H1Pool {
     idle: Mutex<VecDeque<Idle>>,
     /// The task closing expired idle connections runs (started with the first connection).
     reaping: std::sync::atomic::AtomicBool,
+    stats: Arc<PoolStats>,
 }
 
 /// How many pooled connections one request tries before opening a new one.
@@ -81,6 +84,7 @@ impl H1Pool {
         connector: HttpConnector,
         idle_timeout: Duration,
         max_idle: usize,
+        stats: Arc<PoolStats>,
     ) -> Arc<Self> {
         Arc::new(H1Pool {
             target,
@@ -89,6 +93,7 @@ impl H1Pool {
             max_idle,
             idle: Mutex::new(VecDeque::new()),
             reaping: std::sync::atomic::AtomicBool::new(false),
+            stats,
         })
     }
 
@@ -112,7 +117,10 @@ impl H1Pool {
                 break;
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                Ok(resp) => {
+                    self.stats.reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(self.wrap(resp, sender));
+                }
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection had closed (or was busy); let it go.
                     Some(unsent) => req = unsent,
@@ -149,12 +157,19 @@ impl H1Pool {
             if self.expired(c) {
                 idle.remove(i);
             } else if c.sender.is_ready() {
-                return idle.remove(i).map(|c| c.sender);
+                let taken = idle.remove(i).map(|c| c.sender);
+                self.count_idle(&idle);
+                return taken;
             } else {
                 looked += 1;
             }
         }
+        self.count_idle(&idle);
         None
+    }
+
+    fn count_idle(&self, idle: &VecDeque<Idle>) {
+        self.stats.idle.store(idle.len() as u64, Ordering::Relaxed);
     }
 
     fn checkin(&self, sender: SendRequest<UpstreamBody>) {
@@ -171,6 +186,7 @@ impl H1Pool {
             sender,
             since: Instant::now(),
         });
+        self.count_idle(&idle);
     }
 
     /// Drops (closes) the oldest idle connections while they are expired or closed.
@@ -202,6 +218,7 @@ impl H1Pool {
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
                 pool.evict_expired(&mut idle);
+                pool.count_idle(&idle);
             }
         });
     }
@@ -217,7 +234,10 @@ impl H1Pool {
         let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(SendError::Http)?;
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::clone(&self.stats);
         tokio::spawn(async move {
+            let _open = crate::telemetry::Held::enter(&stats.open);
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }

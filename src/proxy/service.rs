@@ -237,8 +237,7 @@ impl App {
             .send(req, permit, conn, &cx.request_id, upgrade)
             .await;
         let took = sent_at.elapsed();
-        self.metrics.upstream_seconds.observe(took);
-        cx.upstream_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        cx.upstream = Some(took);
         match result {
             Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
@@ -309,9 +308,10 @@ impl App {
         let status = resp.status().as_u16();
         self.audit_request(cx, status, conn.peer.ip());
         let elapsed = started.elapsed();
-        self.metrics.request_seconds.observe(elapsed);
         let route = cx.trace.route.as_ref().unwrap_or(&NO_ROUTE);
-        self.metrics.by_route.add(route, cx.code.unwrap_or("ok"));
+        self.metrics
+            .by_route
+            .record(route, cx.code.unwrap_or("ok"), elapsed, cx.upstream);
         if self.access_log {
             tracing::info!(
                 target: "keygate::access",
@@ -329,7 +329,7 @@ impl App {
                 request_bytes = cx.request_bytes,
                 response_bytes = http_body::Body::size_hint(resp.body()).exact(),
                 duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                upstream_us = cx.upstream_us,
+                upstream_us = cx.upstream.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 reason = cx.reason.as_deref().unwrap_or(""),
                 "access"
             );

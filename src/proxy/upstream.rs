@@ -18,7 +18,7 @@ use super::headers::remove_hop_by_hop;
 use super::pool::{H1Pool, PooledBody};
 use crate::config::UpstreamConfig;
 use crate::error::Rejection;
-use crate::telemetry::Held;
+use crate::telemetry::{Held, PoolStats};
 use std::sync::atomic::AtomicU64;
 
 /// One client per kind of upstream: keygate's pool for plain HTTP/1.1 (the hot path);
@@ -39,7 +39,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(cfg: &UpstreamConfig, pool: std::sync::Arc<PoolStats>) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
@@ -63,6 +63,7 @@ impl Upstream {
                 connector,
                 cfg.pool_idle_timeout,
                 cfg.pool_max_idle_per_host,
+                pool,
             ))
         } else if cfg.url.scheme_str() == Some("https") {
             connector.enforce_http(false);

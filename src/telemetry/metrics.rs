@@ -36,19 +36,27 @@ pub struct Metrics {
     pub upstream_in_flight: AtomicU64,
     /// Open tunnels (upgrades, CONNECT).
     pub tunnels_open: AtomicU64,
-    /// Whole requests, from the head received to the response head sent.
-    pub request_seconds: Histogram,
-    /// Upstream round trips, to the response head.
-    pub upstream_seconds: Histogram,
     /// Key store lookups (cache misses).
     pub store_seconds: Histogram,
     /// Time from a change in the store to this process applying it (Redis store: measured with
     /// the Redis server's clock stamped into the invalidation message).
     pub revocation_lag: Histogram,
-    /// Requests by route and outcome: `ok` (forwarded) or the error code.
+    /// Per route: latency histograms and requests by outcome (`ok` or the error code).
     pub by_route: RouteCounters,
     /// The proxy listener's connections.
     pub connections: Arc<ConnectionCounters>,
+    /// keygate's keep-alive pool to a plain HTTP/1.1 upstream.
+    pub upstream_pool: Arc<PoolStats>,
+}
+
+/// The upstream keep-alive pool: connections dialled, requests sent on a reused connection,
+/// connections open and idle now.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub opened: AtomicU64,
+    pub reused: AtomicU64,
+    pub open: AtomicU64,
+    pub idle: AtomicU64,
 }
 
 /// A listener's connections: open, refused at a cap, closed by a timeout.
@@ -107,59 +115,140 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series of one histogram; `labels` is empty or `name="value",` pairs.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (b, n) in BUCKETS.iter().zip(&self.buckets) {
             cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let bare = labels.trim_end_matches(',');
+        let braces = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
     }
 }
 
-/// (route name, outcome code)
-type RouteOutcome = (Arc<str>, &'static str);
+/// One route's figures: its latency histograms and its requests by outcome.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Whole requests, from the head received to the response head sent.
+    request_seconds: Histogram,
+    /// Upstream round trips, to the response head (forwarded requests only).
+    upstream_seconds: Histogram,
+    /// (outcome code, requests): `ok` or an error code, a closed set of a few dozen.
+    outcomes: RwLock<Vec<(&'static str, AtomicU64)>>,
+}
 
-/// Counters keyed by (route name, outcome code). Both come from closed sets: route names from
-/// the configuration, codes from the error table.
+impl RouteStats {
+    fn count(&self, code: &'static str) {
+        let find = |rows: &[(&'static str, AtomicU64)]| {
+            rows.iter()
+                .find(|(c, _)| std::ptr::eq(*c, code) || *c == code)
+                .map(|(_, n)| n.fetch_add(1, Ordering::Relaxed))
+                .is_some()
+        };
+        if find(&self.outcomes.read().unwrap_or_else(|e| e.into_inner())) {
+            return;
+        }
+        let mut rows = self.outcomes.write().unwrap_or_else(|e| e.into_inner());
+        if !find(&rows) {
+            rows.push((code, AtomicU64::new(1)));
+        }
+    }
+}
+
+/// Figures per route. Route names come from the configuration (a closed set; `-` for requests
+/// refused before a route matched), outcome codes from the error table.
 #[derive(Debug, Default)]
 pub struct RouteCounters {
-    map: RwLock<HashMap<RouteOutcome, Arc<AtomicU64>, foldhash::fast::RandomState>>,
+    map: RwLock<HashMap<Arc<str>, Arc<RouteStats>, foldhash::fast::RandomState>>,
 }
 
 impl RouteCounters {
-    pub fn add(&self, route: &Arc<str>, code: &'static str) {
-        let key = (Arc::clone(route), code);
-        if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            c.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// One finished request: one map lookup for all of its route's figures.
+    pub fn record(
+        &self,
+        route: &Arc<str>,
+        code: &'static str,
+        took: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let stats = self.stats(route);
+        stats.request_seconds.observe(took);
+        if let Some(d) = upstream {
+            stats.upstream_seconds.observe(d);
         }
-        self.map
-            .write()
+        stats.count(code);
+    }
+
+    fn stats(&self, route: &Arc<str>) -> Arc<RouteStats> {
+        if let Some(s) = self
+            .map
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+            .get(route)
+        {
+            return Arc::clone(s);
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(Arc::clone(route)).or_default())
     }
 
     fn render(&self, out: &mut String) {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = map
+            .iter()
+            .map(|(route, stats)| (route.replace(['\\', '"', '\n'], "_"), stats))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
         let name = "keygate_route_requests_total";
         let _ = writeln!(
             out,
             "# HELP {name} Requests by route and outcome (ok, or the error code).\n# TYPE {name} counter"
         );
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<_> = map.iter().collect();
-        rows.sort_by(|a, b| a.0.cmp(b.0));
-        for ((route, code), n) in rows {
-            let route = route.replace(['\\', '"', '\n'], "_");
-            let _ = writeln!(
-                out,
-                "{name}{{route=\"{route}\",outcome=\"{code}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
+        for (route, stats) in &rows {
+            let mut outcomes: Vec<_> = stats
+                .outcomes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+                .collect();
+            outcomes.sort_unstable();
+            for (code, n) in outcomes {
+                let _ = writeln!(out, "{name}{{route=\"{route}\",outcome=\"{code}\"}} {n}");
+            }
+        }
+        let histograms: [(&str, &str, fn(&RouteStats) -> &Histogram); 2] = [
+            (
+                "keygate_request_duration_seconds",
+                "Time from request head to response head, including the upstream, by route.",
+                |s| &s.request_seconds,
+            ),
+            (
+                "keygate_upstream_duration_seconds",
+                "Upstream round trip to the response head, by route.",
+                |s| &s.upstream_seconds,
+            ),
+        ];
+        for (name, help, pick) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (route, stats) in &rows {
+                pick(stats).render_series(out, name, &format!("route=\"{route}\","));
+            }
         }
     }
 }
@@ -308,18 +397,28 @@ keygate_config_reloads_total{{result=\"failure\"}} {}",
             self.config_reloads.load(Ordering::Relaxed),
             self.config_reload_failures.load(Ordering::Relaxed)
         );
+        let p = &self.upstream_pool;
+        let _ = writeln!(
+            out,
+            "# HELP keygate_upstream_connections_opened_total Upstream connections dialled by the keep-alive pool.
+# TYPE keygate_upstream_connections_opened_total counter
+keygate_upstream_connections_opened_total {}
+# HELP keygate_upstream_connections_reused_total Requests sent on a pooled (kept-alive) upstream connection.
+# TYPE keygate_upstream_connections_reused_total counter
+keygate_upstream_connections_reused_total {}
+# HELP keygate_upstream_connections_open Upstream connections open (in use or idle).
+# TYPE keygate_upstream_connections_open gauge
+keygate_upstream_connections_open {}
+# HELP keygate_upstream_connections_idle Upstream connections idle in the pool.
+# TYPE keygate_upstream_connections_idle gauge
+keygate_upstream_connections_idle {}",
+            p.opened.load(Ordering::Relaxed),
+            p.reused.load(Ordering::Relaxed),
+            p.open.load(Ordering::Relaxed),
+            p.idle.load(Ordering::Relaxed)
+        );
         super::process::render(&mut out);
         self.by_route.render(&mut out);
-        self.request_seconds.render(
-            &mut out,
-            "keygate_request_duration_seconds",
-            "Time from request head to response head, including the upstream.",
-        );
-        self.upstream_seconds.render(
-            &mut out,
-            "keygate_upstream_duration_seconds",
-            "Upstream round trip to the response head.",
-        );
         self.store_seconds.render(
             &mut out,
             "keygate_store_lookup_duration_seconds",
@@ -331,5 +430,41 @@ keygate_config_reloads_total{{result=\"failure\"}} {}",
             "Time from a key change in the store to this replica applying it.",
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_figures_render_as_labelled_series() {
+        let routes = RouteCounters::default();
+        let payments: Arc<str> = Arc::from("pay\"ments");
+        let ms = Duration::from_millis(3);
+        routes.record(&payments, "ok", ms, Some(ms));
+        routes.record(&payments, "ok", ms, None);
+        routes.record(&payments, "unauthorized", ms, None);
+        routes.record(&Arc::from("-"), "invalid_path", ms, None);
+        let mut out = String::new();
+        routes.render(&mut out);
+        for line in [
+            "keygate_route_requests_total{route=\"pay_ments\",outcome=\"ok\"} 2",
+            "keygate_route_requests_total{route=\"pay_ments\",outcome=\"unauthorized\"} 1",
+            "keygate_route_requests_total{route=\"-\",outcome=\"invalid_path\"} 1",
+            "keygate_request_duration_seconds_bucket{route=\"pay_ments\",le=\"0.0025\"} 0",
+            "keygate_request_duration_seconds_bucket{route=\"pay_ments\",le=\"0.005\"} 3",
+            "keygate_request_duration_seconds_count{route=\"pay_ments\"} 3",
+            "keygate_upstream_duration_seconds_count{route=\"pay_ments\"} 1",
+            "keygate_upstream_duration_seconds_count{route=\"-\"} 0",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        // One TYPE line per metric name, however many routes.
+        assert_eq!(
+            out.matches("# TYPE keygate_request_duration_seconds histogram")
+                .count(),
+            1
+        );
     }
 }

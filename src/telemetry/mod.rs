@@ -6,7 +6,7 @@ mod process;
 use std::io::IsTerminal;
 
 use crate::config::{LogConfig, LogFormat};
-pub use metrics::{ConnectionCounters, Held, Histogram, Metrics, RouteCounters};
+pub use metrics::{ConnectionCounters, Held, Histogram, Metrics, PoolStats, RouteCounters};
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured filter.
 pub fn init_logging(cfg: &LogConfig) {
