@@ -170,6 +170,9 @@ impl RouteStats {
     }
 }
 
+/// Which of a route's histograms.
+type PickHistogram = fn(&RouteStats) -> &Histogram;
+
 /// Figures per route. Route names come from the configuration (a closed set; `-` for requests
 /// refused before a route matched), outcome codes from the error table.
 #[derive(Debug, Default)]
@@ -232,7 +235,7 @@ impl RouteCounters {
                 let _ = writeln!(out, "{name}{{route=\"{route}\",outcome=\"{code}\"}} {n}");
             }
         }
-        let histograms: [(&str, &str, fn(&RouteStats) -> &Histogram); 2] = [
+        let histograms: [(&str, &str, PickHistogram); 2] = [
             (
                 "keygate_request_duration_seconds",
                 "Time from request head to response head, including the upstream, by route.",
