@@ -48,6 +48,8 @@ pub struct Server {
     audit: Arc<Audit>,
     audit_interval: Duration,
     admin: Option<(Arc<Admin>, Option<AdminListener>)>,
+    /// The auth-only listener (`[authz]`), when it runs.
+    authz: Option<TcpListener>,
     tls: Option<Arc<crate::tls::Listener>>,
     /// Shared with the request path and the admin API; swapped on reload.
     policy: Arc<ArcSwap<Policy>>,
@@ -125,6 +127,7 @@ impl Server {
             access_log: config.log.access,
             errors: config.errors.clone(),
             underscores: config.listen.underscore_headers,
+            authz_path_prefix: config.authz.path_prefix.clone(),
             // Always there: a reload may mount `[self_service]`.
             self_service: SelfService::new(
                 KeyTool::with_store(store.clone(), config)?.with_audit(Arc::clone(&audit)),
@@ -163,6 +166,7 @@ impl Server {
             audit,
             audit_interval: config.audit.flush_interval,
             admin,
+            authz: None,
             tls,
             policy,
             config_file: None,
@@ -186,6 +190,13 @@ impl Server {
     /// Applies the policy part of `path` now. Returns the problems when the file is invalid.
     pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
         reload(&self.policy, &self.app.verifier, &self.app.metrics, path).await
+    }
+
+    /// Answers authorization checks (auth-only mode) on `listener`, beside the proxy listener
+    /// or instead of it.
+    pub fn with_authz_listener(mut self, listener: TcpListener) -> Self {
+        self.authz = Some(listener);
+        self
     }
 
     /// Serves the admin API on `listener` (ignored when the admin API is off).
@@ -215,12 +226,14 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains. Returns once every connection is closed
     /// or the drain timeout passed.
+    /// `proxy`: `None` in auth-only mode (then an authz listener must be set).
     pub async fn serve(
         mut self,
-        proxy: TcpListener,
+        proxy: impl Into<Option<TcpListener>>,
         ops: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let proxy = proxy.into();
         let builder = http_builder(&self.listen);
 
         let verifier = Arc::clone(&self.app.verifier);
@@ -283,38 +296,73 @@ impl Server {
             ops_stop_rx,
         ));
 
-        let app = Arc::clone(&self.app);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let proxy_task = tokio::spawn(accept_loop(
-            proxy,
-            Listening {
-                builder,
-                gate: Gate::new(
-                    self.listen.max_connections,
-                    self.listen.max_connections_per_ip,
-                    self.trusted_proxies.clone(),
-                    Arc::clone(&self.app.metrics.connections),
-                ),
-                timing: Timing::of(&self.listen),
-                proxy_protocol: self.listen.proxy_protocol,
-                tls: self
-                    .tls
-                    .as_ref()
-                    .map(|t| (Arc::clone(t), Arc::clone(&self.app.metrics))),
-                make_service: move |peer, tls| {
-                    let app = Arc::clone(&app);
-                    let conn = ConnInfo::new(peer, tls);
-                    service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+        let gate = Gate::new(
+            self.listen.max_connections,
+            self.listen.max_connections_per_ip,
+            self.trusted_proxies.clone(),
+            Arc::clone(&self.app.metrics.connections),
+        );
+        let mut serving = Vec::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        let stopped = |mut rx: tokio::sync::watch::Receiver<()>| {
+            let (tx, once) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let _ = rx.changed().await;
+                let _ = tx.send(());
+            });
+            once
+        };
+        if let Some(proxy) = proxy {
+            let app = Arc::clone(&self.app);
+            serving.push(tokio::spawn(accept_loop(
+                proxy,
+                Listening {
+                    builder: builder.clone(),
+                    gate: Arc::clone(&gate),
+                    timing: Timing::of(&self.listen),
+                    proxy_protocol: self.listen.proxy_protocol,
+                    tls: self
+                        .tls
+                        .as_ref()
+                        .map(|t| (Arc::clone(t), Arc::clone(&self.app.metrics))),
+                    make_service: move |peer, tls| {
+                        let app = Arc::clone(&app);
+                        let conn = ConnInfo::new(peer, tls);
+                        service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+                    },
                 },
-            },
-            stop_rx,
-        ));
+                stopped(stop_rx.clone()),
+            )));
+        }
+        if let Some(authz) = self.authz.take() {
+            let app = Arc::clone(&self.app);
+            serving.push(tokio::spawn(accept_loop(
+                authz,
+                Listening {
+                    builder,
+                    // The same caps as the proxy listener (a front proxy is exempt from the
+                    // per-client one when it is a trusted proxy, as it must be to be answered).
+                    gate,
+                    timing: Timing::of(&self.listen),
+                    proxy_protocol: false,
+                    tls: None,
+                    make_service: move |peer, _tls| {
+                        let app = Arc::clone(&app);
+                        let conn = ConnInfo::new(peer, false);
+                        service_fn(move |req| Arc::clone(&app).authorize(req, conn.clone()))
+                    },
+                },
+                stopped(stop_rx.clone()),
+            )));
+        }
+        drop(stop_rx);
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         self.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(());
-        match tokio::time::timeout(self.drain_timeout, proxy_task).await {
+        let drained = futures_util::future::join_all(serving);
+        match tokio::time::timeout(self.drain_timeout, drained).await {
             Ok(_) => tracing::info!("drained"),
             Err(_) => {
                 tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections")
@@ -458,13 +506,29 @@ pub async fn run(
             .await
             .with_context(|| format!("cannot listen on {addr} for the {what} ({setting})"))
     };
-    let proxy_listener = bind("proxy", "listen.address", cfg.listen.address).await?;
+    let proxy_listener = match cfg.authz.mode.proxies() {
+        true => Some(bind("proxy", "listen.address", cfg.listen.address).await?),
+        false => None,
+    };
+    let authz_listener = match cfg.authz.mode.authorizes() {
+        true => Some(bind("authorization checks", "authz.address", cfg.authz.address).await?),
+        false => None,
+    };
     let ops_listener = bind("ops endpoints", "ops.address", cfg.ops.address).await?;
+    let shown = |l: &Option<TcpListener>| match l.as_ref().map(TcpListener::local_addr) {
+        Some(Ok(a)) => a.to_string(),
+        _ => "-".to_owned(),
+    };
     tracing::info!(
-        listen = %proxy_listener.local_addr()?, ops = %ops_listener.local_addr()?,
-        upstream = %cfg.upstream.url, environment = %cfg.environment, "keygate serving"
+        listen = %shown(&proxy_listener), authz = %shown(&authz_listener),
+        ops = %ops_listener.local_addr()?, environment = %cfg.environment,
+        upstream = %if cfg.authz.mode.proxies() { cfg.upstream.url.to_string() } else { "-".into() },
+        "keygate serving"
     );
     let mut server = Server::new(&cfg)?.with_config_file(path.to_owned());
+    if let Some(l) = authz_listener {
+        server = server.with_authz_listener(l);
+    }
     if server.admin_enabled() {
         let admin = AdminListener::bind(&cfg.admin.address)
             .await

@@ -11,6 +11,7 @@ mod admin;
 mod attributes;
 mod audit;
 mod auth;
+mod authz;
 mod check;
 mod errors;
 mod ip;
@@ -37,6 +38,7 @@ pub use admin::{AdminAddress, AdminConfig, AdminToken};
 pub use attributes::{AttributeConfig, AttributeSource};
 pub use audit::AuditConfig;
 pub use auth::{AuthConfig, Carrier, CarrierSet, MethodOverride};
+pub use authz::{AuthzConfig, Mode};
 pub use errors::{ErrorContract, ErrorKind, ErrorLayout, TEMPLATE_FIELDS, placeholders};
 pub use ip::{IpConfig, parse_net};
 pub use keys::KeysConfig;
@@ -92,6 +94,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// How keygate's own rejections look on the proxy port.
     pub errors: ErrorContract,
+    /// The auth-only listener, and which listeners run.
+    pub authz: AuthzConfig,
 }
 
 /// What the policy enforces; reloaded on SIGHUP and file changes.
@@ -132,6 +136,7 @@ const SECTIONS: &[&str] = &[
     "attributes",
     "self_service",
     "paths",
+    "authz",
 ];
 
 impl Config {
@@ -283,10 +288,12 @@ fn validate(
     };
     let raw = c.section("listen", take("listen"));
     let listen = listen::validate(&mut c, raw);
-    let raw = c.section("upstream", take("upstream"));
-    let upstream = upstream::validate(&mut c, raw);
     let raw = c.section("ops", take("ops"));
     let ops = listen::validate_ops(&mut c, raw, &listen);
+    let raw = c.section("authz", take("authz"));
+    let authz = authz::validate(&mut c, raw, &listen, &ops);
+    let raw = c.section("upstream", take("upstream"));
+    let upstream = upstream::validate(&mut c, raw, authz.mode.proxies());
     let mut raw = c.section::<store::RawStore>("store", take("store"));
     let propagation = store::validate_propagation(&mut c, &mut raw);
     let store = store::validate(&mut c, raw, getenv);
@@ -381,6 +388,7 @@ fn validate(
 
     Config {
         environment,
+        authz,
         listen,
         upstream,
         ops,

@@ -39,9 +39,11 @@ pub(super) struct RawUpstream {
     http2: Option<bool>,
 }
 
-pub(super) fn validate(c: &mut Check<'_>, raw: RawUpstream) -> UpstreamConfig {
+/// `required`: a proxy listener runs (auth-only mode forwards nothing).
+pub(super) fn validate(c: &mut Check<'_>, raw: RawUpstream, required: bool) -> UpstreamConfig {
     let secs = Duration::from_secs;
     let url = match raw.url {
+        None if !required => Uri::from_static("http://127.0.0.1"),
         None => {
             c.problem("upstream.url: required, e.g. \"http://127.0.0.1:3000\"".into());
             Uri::from_static("http://127.0.0.1")

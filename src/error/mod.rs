@@ -112,7 +112,7 @@ impl Rejection {
             Rejection::Denied(d) => match d {
                 Denial::BadPath(_) | Denial::UnknownClient => ErrorKind::BadRequest,
                 Denial::WrongEnvironment { .. } => ErrorKind::WrongEnvironment,
-                Denial::IpNotAllowed(_) => ErrorKind::IpNotAllowed,
+                Denial::IpNotAllowed(_) | Denial::UntrustedPeer(_) => ErrorKind::IpNotAllowed,
                 Denial::KeyTypeNotAllowed => ErrorKind::KeyTypeNotAllowed,
                 Denial::InsufficientScope(_) => ErrorKind::InsufficientScope,
                 Denial::RateLimited { .. } => ErrorKind::RateLimited,
@@ -141,7 +141,9 @@ impl Rejection {
     ) -> String {
         match (name, self) {
             ("scope", Rejection::Denied(Denial::InsufficientScope(s))) => s.clone(),
-            ("ip", Rejection::Denied(Denial::IpNotAllowed(ip))) => ip.to_string(),
+            ("ip", Rejection::Denied(Denial::IpNotAllowed(ip) | Denial::UntrustedPeer(ip))) => {
+                ip.to_string()
+            }
             ("retry_after", _) => self
                 .retry_after()
                 .map(|d| d.as_secs().max(1).to_string())
@@ -307,6 +309,7 @@ mod tests {
                 "insufficient_scope",
             ),
             (Denial::IpNotAllowed(ip).into(), 403, "ip_not_allowed"),
+            (Denial::UntrustedPeer(ip).into(), 403, "ip_not_allowed"),
             (
                 Denial::KeyTypeNotAllowed.into(),
                 403,

@@ -48,6 +48,12 @@ pub enum Denial {
     UnknownClient,
     #[error("requests from {0} are not allowed for this API key")]
     IpNotAllowed(IpAddr),
+    /// An authorization check (auth-only mode) from a peer not in `ip.trusted_proxies`: only
+    /// a trusted proxy may say which request it is asking about.
+    #[error(
+        "{0} is not a trusted proxy: authorization checks are answered for ip.trusted_proxies only"
+    )]
+    UntrustedPeer(IpAddr),
     #[error("API key is for the {key} environment; this endpoint serves {instance}")]
     WrongEnvironment {
         key: &'static str,
@@ -255,6 +261,11 @@ impl Policy {
     /// Admission: the client's address (unknown fails closed), the normalised path and its
     /// route, the global IP lists, the failed-auth throttle and the per-IP floor. `path` is the
     /// one to route by (`/` for CONNECT, whose target is `host:port`).
+    /// Whether `peer` is a trusted proxy (`ip.trusted_proxies`).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted.contains(peer)
+    }
+
     pub async fn admit(
         &self,
         peer: IpAddr,

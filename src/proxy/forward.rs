@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use super::body::UpstreamBody;
 use super::conn::ConnInfo;
-use super::headers::{Forward, HeaderPlan};
+use super::headers::{AuthzAnswer, Forward, HeaderPlan};
 use super::pool::PooledBody;
 use super::upstream::Upstream;
 use crate::config::Config;
@@ -106,6 +106,28 @@ impl Forwarder {
         }
         self.upstream
             .send(req, self.max_request_body, &self.metrics.upstream_in_flight)
+    }
+
+    /// What an allowed authorization check tells the front proxy to set and remove.
+    pub fn authz_answer<B>(
+        &self,
+        req: &Request<B>,
+        permit: &Permit<'_>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+    ) -> AuthzAnswer {
+        let client_ip = conn.ip_value(permit.client_ip());
+        self.plan.authz_answer(
+            req,
+            &Forward {
+                client_ip: &client_ip,
+                identity: permit.identity(),
+                request_id,
+                normalized_path: permit.normalized_path(),
+                keep_method_override: self.keep_method_override,
+                https: conn.tls,
+            },
+        )
     }
 
     /// Prepares and sends a permitted `CONNECT` (authority-form target, signed over it).

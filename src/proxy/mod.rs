@@ -4,6 +4,7 @@
 //! main path ([`upgrade`], [`tunnel`]), and the ops endpoints ([`ops`]). Built and started by
 //! the composition root, `crate::server`.
 
+mod authz;
 mod body;
 mod conn;
 mod context;

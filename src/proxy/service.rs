@@ -57,6 +57,8 @@ pub struct App {
     pub(crate) self_service: SelfService,
     /// Header names with `_`: dropped before forwarding, or refused.
     pub(crate) underscores: crate::config::UnderscoreHeaders,
+    /// Auth-only mode: stripped from a check request's own path (`authz.path_prefix`).
+    pub(crate) authz_path_prefix: String,
 }
 
 /// The route label of requests refused before routing (e.g. a malformed path).
@@ -73,22 +75,27 @@ impl App {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let mut cx = Context::new(&req);
-        let result = self.pipeline(req, &conn, &mut cx).await;
+        let result = self.pipeline(req, &conn, &mut cx, false).await;
         Ok(self.finish(result, &mut cx, &conn, started))
     }
 
     /// The request path. Cheap, attacker-controlled checks first; nothing that costs a store
-    /// round trip or an Argon2 run happens before the per-IP limits.
-    async fn pipeline(
+    /// round trip or an Argon2 run happens before the per-IP limits. `authz`: an authorization
+    /// check (auth-only mode), answered instead of forwarded once permitted.
+    pub(super) async fn pipeline(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
         cx: &mut Context,
+        authz: bool,
     ) -> Result<Response<ProxyBody>, Rejection> {
         screen(&req, self.underscores)?; // 400 / 501
         // One policy for the whole request, even if a reload swaps it meanwhile.
         let policy = self.policy.load_full();
         let connect = self.edge.screen_connect(req.method())?; // 405
+        if connect && authz {
+            return Err(Rejection::MethodNotAllowed("CONNECT")); // 405
+        }
         // CONNECT names a host:port, not a path: it is routed as "/".
         let path = if connect { "/" } else { req.uri().path() };
         let admitted = policy
@@ -126,6 +133,9 @@ impl App {
                 .await?; // 403 / 429
             (permit, req)
         };
+        if authz {
+            return self.allow(&req, &permit, conn, cx);
+        }
         if connect {
             let (forwarder, metrics) = (&self.forwarder, &self.metrics);
             return Box::pin(self.edge.connect(
@@ -262,7 +272,7 @@ impl App {
 
     /// The rescue point: the response (the upstream's, or the rejection's JSON), its rate-limit
     /// headers and request id; then metrics, the audit trail and the access log.
-    fn finish(
+    pub(super) fn finish(
         &self,
         result: Result<Response<ProxyBody>, Rejection>,
         cx: &mut Context,

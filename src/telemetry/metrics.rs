@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub requests: AtomicU64,
+    /// Authorization checks received on the auth-only listener.
+    pub authz_checks: AtomicU64,
     pub forwarded: AtomicU64,
     pub rejected: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -260,11 +262,16 @@ impl Metrics {
     /// Prometheus text exposition. `cached_keys` is sampled by the caller.
     pub fn render(&self, cached_keys: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 17] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "keygate_requests_total",
                 "Requests received on the proxy listener.",
                 &self.requests,
+            ),
+            (
+                "keygate_authz_checks_total",
+                "Authorization checks received on the auth-only listener (authz).",
+                &self.authz_checks,
             ),
             (
                 "keygate_forwarded_total",

@@ -184,6 +184,8 @@ pub struct Keygate {
     pub ops_addr: SocketAddr,
     /// The admin API (token [`ADMIN_TOKEN`], named `ops`; [`ADMIN_TOKEN_2`] is `deploy`).
     pub admin_addr: SocketAddr,
+    /// The auth-only listener, when `[authz] mode` runs one.
+    pub authz_addr: Option<SocketAddr>,
     pub store_path: PathBuf,
     pub config: Config,
     pub metrics: Arc<Metrics>,
@@ -269,9 +271,16 @@ impl Keygate {
         .await
         .unwrap();
         let admin_addr = admin_listener.local_addr().unwrap();
-        let proxy = Server::new(&config)
+        let mut proxy = Server::new(&config)
             .unwrap()
             .with_admin_listener(admin_listener);
+        let mut authz_addr = None;
+        if config.authz.mode.authorizes() {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            authz_addr = Some(l.local_addr().unwrap());
+            proxy = proxy.with_authz_listener(l);
+        }
+        let proxy_listener = config.authz.mode.proxies().then_some(proxy_listener);
         let metrics = proxy.metrics();
         let verifier = proxy.verifier();
         let audit = proxy.audit();
@@ -285,6 +294,7 @@ impl Keygate {
             addr,
             ops_addr,
             admin_addr,
+            authz_addr,
             store_path,
             config,
             metrics,

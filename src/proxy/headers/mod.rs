@@ -83,6 +83,15 @@ pub struct Forward<'a> {
     pub https: bool,
 }
 
+/// What an allowed authorization check answers (see [`HeaderPlan::authz_answer`]).
+#[derive(Debug)]
+pub struct AuthzAnswer {
+    /// Set on the forwarded request, replacing any value the client sent.
+    pub set: HeaderMap,
+    /// Removed from the forwarded request.
+    pub remove: Vec<HeaderName>,
+}
+
 /// The identity header names and forwarding choices, resolved from config once.
 #[derive(Clone, Debug)]
 pub struct HeaderPlan {
@@ -202,6 +211,51 @@ impl HeaderPlan {
         self.sign(req, fwd.identity);
         // HTTP/1.1 unless the upstream client speaks HTTP/2 (it then sets the version itself).
         *req.version_mut() = Version::HTTP_11;
+    }
+
+    /// The answer to an authorization check (auth-only mode): the headers the front proxy sets
+    /// on the request it forwards (identity and signature), and the client headers it removes
+    /// first (the credential, the identity namespace in any spelling, path overrides, names with
+    /// `_`). Computed by preparing the request exactly as the proxy would and comparing, so the
+    /// two modes cannot drift apart. Hop-by-hop and forwarding headers are the front proxy's
+    /// own business and are not listed.
+    pub fn authz_answer<B>(&self, req: &Request<B>, fwd: &Forward<'_>) -> AuthzAnswer {
+        let mut probe = Request::new(());
+        *probe.method_mut() = req.method().clone();
+        *probe.uri_mut() = req.uri().clone();
+        *probe.headers_mut() = req.headers().clone();
+        self.prepare_request(&mut probe, fwd);
+        let prepared = probe.headers();
+        let mut set = HeaderMap::new();
+        let injected = [
+            &self.key_id,
+            &self.owner,
+            &self.environment,
+            &self.key_type,
+            &self.scopes,
+        ];
+        for name in injected
+            .into_iter()
+            .chain(self.signer.as_ref().map(|s| &s.header))
+        {
+            if let Some(v) = prepared.get(name) {
+                set.insert(name.clone(), v.clone());
+            }
+        }
+        let listed = connection_named(req.headers());
+        let mut remove: Vec<HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|name| {
+                !prepared.contains_key(*name)
+                    && !HOP_BY_HOP.contains(name)
+                    && !FORWARDING.contains(name)
+                    && !listed.contains(name)
+            })
+            .cloned()
+            .collect();
+        remove.dedup();
+        AuthzAnswer { set, remove }
     }
 
     /// Every client header the upstream must not receive, found in one pass over the names

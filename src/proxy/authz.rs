@@ -1,0 +1,178 @@
+//! Auth-only mode: keygate answers another proxy's question "may this request pass?" instead
+//! of forwarding it. The front proxy (nginx `auth_request`, Traefik `forwardAuth`, Envoy's HTTP
+//! `ext_authz` service) sends the client's headers; the original method and URI come from
+//! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik), `X-Original-Method`/`X-Original-URI`
+//! (nginx), or are the check request's own (Envoy, after `authz.path_prefix`). Only a peer in
+//! `ip.trusted_proxies` is answered. The request then runs the proxy's own pipeline, so both
+//! modes decide alike; an allow is `200` with the identity headers to set and the client
+//! headers to remove, a denial is the response the proxy itself would send.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use super::conn::ConnInfo;
+use super::context::Context;
+use super::service::{App, ProxyBody};
+use crate::error::Rejection;
+use crate::policy::{Denial, Permit};
+use crate::telemetry::Held;
+
+static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+/// Envoy's HTTP `ext_authz` reads the headers to remove from the upstream request here.
+pub static HEADERS_TO_REMOVE: HeaderName =
+    HeaderName::from_static("x-envoy-auth-headers-to-remove");
+
+impl App {
+    /// The authorization listener's service: never fails, like [`App::handle`].
+    pub async fn authorize(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = Held::enter(&self.metrics.in_flight);
+        let original = self.original_request(&mut req, &conn);
+        // After the rewrite: logs and the audit trail show the request asked about.
+        let mut cx = Context::new(&req);
+        let result = match original {
+            Ok(()) => self.pipeline(req, &conn, &mut cx, true).await,
+            Err(e) => Err(e),
+        };
+        Ok(self.finish(result, &mut cx, &conn, started))
+    }
+
+    /// Puts the original method and URI in place of the check request's own.
+    fn original_request(
+        &self,
+        req: &mut Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<(), Rejection> {
+        let peer = conn.peer.ip().to_canonical();
+        if !self.policy.load().trusts(peer) {
+            return Err(Denial::UntrustedPeer(peer).into()); // 403
+        }
+        let headers = req.headers();
+        let method = one_of(headers, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)?.cloned();
+        let target = one_of(headers, &X_FORWARDED_URI, &X_ORIGINAL_URI)?.cloned();
+        let headers = req.headers_mut();
+        for name in [
+            &X_FORWARDED_METHOD,
+            &X_ORIGINAL_METHOD,
+            &X_FORWARDED_URI,
+            &X_ORIGINAL_URI,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(m) = method {
+            *req.method_mut() = Method::from_bytes(m.as_bytes())
+                .map_err(|_| Rejection::BadRequest("the original method is not a method"))?;
+        }
+        let uri = match target {
+            Some(t) => origin_form(t.as_bytes())?,
+            None => self.strip_prefix(req.uri())?,
+        };
+        *req.uri_mut() = uri;
+        Ok(())
+    }
+
+    /// The check request's own target without `authz.path_prefix` (Envoy's HTTP service).
+    fn strip_prefix(&self, uri: &Uri) -> Result<Uri, Rejection> {
+        let prefix = self.authz_path_prefix.as_str();
+        let Some(pq) = uri.path_and_query() else {
+            return Ok(uri.clone());
+        };
+        if prefix.is_empty() {
+            return Ok(Uri::from(pq.clone()));
+        }
+        match pq.as_str().strip_prefix(prefix) {
+            Some(rest) if rest.starts_with('/') => origin_form(rest.as_bytes()),
+            Some(rest) if rest.is_empty() || rest.starts_with('?') => {
+                origin_form(format!("/{rest}").as_bytes())
+            }
+            _ => Err(Rejection::BadRequest(
+                "the check request names no original URI and its path does not start with authz.path_prefix",
+            )),
+        }
+    }
+
+    /// An allowed check: `200`, the headers to set, and the names to remove (as a list in
+    /// Envoy's `x-envoy-auth-headers-to-remove`).
+    pub(super) fn allow<B>(
+        &self,
+        req: &Request<B>,
+        permit: &Permit<'_>,
+        conn: &ConnInfo,
+        cx: &Context,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        if permit.route().self_service {
+            return Err(Rejection::BadRequest(
+                "the self-service key API is served on the proxy listener, not the authorization endpoint",
+            ));
+        }
+        let answer = self
+            .forwarder
+            .authz_answer(req, permit, conn, &cx.request_id);
+        let mut resp = Response::new(Either::Right(Full::default()));
+        *resp.status_mut() = StatusCode::OK;
+        let headers = resp.headers_mut();
+        headers.extend(answer.set);
+        if !answer.remove.is_empty() {
+            let list = answer
+                .remove
+                .iter()
+                .map(HeaderName::as_str)
+                .collect::<Vec<_>>()
+                .join(",");
+            if let Ok(v) = HeaderValue::from_str(&list) {
+                headers.insert(HEADERS_TO_REMOVE.clone(), v);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// The value of `a` or `b`; sent twice, or both sent and different, is ambiguous: refused.
+fn one_of<'h>(
+    headers: &'h HeaderMap,
+    a: &HeaderName,
+    b: &HeaderName,
+) -> Result<Option<&'h HeaderValue>, Rejection> {
+    let single = |name: &HeaderName| {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (v, None) => Ok(v),
+            _ => Err(Rejection::BadRequest(
+                "the original method or URI is sent more than once",
+            )),
+        }
+    };
+    match (single(a)?, single(b)?) {
+        (Some(x), Some(y)) if x != y => Err(Rejection::BadRequest(
+            "the original method or URI headers disagree",
+        )),
+        (x, y) => Ok(x.or(y)),
+    }
+}
+
+/// `/path?query` from the original request target. An absolute-form target keeps only its
+/// path and query; `*` and authority-form name no path and are refused.
+fn origin_form(raw: &[u8]) -> Result<Uri, Rejection> {
+    let bad = || Rejection::BadRequest("the original URI is not a request target");
+    let uri = Uri::try_from(raw).map_err(|_| bad())?;
+    let pq = uri.path_and_query().ok_or_else(bad)?;
+    if !pq.as_str().starts_with('/') {
+        return Err(bad());
+    }
+    Ok(Uri::from(pq.clone()))
+}

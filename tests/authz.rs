@@ -1,0 +1,550 @@
+//! Auth-only mode: the authorization endpoint decides exactly as the proxy does, for the same
+//! requests, in each front proxy's dialect (Traefik `forwardAuth`, nginx `auth_request`, Envoy's
+//! HTTP `ext_authz`); and a real nginx with `auth_request` in front of a real upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use http::Method;
+use keygate::key::KeyType;
+use keygate::store::KeyRateLimit;
+
+const CONFIG: &str = r#"
+[authz]
+mode = "both"
+
+[ip]
+trusted_proxies = ["127.0.0.1"]
+
+[[routes]]
+name = "health"
+path = "/health"
+public = true
+
+[[routes]]
+name = "create-payment"
+methods = ["POST"]
+path = "/v1/payments"
+scope = "payments:write"
+
+[[routes]]
+name = "read-payment"
+methods = ["GET"]
+path = "/v1/payments/{id}"
+scope = "payments:read"
+allow_publishable = true
+
+[[routes]]
+name = "transfers"
+path = "/v1/transfers/*"
+scope = "transfers:write"
+carriers = ["x-api-key"]
+"#;
+
+/// How a front proxy asks about a request.
+#[derive(Clone, Copy, Debug)]
+enum Dialect {
+    /// `X-Forwarded-Method` / `X-Forwarded-Uri`, to any path.
+    Traefik,
+    /// `X-Original-Method` / `X-Original-URI`, to any path.
+    Nginx,
+    /// The original method and path as the check request's own.
+    Envoy,
+}
+
+/// (what, method, target, client headers)
+type Case<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>);
+
+const DIALECTS: [Dialect; 3] = [Dialect::Traefik, Dialect::Nginx, Dialect::Envoy];
+
+/// The same request asked about on the authorization listener.
+async fn check(
+    kg: &Keygate,
+    dialect: Dialect,
+    method: &Method,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let addr = kg.authz_addr.unwrap();
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    let m = method.as_str();
+    let (method, url) = match dialect {
+        Dialect::Traefik => {
+            all.extend([("x-forwarded-method", m), ("x-forwarded-uri", target)]);
+            (Method::GET, format!("http://{addr}/auth"))
+        }
+        Dialect::Nginx => {
+            all.extend([("x-original-method", m), ("x-original-uri", target)]);
+            (Method::GET, format!("http://{addr}/_keygate"))
+        }
+        Dialect::Envoy => (method.clone(), format!("http://{addr}{target}")),
+    };
+    send(method, &url, &all, empty()).await
+}
+
+/// An error body without its per-request parts.
+fn scrubbed(r: &Resp) -> serde_json::Value {
+    fn scrub(v: &mut serde_json::Value) {
+        if let Some(map) = v.as_object_mut() {
+            map.remove("request_id");
+            map.values_mut().for_each(scrub);
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    scrub(&mut v);
+    v
+}
+
+const IDENTITY: [&str; 5] = [
+    "x-auth-key-id",
+    "x-auth-owner",
+    "x-auth-env",
+    "x-auth-key-type",
+    "x-auth-scopes",
+];
+
+/// The proxy's answer and the authorization endpoint's agree: same status and body on a
+/// denial (and the same rate-limit and challenge headers); on an allow, the identity the
+/// upstream got from the proxy is the identity the endpoint tells the front proxy to set.
+fn assert_same(case: &str, dialect: Dialect, proxied: &Resp, checked: &Resp) {
+    let what = format!("{case} ({dialect:?})");
+    assert_eq!(checked.status, proxied.status, "{what}: status");
+    if proxied.status.is_success() {
+        for name in IDENTITY {
+            assert_eq!(
+                checked.headers.get(name).and_then(|v| v.to_str().ok()),
+                proxied.upstream_header(name).as_deref(),
+                "{what}: {name}"
+            );
+        }
+        assert!(checked.body.is_empty(), "{what}: an allow has no body");
+    } else {
+        assert_eq!(scrubbed(checked), scrubbed(proxied), "{what}: body");
+        for name in ["www-authenticate", "retry-after", "ratelimit-limit"] {
+            assert_eq!(
+                checked.headers.get(name),
+                proxied.headers.get(name),
+                "{what}: {name}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_authorization_endpoint_decides_as_the_proxy_does() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), CONFIG).await;
+    let reader = bearer(&mint_with(&kg, KeyType::Secret, &["payments:read"], |_| {}).await);
+    let writer = bearer(&mint_with(&kg, KeyType::Secret, &["payments:write"], |_| {}).await);
+    let publishable = bearer(&mint_with(&kg, KeyType::Publishable, &["all"], |_| {}).await);
+    let transfers = mint_with(&kg, KeyType::Secret, &["transfers:write"], |_| {}).await;
+    let fenced = bearer(
+        &mint_with(&kg, KeyType::Secret, &["payments:read"], |r| {
+            r.ip_allowlist = vec!["10.0.0.0/8".parse().unwrap()];
+        })
+        .await,
+    );
+    let test_key = bearer(
+        &mint_with(&kg, KeyType::Secret, &["all"], |r| {
+            r.environment = keygate::key::Environment::Test;
+        })
+        .await,
+    );
+    let (revoked_raw, revoked_id) = kg
+        .mint(
+            keygate::key::Environment::Live,
+            KeyType::Secret,
+            &["payments:read"],
+        )
+        .await;
+    let revoked = bearer(&revoked_raw);
+    kg.tool.revoke(&revoked_id, "test").await.unwrap();
+
+    let transfers_bearer = bearer(&transfers);
+    let xff = "x-forwarded-for";
+    let cases: Vec<Case> = vec![
+        ("public route", Method::GET, "/health", vec![]),
+        (
+            "public, spoofed identity",
+            Method::GET,
+            "/health",
+            vec![("x-auth-owner", "evil")],
+        ),
+        ("no key", Method::GET, "/v1/payments/p1", vec![]),
+        (
+            "malformed key",
+            Method::GET,
+            "/v1/payments/p1",
+            vec![("authorization", "Bearer sk_live_nope")],
+        ),
+        (
+            "reader reads",
+            Method::GET,
+            "/v1/payments/p1?expand=x",
+            vec![("authorization", &reader)],
+        ),
+        (
+            "reader writes",
+            Method::POST,
+            "/v1/payments",
+            vec![("authorization", &reader)],
+        ),
+        (
+            "writer writes",
+            Method::POST,
+            "/v1/payments",
+            vec![("authorization", &writer)],
+        ),
+        (
+            "publishable writes",
+            Method::POST,
+            "/v1/payments",
+            vec![("authorization", &publishable)],
+        ),
+        (
+            "publishable reads",
+            Method::GET,
+            "/v1/payments/p1",
+            vec![("authorization", &publishable)],
+        ),
+        (
+            "x-api-key carrier",
+            Method::POST,
+            "/v1/transfers/t1",
+            vec![("x-api-key", &transfers)],
+        ),
+        (
+            "wrong carrier",
+            Method::POST,
+            "/v1/transfers/t1",
+            vec![("authorization", &transfers_bearer)],
+        ),
+        (
+            "allowlisted address",
+            Method::GET,
+            "/v1/payments/p1",
+            vec![("authorization", &fenced), (xff, "10.1.2.3")],
+        ),
+        (
+            "address off the allowlist",
+            Method::GET,
+            "/v1/payments/p1",
+            vec![("authorization", &fenced), (xff, "192.0.2.7")],
+        ),
+        (
+            "test key on live",
+            Method::GET,
+            "/v1/payments/p1",
+            vec![("authorization", &test_key)],
+        ),
+        (
+            "revoked key",
+            Method::GET,
+            "/v1/payments/p1",
+            vec![("authorization", &revoked)],
+        ),
+        (
+            "path parameter cannot hold a slash",
+            Method::GET,
+            "/v1/payments/p1/x",
+            vec![("authorization", &reader)],
+        ),
+        (
+            "matrix parameter",
+            Method::GET,
+            "/v1/pay;x/ments",
+            vec![("authorization", &reader)],
+        ),
+        (
+            "dot segment",
+            Method::GET,
+            "/v1/payments/../admin",
+            vec![("authorization", &reader)],
+        ),
+    ];
+    for (case, method, target, headers) in &cases {
+        for dialect in DIALECTS {
+            let proxied = send(method.clone(), &kg.url(target), headers, empty()).await;
+            let checked = check(&kg, dialect, method, target, headers).await;
+            assert_same(case, dialect, &proxied, &checked);
+        }
+    }
+    // Spot checks, so agreement is not agreement on nothing.
+    assert_eq!(
+        status_of(
+            &kg,
+            Method::GET,
+            "/v1/payments/p1",
+            &[("authorization", &reader)]
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status_of(
+            &kg,
+            Method::POST,
+            "/v1/payments",
+            &[("authorization", &reader)]
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status_of(&kg, Method::GET, "/v1/payments/p1", &[]).await,
+        401
+    );
+    assert_eq!(
+        status_of(
+            &kg,
+            Method::GET,
+            "/v1/payments/p1",
+            &[("authorization", &revoked)]
+        )
+        .await,
+        401
+    );
+
+    // What the front proxy must remove: the credential, and a client's identity headers.
+    let r = check(
+        &kg,
+        Dialect::Traefik,
+        &Method::GET,
+        "/v1/payments/p1",
+        &[
+            ("authorization", &reader),
+            ("x-auth-tenant", "spoof"),
+            ("x_auth_owner", "spoof"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let remove = r.headers["x-envoy-auth-headers-to-remove"]
+        .to_str()
+        .unwrap();
+    let mut remove: Vec<&str> = remove.split(',').collect();
+    remove.sort_unstable();
+    assert_eq!(remove, ["authorization", "x-auth-tenant", "x_auth_owner"]);
+    assert_eq!(r.headers["x-auth-owner"], "acct_1");
+    assert_eq!(r.headers["x-auth-scopes"], "payments:read");
+    let r = check(
+        &kg,
+        Dialect::Nginx,
+        &Method::GET,
+        "/health",
+        &[("x-auth-owner", "evil")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("x-auth-owner").is_none());
+    assert_eq!(r.headers["x-envoy-auth-headers-to-remove"], "x-auth-owner");
+    assert_eq!(
+        up.hits(),
+        (cases.len() * DIALECTS.len()) as u64 - up_misses(&cases, &kg).await
+    );
+}
+
+async fn status_of(kg: &Keygate, m: Method, target: &str, h: &[(&str, &str)]) -> u16 {
+    check(kg, Dialect::Traefik, &m, target, h)
+        .await
+        .status
+        .as_u16()
+}
+
+/// How many of the cases the proxy refused (each was sent once per dialect): the upstream saw
+/// every other proxied request and no authorization check at all.
+async fn up_misses(cases: &[Case<'_>], kg: &Keygate) -> u64 {
+    let mut refused = 0;
+    for (_, method, target, headers) in cases {
+        // Asked again on the authorization listener only: no upstream traffic.
+        let r = check(kg, Dialect::Envoy, method, target, headers).await;
+        if !r.status.is_success() {
+            refused += DIALECTS.len() as u64;
+        }
+    }
+    refused
+}
+
+#[tokio::test]
+async fn limits_are_shared_and_a_denial_carries_the_proxys_headers() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), CONFIG).await;
+    let key = bearer(
+        &mint_with(&kg, KeyType::Secret, &["payments:read"], |r| {
+            r.rate_limit = Some(KeyRateLimit::Explicit {
+                limit: 3,
+                window_secs: 60,
+            });
+        })
+        .await,
+    );
+    let h = [("authorization", key.as_str())];
+    let target = "/v1/payments/p1";
+    // One budget for both listeners: proxy, check, proxy pass; then both refuse alike.
+    assert_eq!(
+        send(Method::GET, &kg.url(target), &h, empty()).await.status,
+        200
+    );
+    let ok = check(&kg, Dialect::Traefik, &Method::GET, target, &h).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers["ratelimit-limit"], "3");
+    assert_eq!(ok.headers["ratelimit-remaining"], "1");
+    assert_eq!(
+        send(Method::GET, &kg.url(target), &h, empty()).await.status,
+        200
+    );
+    let proxied = send(Method::GET, &kg.url(target), &h, empty()).await;
+    let checked = check(&kg, Dialect::Traefik, &Method::GET, target, &h).await;
+    assert_eq!(proxied.status, 429);
+    assert_same("over the limit", Dialect::Traefik, &proxied, &checked);
+    assert_eq!(checked.code(), "rate_limited");
+    assert!(checked.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn only_trusted_peers_are_answered_and_ambiguity_is_refused() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), CONFIG).await;
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let addr = kg.authz_addr.unwrap();
+    // A peer outside ip.trusted_proxies may not say which request it asks about.
+    let r = get_from(
+        "127.0.0.9".parse().unwrap(),
+        &format!("http://{addr}/auth"),
+        &[("authorization", &auth), ("x-forwarded-uri", "/health")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.code(), "ip_not_allowed");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("trusted")
+    );
+
+    let url = format!("http://{addr}/auth");
+    for (why, headers) in [
+        (
+            "two dialects disagree",
+            vec![
+                ("x-forwarded-uri", "/health"),
+                ("x-original-uri", "/v1/payments/p1"),
+            ],
+        ),
+        (
+            "sent twice",
+            vec![
+                ("x-forwarded-uri", "/health"),
+                ("x-forwarded-uri", "/health"),
+            ],
+        ),
+        ("not a target", vec![("x-forwarded-uri", "*")]),
+        ("empty target", vec![("x-forwarded-uri", "")]),
+        (
+            "authority form",
+            vec![("x-forwarded-uri", "example.com:443")],
+        ),
+        (
+            "not a method",
+            vec![
+                ("x-forwarded-uri", "/health"),
+                ("x-forwarded-method", "GE T"),
+            ],
+        ),
+    ] {
+        let mut h = headers.clone();
+        h.push(("authorization", &auth));
+        let r = send(Method::GET, &url, &h, empty()).await;
+        assert_eq!(r.status, 400, "{why}");
+        assert_eq!(r.code(), "bad_request", "{why}");
+    }
+    // Agreeing dialects, and an absolute-form target (its path is what counts).
+    for headers in [
+        vec![
+            ("x-forwarded-uri", "/health"),
+            ("x-original-uri", "/health"),
+        ],
+        vec![("x-original-uri", "http://api.example.com/health")],
+    ] {
+        let r = send(Method::GET, &url, &headers, empty()).await;
+        assert_eq!(r.status, 200, "{headers:?}");
+    }
+    // CONNECT is never authorised through the endpoint.
+    let r = send(
+        Method::GET,
+        &url,
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-method", "CONNECT"),
+            ("x-forwarded-uri", "/"),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        up.hits(),
+        0,
+        "an authorization check never reaches the upstream"
+    );
+}
+
+#[tokio::test]
+async fn auth_only_mode_needs_no_upstream_and_strips_envoys_path_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("keys.json");
+    // No [upstream] at all: nothing is forwarded in auth-only mode.
+    let toml = format!(
+        "[authz]\nmode = \"authz\"\npath_prefix = \"/ext\"\n[ip]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [store]\npath = {:?}\n",
+        store.display().to_string()
+    );
+    let config = keygate::config::Config::from_toml(&toml, Vec::new(), |_| None).unwrap();
+    let server = keygate::server::Server::new(&config).unwrap();
+    let tool = keygate::manage::KeyTool::with_store(server.store(), &config).unwrap();
+    let authz = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = authz.local_addr().unwrap();
+    let server = server.with_authz_listener(authz);
+    let task = tokio::spawn(server.serve(None, ops, std::future::pending()));
+    let (key, _) = tool
+        .create(
+            keygate::store::NewRecord {
+                scopes: vec!["all".into()],
+                ..keygate::store::NewRecord::new(
+                    "acct_9",
+                    keygate::key::Environment::Live,
+                    KeyType::Secret,
+                )
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let auth = bearer(&key.key);
+    let r = get(
+        &format!("http://{addr}/ext/v1/anything?x=1"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-auth-owner"], "acct_9");
+    let r = get(&format!("http://{addr}/ext"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200);
+    let r = get(
+        &format!("http://{addr}/v1/anything"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(
+        r.status, 400,
+        "a path outside the prefix is not Envoy's check"
+    );
+    let r = get(&format!("http://{addr}/ext/v1/anything"), &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "unauthorized");
+    task.abort();
+}
