@@ -548,3 +548,175 @@ async fn auth_only_mode_needs_no_upstream_and_strips_envoys_path_prefix() {
     assert_eq!(r.code(), "unauthorized");
     task.abort();
 }
+
+/// nginx on PATH (or in /usr/sbin); `tests/run.sh` installs it.
+fn nginx_binary() -> std::path::PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+    {
+        let p = std::path::Path::new(dir).join("nginx");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("nginx is not installed: run the tests with tests/run.sh, or apt-get install nginx");
+}
+
+/// A real nginx running the shipped `deploy/authz/nginx.conf`; killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(keygate: std::net::SocketAddr, upstream: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/authz/nginx.conf"),
+        )
+        .unwrap();
+        let server = shipped
+            .replace("KEYGATE", &keygate.to_string())
+            .replace("LISTEN", &port.to_string())
+            .replace("http://UPSTREAM", upstream);
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{server}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(nginx_binary())
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(port).is_ok() {
+                return Nginx {
+                    child,
+                    addr: port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+        panic!("nginx did not start:\n{log}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn nginx_auth_request_in_front_of_an_upstream() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), CONFIG).await;
+    let nginx = Nginx::start(kg.authz_addr.unwrap(), &up.url());
+    let reader = mint_with(&kg, KeyType::Secret, &["payments:read"], |r| {
+        r.rate_limit = Some(KeyRateLimit::Explicit {
+            limit: 2,
+            window_secs: 60,
+        });
+    })
+    .await;
+    let auth = bearer(&reader);
+
+    // Allowed: the upstream gets the identity keygate vouches for, never the key.
+    let r = get(
+        &nginx.url("/v1/payments/p1?x=1"),
+        &[("authorization", &auth), ("x-auth-owner", "evil")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.upstream_header("x-auth-owner").as_deref(), Some("acct_1"));
+    assert_eq!(
+        r.upstream_header("x-auth-scopes").as_deref(),
+        Some("payments:read")
+    );
+    assert!(
+        r.upstream_header("x-auth-key-id")
+            .unwrap()
+            .starts_with("key_")
+    );
+    assert_eq!(r.upstream_header("authorization"), None);
+    assert_eq!(r.json()["path"], "/v1/payments/p1");
+    assert_eq!(r.json()["query"], "x=1");
+    assert_eq!(r.headers["ratelimit-limit"], "2");
+
+    // Public: no identity at all, and the client's spoofed one is gone.
+    let r = get(&nginx.url("/health"), &[("x-auth-owner", "evil")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-auth-owner"), None);
+
+    // Refused: the status, JSON body and headers keygate's proxy sends.
+    for (headers, status, code) in [
+        (vec![], 401, "unauthorized"),
+        (
+            vec![("authorization", "Bearer sk_live_nope")],
+            401,
+            "invalid_key",
+        ),
+    ] {
+        let via_nginx = get(&nginx.url("/v1/payments/p1"), &headers).await;
+        let direct = get(&kg.url("/v1/payments/p1"), &headers).await;
+        assert_eq!(via_nginx.status, status);
+        assert_eq!(via_nginx.status, direct.status);
+        assert_eq!(scrubbed(&via_nginx), scrubbed(&direct));
+        assert_eq!(via_nginx.code(), code);
+        assert_eq!(
+            via_nginx.headers.get("www-authenticate"),
+            direct.headers.get("www-authenticate")
+        );
+    }
+    let r = send(
+        Method::POST,
+        &nginx.url("/v1/payments"),
+        &[("authorization", &auth)],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.code(), "insufficient_scope");
+
+    // Over the limit: nginx alone would say 500; the replay says 429 with its headers.
+    let r = get(&nginx.url("/v1/payments/p2"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&nginx.url("/v1/payments/p3"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.code(), "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(r.headers["ratelimit-remaining"], "0");
+    let hits = up.hits();
+    assert_eq!(hits, 3, "only the allowed requests reached the upstream");
+
+    // keygate gone: nginx fails closed.
+    drop(kg);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = get(&nginx.url("/v1/payments/p1"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.code(), "auth_unavailable");
+    assert_eq!(up.hits(), hits);
+}

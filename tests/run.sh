@@ -3,6 +3,8 @@
 # lacks, then runs `cargo test` with any arguments given.
 #   redis-server  required: the Redis store tests start their own on ephemeral ports
 #                 (apt-get install redis-server; macOS: brew install redis)
+#   nginx         required: the auth-only mode test puts nginx (auth_request) in front of
+#                 keygate (apt-get install nginx)
 #   h2load        optional: the HTTP/2 abuse test's legitimate load (apt-get install
 #                 nghttp2-client); without it that test uses an in-process client
 set -euo pipefail
@@ -24,6 +26,15 @@ if ! have redis-server; then
   echo "tests/run.sh: redis-server is not on PATH; installing the redis-server package" >&2
   if ! install redis-server; then
     echo "error: the tests need redis-server; install it (apt-get install redis-server, or brew install redis) and run tests/run.sh again" >&2
+    exit 1
+  fi
+fi
+# nginx: the auth-only mode test runs deploy/authz/nginx.conf with auth_request (Debian's
+# nginx package is built with it); /usr/sbin is not on every user's PATH.
+if ! have nginx && [ ! -x /usr/sbin/nginx ]; then
+  echo "tests/run.sh: nginx is not installed; installing the nginx package" >&2
+  if ! install nginx; then
+    echo "error: the tests need nginx (apt-get install nginx) and run tests/run.sh again" >&2
     exit 1
   fi
 fi

@@ -28,6 +28,9 @@ static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-met
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+/// A denial's status and body, repeated as headers (see [`denial_in_headers`]).
+static X_KEYGATE_STATUS: HeaderName = HeaderName::from_static("x-keygate-status");
+static X_KEYGATE_BODY: HeaderName = HeaderName::from_static("x-keygate-body");
 /// Envoy's HTTP `ext_authz` reads the headers to remove from the upstream request here.
 pub static HEADERS_TO_REMOVE: HeaderName =
     HeaderName::from_static("x-envoy-auth-headers-to-remove");
@@ -49,7 +52,8 @@ impl App {
             Ok(()) => self.pipeline(req, &conn, &mut cx, true).await,
             Err(e) => Err(e),
         };
-        Ok(self.finish(result, &mut cx, &conn, started))
+        let resp = self.finish(result, &mut cx, &conn, started);
+        Ok(denial_in_headers(resp).await)
     }
 
     /// Puts the original method and URI in place of the check request's own.
@@ -140,6 +144,35 @@ impl App {
         }
         Ok(resp)
     }
+}
+
+/// A denial also carries its status and body as headers, for front proxies that cannot pass
+/// an authorization service's response through (nginx `auth_request` turns any status but 401
+/// and 403 into 500 and drops the body; its `auth_request_set` can read these headers and its
+/// `return` replay them).
+async fn denial_in_headers(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Either::Right(full) = body else {
+        return Response::from_parts(parts, body);
+    };
+    let bytes = match http_body_util::BodyExt::collect(full).await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    parts.headers.insert(
+        X_KEYGATE_STATUS.clone(),
+        HeaderValue::from(parts.status.as_u16()),
+    );
+    // A JSON body has no raw control characters; anything else is not replayed.
+    if bytes.len() <= 4096
+        && let Ok(v) = HeaderValue::from_bytes(bytes.trim_ascii())
+    {
+        parts.headers.insert(X_KEYGATE_BODY.clone(), v);
+    }
+    Response::from_parts(parts, Either::Right(Full::new(bytes)))
 }
 
 /// The value of `a` or `b`; sent twice, or both sent and different, is ambiguous: refused.
