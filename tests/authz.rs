@@ -596,7 +596,7 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
-        let child = std::process::Command::new(nginx_binary())
+        let mut child = std::process::Command::new(nginx_binary())
             .arg("-c")
             .arg(&path)
             .arg("-p")
@@ -614,6 +614,8 @@ impl Nginx {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
         panic!("nginx did not start:\n{log}");
     }
