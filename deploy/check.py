@@ -295,6 +295,15 @@ def main():
         if svc["spec"]["ports"][0]["targetPort"] != "kg-http":
             fail("sidecar: the Service does not target keygate's port")
 
+        # Auth-only mode: the Service exposes the check port and no proxy port.
+        docs = render(yaml.safe_load(open(os.path.join(CHART, "examples", "authz.yaml"))))
+        svc = next(d for _, d in docs if d["kind"] == "Service")
+        names = sorted(p["name"] for p in svc["spec"]["ports"])
+        if names != ["authz", "ops"] or not any(p["targetPort"] == "kg-authz" for p in svc["spec"]["ports"]):
+            fail(f"authz: the Service ports are {names}")
+        else:
+            print("ok: authz: the Service exposes the check listener only")
+
         # Values the chart must refuse.
         for name, values, expected in [
             ("file store with 3 replicas", {"store": {"backend": "file"}, "replicaCount": 3}, "more than one replica"),
@@ -303,6 +312,10 @@ def main():
             ("sidecar without a selector", {"mode": "sidecar"}, "sidecar.podSelector"),
             ("managed section in config", {"config": {"store": {"path": "/x"}}}, "set by the chart"),
             ("null in config", {"config": {"auth": {"cache_ttl": None}}}, "null values"),
+            ("authz without trusted proxies", {"authz": {"mode": "authz"}}, "trusted_proxies"),
+            ("authz mode with an Ingress", {"authz": {"mode": "authz"}, "ingress": {"enabled": True},
+                                            "config": {"ip": {"trusted_proxies": ["10.0.0.0/8"]}}}, "auth-url"),
+            ("unknown authz mode", {"authz": {"mode": "sidecar"}}, "proxy, authz or both"),
         ]:
             try:
                 render(values)

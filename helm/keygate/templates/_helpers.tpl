@@ -70,7 +70,7 @@ app.kubernetes.io/component: demo-app
 
 {{/* sidecar.toml: chart-managed sections, then .Values.config. */}}
 {{- define "keygate.config" -}}
-{{- $managed := list "environment" "listen" "ops" "admin" "upstream" "store" "keys" -}}
+{{- $managed := list "environment" "listen" "ops" "admin" "upstream" "store" "keys" "authz" -}}
 {{- range $k, $_ := .Values.config }}
 {{- if has $k $managed }}
 {{- fail (printf "config.%s is set by the chart; use the chart's own values for it" $k) }}
@@ -100,6 +100,19 @@ client_ca_file = "/etc/keygate/client-ca/ca.crt"
 
 [ops]
 address = "0.0.0.0:{{ .Values.ports.ops }}"
+{{- if not (has .Values.authz.mode (list "proxy" "authz" "both")) }}
+{{- fail "authz.mode: proxy, authz or both" }}
+{{- end }}
+{{- if ne .Values.authz.mode "proxy" }}
+{{- if not (dig "ip" "trusted_proxies" list .Values.config) }}
+{{- fail "authz.mode=authz|both answers only trusted proxies: set config.ip.trusted_proxies to your ingress or mesh addresses" }}
+{{- end }}
+
+[authz]
+mode = {{ .Values.authz.mode | toJson }}
+address = "0.0.0.0:{{ .Values.authz.port }}"
+path_prefix = {{ .Values.authz.pathPrefix | toJson }}
+{{- end }}
 
 [admin]
 address = {{ .Values.admin.address | toJson }}
@@ -167,6 +180,11 @@ pepper_file = "/etc/keygate/secrets/pepper"
     - name: kg-ops
       containerPort: {{ .Values.ports.ops }}
       protocol: TCP
+    {{- if ne .Values.authz.mode "proxy" }}
+    - name: kg-authz
+      containerPort: {{ .Values.authz.port }}
+      protocol: TCP
+    {{- end }}
   # Starts once the store answers; afterwards readiness only follows draining, so a store
   # outage leaves cached keys working (auth.stale_limit) instead of emptying the Service.
   startupProbe:
