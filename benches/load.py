@@ -12,6 +12,13 @@ Targets, measured in interleaved rounds (A B C D A B C D ...):
   keygate-redis  keygate with the Redis store and the Redis rate limiter
 plus floods against keygate: one well-formed bogus key (negative cache), and a malformed key.
 
+AUTHZ=1 measures auth-only mode instead (same pinning and rounds):
+  keygate        keygate as the proxy (the reference)
+  keygate-authz  keygate's authorization listener asked directly (Traefik's headers): decisions
+  nginx-authz    nginx with auth_request (deploy/authz/nginx.conf) asking keygate, then
+                 proxying to the upstream; CPU is nginx's and keygate's together
+  nginx          nginx as a plain reverse proxy
+
 Reported per target: median requests/s over rounds at 64 connections and at 1 connection,
 p50/p99 latency, CPU us per request of the proxy process (utime+stime from /proc/PID/stat
 over the run / requests), syscalls per request (perf, when it works), Redis round trips per
@@ -49,6 +56,7 @@ BASELINE = os.environ.get("KEYGATE_BASELINE")
 # ratios of neighbouring runs hold up far better than absolute figures on a noisy machine).
 AB_ONLY = bool(BASELINE) and os.environ.get("AB_ONLY") == "1"
 SECONDS = int(os.environ.get("SECONDS", "8"))
+AUTHZ = os.environ.get("AUTHZ") == "1"
 CLIENT_CPU, SERVER_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
@@ -161,8 +169,8 @@ def to_us(v, unit):
 
 def wrk(port, conns, header=None, path="/v1/items"):
     cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{SECONDS}s", "--latency"]
-    if header:
-        cmd += ["-H", header]
+    for h in ([header] if isinstance(header, str) else header or []):
+        cmd += ["-H", h]
     cmd.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     r = {"rps": float(WRK_RE["rps"].search(out).group(1)), "requests": int(WRK_RE["requests"].search(out).group(1))}
@@ -321,9 +329,12 @@ def run(binary, work):
     limits = '[rate_limits]\nkey = { limit = 1000000000, window = "1m" }\n'
     common = f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\npool_max_idle_per_host = 1024\n[log]\nfilter = "error"\naccess = false\n'
     cfg_file = os.path.join(work, "kg.toml")
+    authz_port = free_port()
+    authz = (f'[authz]\nmode = "both"\naddress = "127.0.0.1:{authz_port}"\n[ip]\ntrusted_proxies = ["127.0.0.1"]\n'
+             if AUTHZ else "")
     with open(cfg_file, "w") as f:
         f.write(f'[listen]\naddress = "127.0.0.1:{kg_port}"\n[ops]\naddress = "127.0.0.1:0"\n'
-                f'[store]\npath = "{work}/keys.json"\n{common}{limits}')
+                f'[store]\npath = "{work}/keys.json"\n{common}{limits}{authz}')
     cfg_redis = os.path.join(work, "kg-redis.toml")
     with open(cfg_redis, "w") as f:
         f.write(f'[listen]\naddress = "127.0.0.1:{kgr_port}"\n[ops]\naddress = "127.0.0.1:0"\n'
@@ -368,9 +379,26 @@ def run(binary, work):
     }
     if BASELINE:
         servers["keygate-base"] = (base_port, [kgb.pid], f"Authorization: Bearer {key_base}")
+    if AUTHZ:
+        wait_port(authz_port)
+        ngxa_port = free_port()
+        with open(os.path.join(ROOT, "deploy", "authz", "nginx.conf")) as f:
+            shipped = f.read()
+        conf = (shipped.replace("KEYGATE", f"127.0.0.1:{authz_port}").replace("LISTEN", f"127.0.0.1:{ngxa_port}")
+                .replace("http://UPSTREAM", "http://app_authz"))
+        ngxa = nginx(f"upstream app_authz {{ server 127.0.0.1:{up_port}; keepalive 64; }}\n{conf}", work, "authz")
+        wait_port(ngxa_port)
+        servers = {
+            "keygate": servers["keygate"],
+            "keygate-authz": (authz_port, [kg.pid], [auth, "X-Forwarded-Uri: /v1/items", "X-Forwarded-Method: GET"]),
+            "nginx-authz": (ngxa_port, [ngxa.pid] + children(ngxa.pid) + [kg.pid], auth),
+            "nginx": servers["nginx"],
+            "direct": servers["direct"],
+        }
     upstream_pids = [upstream.pid] + children(upstream.pid)
     for name, (port, _, header) in servers.items():  # warm up: pools, caches, JIT-free but page cache
-        wrk_short = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c64", "-d1s"] + (["-H", header] if header else [])
+        hs = [header] if isinstance(header, str) else header or []
+        wrk_short = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c64", "-d1s"] + [a for h in hs for a in ("-H", h)]
         subprocess.run(wrk_short + [f"http://127.0.0.1:{port}/v1/items"], capture_output=True)
 
     if AB_ONLY:
@@ -394,6 +422,9 @@ def run(binary, work):
                 log(f"round {rnd + 1}/{ROUNDS} c={conns:>2} {name:<14} {r['rps']:>9.0f} req/s  p50 {r['p50']:>7.0f}us"
                     f"  cpu {r['cpu_us']:>6.1f}us/req  other {r['other_pct']:>4.1f}%")
 
+    if AUTHZ:
+        report_authz(results)
+        return
     if AB_ONLY:
         print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s, CPU us/req: "
               + ", ".join(f"{n} {med(results[(n, 64)], 'cpu_us'):.1f}" for n in servers))
@@ -419,6 +450,26 @@ def run(binary, work):
     rss = idle_connections_rss(kg_port, kg.pid)
     distinct = distinct_bogus_keys(kg_port, kg.pid, work)
     report(results, floods, syscalls, rss, distinct)
+
+
+def report_authz(results):
+    print(f"\nauth-only mode: {ROUNDS} interleaved rounds x {SECONDS}s, wrk pinned to CPU {CLIENT_CPU}, "
+          f"servers to CPU {SERVER_CPU}. Medians over rounds.\n")
+    for conns in (64, 1):
+        print(f"{conns} connection(s)")
+        print(f"  {'target':<14} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>11} {'x keygate':>10} {'flags':<}")
+        ref = med(results[("keygate", conns)], "cpu_us")
+        for name in ("keygate", "keygate-authz", "nginx-authz", "nginx", "direct"):
+            rs = results[(name, conns)]
+            flags = []
+            if max(r["other_pct"] for r in rs) > 5:
+                flags.append(f"other CPU up to {max(r['other_pct'] for r in rs):.0f}%")
+            if any(r["non2xx"] for r in rs):
+                flags.append("NON-2xx!")
+            cpu = med(rs, "cpu_us")
+            print(f"  {name:<14} {med(rs, 'rps'):>9.0f} {med(rs, 'p50'):>8.0f} {med(rs, 'p99'):>8.0f} {cpu:>11.1f} "
+                  f"{cpu / ref:>10.2f} {'; '.join(flags)}")
+        print()
 
 
 def med(rs, k):

@@ -304,6 +304,13 @@ def main():
         else:
             print("ok: authz: the Service exposes the check listener only")
 
+        # The auth-only snippets: YAML that parses; the core Kubernetes objects validate.
+        for f in ("envoy", "istio", "ingress-nginx", "traefik"):
+            docs = [d for d in yaml.safe_load_all(open(os.path.join(ROOT, "deploy", "authz", f + ".yaml"))) if d]
+            core = [(f, d) for d in docs if d.get("apiVersion") in ("networking.k8s.io/v1",)]
+            check_documents(f"deploy/authz/{f}.yaml", core)
+            print(f"ok: deploy/authz/{f}.yaml parses ({len(docs)} documents, {len(core)} schema-validated)")
+
         # Values the chart must refuse.
         for name, values, expected in [
             ("file store with 3 replicas", {"store": {"backend": "file"}, "replicaCount": 3}, "more than one replica"),

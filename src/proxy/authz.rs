@@ -2,7 +2,8 @@
 //! of forwarding it. The front proxy (nginx `auth_request`, Traefik `forwardAuth`, Envoy's HTTP
 //! `ext_authz` service) sends the client's headers; the original method and URI come from
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik), `X-Original-Method`/`X-Original-URI`
-//! (nginx), or are the check request's own (Envoy, after `authz.path_prefix`). Only a peer in
+//! (nginx) or `X-Original-URL` (ingress-nginx), or are the check request's own (Envoy, after
+//! `authz.path_prefix`). Only a peer in
 //! `ip.trusted_proxies` is answered. The request then runs the proxy's own pipeline, so both
 //! modes decide alike; an allow is `200` with the identity headers to set and the client
 //! headers to remove, a denial is the response the proxy itself would send.
@@ -28,6 +29,8 @@ static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-met
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+/// ingress-nginx's `auth-url` sends the whole URL.
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 /// A denial's status and body, repeated as headers (see [`denial_in_headers`]).
 static X_KEYGATE_STATUS: HeaderName = HeaderName::from_static("x-keygate-status");
 static X_KEYGATE_BODY: HeaderName = HeaderName::from_static("x-keygate-body");
@@ -67,15 +70,12 @@ impl App {
             return Err(Denial::UntrustedPeer(peer).into()); // 403
         }
         let headers = req.headers();
-        let method = one_of(headers, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)?.cloned();
-        let target = one_of(headers, &X_FORWARDED_URI, &X_ORIGINAL_URI)?.cloned();
+        let methods = [&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD];
+        let targets = [&X_FORWARDED_URI, &X_ORIGINAL_URI, &X_ORIGINAL_URL];
+        let method = one_of(headers, &methods)?.cloned();
+        let target = one_of(headers, &targets)?.cloned();
         let headers = req.headers_mut();
-        for name in [
-            &X_FORWARDED_METHOD,
-            &X_ORIGINAL_METHOD,
-            &X_FORWARDED_URI,
-            &X_ORIGINAL_URI,
-        ] {
+        for name in methods.into_iter().chain(targets) {
             headers.remove(name);
         }
         if let Some(m) = method {
@@ -175,26 +175,41 @@ async fn denial_in_headers(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     Response::from_parts(parts, Either::Right(Full::new(bytes)))
 }
 
-/// The value of `a` or `b`; sent twice, or both sent and different, is ambiguous: refused.
+/// The value the `names` carry (the dialects of different front proxies). One sent twice, or
+/// two that disagree, is ambiguous: refused.
 fn one_of<'h>(
     headers: &'h HeaderMap,
-    a: &HeaderName,
-    b: &HeaderName,
+    names: &[&HeaderName],
 ) -> Result<Option<&'h HeaderValue>, Rejection> {
-    let single = |name: &HeaderName| {
-        let mut all = headers.get_all(name).iter();
-        match (all.next(), all.next()) {
-            (v, None) => Ok(v),
-            _ => Err(Rejection::BadRequest(
+    let mut found: Option<&HeaderValue> = None;
+    for name in names {
+        let mut all = headers.get_all(*name).iter();
+        let (Some(v), rest) = (all.next(), all.next()) else {
+            continue;
+        };
+        if rest.is_some() {
+            return Err(Rejection::BadRequest(
                 "the original method or URI is sent more than once",
-            )),
+            ));
         }
-    };
-    match (single(a)?, single(b)?) {
-        (Some(x), Some(y)) if x != y => Err(Rejection::BadRequest(
-            "the original method or URI headers disagree",
-        )),
-        (x, y) => Ok(x.or(y)),
+        match found {
+            Some(f) if f != v && !same_target(f, v) => {
+                return Err(Rejection::BadRequest(
+                    "the original method or URI headers disagree",
+                ));
+            }
+            _ => found = found.or(Some(v)),
+        }
+    }
+    Ok(found)
+}
+
+/// An absolute URL (ingress-nginx's `X-Original-URL`) and a request target that name the same
+/// path and query.
+fn same_target(a: &HeaderValue, b: &HeaderValue) -> bool {
+    match (origin_form(a.as_bytes()), origin_form(b.as_bytes())) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }
 
