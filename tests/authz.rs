@@ -51,12 +51,19 @@ enum Dialect {
     Nginx,
     /// The original method and path as the check request's own.
     Envoy,
+    /// Envoy's gRPC `ext_authz`: `Authorization/Check` with the request in its attributes.
+    EnvoyGrpc,
 }
 
 /// (what, method, target, client headers)
 type Case<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>);
 
-const DIALECTS: [Dialect; 3] = [Dialect::Traefik, Dialect::Nginx, Dialect::Envoy];
+const DIALECTS: [Dialect; 4] = [
+    Dialect::Traefik,
+    Dialect::Nginx,
+    Dialect::Envoy,
+    Dialect::EnvoyGrpc,
+];
 
 /// The same request asked about on the authorization listener.
 async fn check(
@@ -67,6 +74,9 @@ async fn check(
     headers: &[(&str, &str)],
 ) -> Resp {
     let addr = kg.authz_addr.unwrap();
+    if let Dialect::EnvoyGrpc = dialect {
+        return grpc_check(addr, method, target, headers).await;
+    }
     let mut all: Vec<(&str, &str)> = headers.to_vec();
     let m = method.as_str();
     let (method, url) = match dialect {
@@ -78,9 +88,112 @@ async fn check(
             all.extend([("x-original-method", m), ("x-original-uri", target)]);
             (Method::GET, format!("http://{addr}/_keygate"))
         }
-        Dialect::Envoy => (method.clone(), format!("http://{addr}{target}")),
+        Dialect::Envoy | Dialect::EnvoyGrpc => (method.clone(), format!("http://{addr}{target}")),
     };
     send(method, &url, &all, empty()).await
+}
+
+/// A gRPC `Check` from a real gRPC client (tonic, over h2c), asking about the request as Envoy
+/// would describe it; the answer read back as the HTTP response Envoy would give.
+async fn grpc_check(
+    addr: std::net::SocketAddr,
+    method: &Method,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut map = std::collections::HashMap::new();
+    for (k, v) in headers {
+        // Envoy joins a repeated header's values with ",".
+        map.entry(k.to_string())
+            .and_modify(|e: &mut String| {
+                e.push(',');
+                e.push_str(v);
+            })
+            .or_insert_with(|| v.to_string());
+    }
+    map.insert(":authority".into(), "api.example.com".into());
+    map.insert(":method".into(), method.to_string());
+    map.insert(":path".into(), target.into());
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "127.0.0.1".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: method.to_string(),
+                    path: target.into(),
+                    host: "api.example.com".into(),
+                    headers: map,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let answer = client.check(request).await.unwrap().into_inner();
+    let mut out = http::HeaderMap::new();
+    let put = |out: &mut http::HeaderMap,
+               opts: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+        for o in opts {
+            let h = o.header.as_ref().unwrap();
+            out.append(
+                http::HeaderName::from_bytes(h.key.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(&h.value).unwrap(),
+            );
+        }
+    };
+    match answer.http_response.unwrap() {
+        HttpResponse::OkResponse(ok) => {
+            assert_eq!(answer.status.unwrap().code, 0);
+            put(&mut out, &ok.headers);
+            // To the client: rate-limit headers, never the identity.
+            for o in &ok.response_headers_to_add {
+                let key = &o.header.as_ref().unwrap().key;
+                assert!(!key.starts_with("x-auth-"), "{key} would go to the client");
+            }
+            put(&mut out, &ok.response_headers_to_add);
+            if !ok.headers_to_remove.is_empty() {
+                out.insert(
+                    "x-envoy-auth-headers-to-remove",
+                    ok.headers_to_remove.join(",").parse().unwrap(),
+                );
+            }
+            Resp {
+                status: http::StatusCode::OK,
+                headers: out,
+                body: bytes::Bytes::new(),
+            }
+        }
+        HttpResponse::DeniedResponse(denied) => {
+            assert_ne!(answer.status.unwrap().code, 0);
+            put(&mut out, &denied.headers);
+            Resp {
+                status: http::StatusCode::from_u16(denied.status.unwrap().code as u16).unwrap(),
+                headers: out,
+                body: bytes::Bytes::from(denied.body),
+            }
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
 }
 
 /// An error body without its per-request parts.
@@ -721,4 +834,79 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     assert_eq!(r.status, 503);
     assert_eq!(r.code(), "auth_unavailable");
     assert_eq!(up.hits(), hits);
+}
+
+#[tokio::test]
+async fn grpc_check_answers_in_envoys_terms() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), CONFIG).await;
+    let addr = kg.authz_addr.unwrap();
+    let key = bearer(
+        &mint_with(&kg, KeyType::Secret, &["payments:read"], |r| {
+            r.rate_limit = Some(KeyRateLimit::Explicit {
+                limit: 1,
+                window_secs: 60,
+            });
+        })
+        .await,
+    );
+    let h = [("authorization", key.as_str()), ("x-auth-owner", "evil")];
+    let ok = grpc_check(addr, &Method::GET, "/v1/payments/p1", &h).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers["x-auth-owner"], "acct_1");
+    assert_eq!(ok.headers["ratelimit-limit"], "1");
+    assert_eq!(
+        ok.headers["x-envoy-auth-headers-to-remove"],
+        "authorization"
+    );
+    let over = grpc_check(addr, &Method::GET, "/v1/payments/p1", &h).await;
+    assert_eq!(over.status, 429);
+    assert_eq!(over.code(), "rate_limited");
+    assert!(over.headers.contains_key("retry-after"));
+    assert_eq!(over.headers["content-type"], "application/json");
+    assert!(
+        !over.headers.contains_key("x-keygate-body"),
+        "the body travels as the body"
+    );
+
+    // Not a CheckRequest, or compressed: a gRPC error in the trailers, not a decision.
+    for (message, status) in [
+        (&b"\x00\x00\x00\x00\x09not proto"[..], "3"),
+        (&b"\x00\x00\x00\x00\x05"[..], "3"),
+        (&b"\x01\x00\x00\x00\x00"[..], "12"),
+    ] {
+        let (head, trailers) = h2_call(addr, message).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(trailers["grpc-status"], status, "{message:?}");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+/// One raw gRPC call over h2c: the response head and its trailers.
+async fn h2_call(
+    addr: std::net::SocketAddr,
+    message: &[u8],
+) -> (http::response::Parts, http::HeaderMap) {
+    use http_body_util::BodyExt as _;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+        message,
+    )))
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    (parts, collected.trailers().cloned().unwrap_or_default())
 }

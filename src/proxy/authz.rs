@@ -20,6 +20,8 @@ use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::context::Context;
+use super::grpc::{self, GrpcBody};
+use super::headers::HEADERS_TO_REMOVE;
 use super::service::{App, ProxyBody};
 use crate::error::Rejection;
 use crate::policy::{Denial, Permit};
@@ -34,17 +36,26 @@ static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 /// A denial's status and body, repeated as headers (see [`denial_in_headers`]).
 static X_KEYGATE_STATUS: HeaderName = HeaderName::from_static("x-keygate-status");
 static X_KEYGATE_BODY: HeaderName = HeaderName::from_static("x-keygate-body");
-/// Envoy's HTTP `ext_authz` reads the headers to remove from the upstream request here.
-pub static HEADERS_TO_REMOVE: HeaderName =
-    HeaderName::from_static("x-envoy-auth-headers-to-remove");
+
+/// What the check listener answers: an HTTP check's response, or a gRPC `Check`'s.
+pub type AuthzBody = Either<ProxyBody, GrpcBody>;
 
 impl App {
     /// The authorization listener's service: never fails, like [`App::handle`].
     pub async fn authorize(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> Result<Response<AuthzBody>, Infallible> {
+        if grpc::is_check(&req) {
+            let resp = Box::pin(self.grpc_check(req, conn)).await;
+            return Ok(resp.map(Either::Right));
+        }
+        Ok(self.http_check(req, conn).await.map(Either::Left))
+    }
+
+    /// A check over HTTP (nginx, Traefik, Envoy's HTTP service).
+    async fn http_check(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
@@ -56,7 +67,82 @@ impl App {
             Err(e) => Err(e),
         };
         let resp = self.finish(result, &mut cx, &conn, started);
-        Ok(denial_in_headers(resp).await)
+        denial_in_headers(resp).await
+    }
+
+    /// Envoy's gRPC `Check`: the request in its attributes runs the same pipeline.
+    async fn grpc_check(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GrpcBody> {
+        let started = Instant::now();
+        self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = Held::enter(&self.metrics.in_flight);
+        let (mut parts, mut body) = req.into_parts();
+        let asked = match self.read_check(&mut body).await {
+            Ok(asked) => asked,
+            Err(e) => return grpc::respond(None, e.code, e.message),
+        };
+        let peer = conn.peer.ip().to_canonical();
+        let trusted = self.policy.load().trusts(peer);
+        let rewritten = (|| {
+            parts.method = Method::from_bytes(asked.method.as_bytes())
+                .map_err(|_| Rejection::BadRequest("the original method is not a method"))?;
+            parts.uri = origin_form(asked.target.as_bytes())?;
+            Ok::<_, Rejection>(())
+        })();
+        parts.headers = asked.headers;
+        if let Some(source) = asked.source {
+            with_source(&mut parts.headers, source);
+        }
+        parts.version = http::Version::HTTP_11;
+        let req = Request::from_parts(parts, body);
+        let mut cx = Context::new(&req);
+        let result = match (trusted, rewritten) {
+            (false, _) => Err(Denial::UntrustedPeer(peer).into()),
+            (true, Err(e)) => Err(e),
+            (true, Ok(())) => self.pipeline(req, &conn, &mut cx, true).await,
+        };
+        let resp = self.finish(result, &mut cx, &conn, started);
+        let (parts, body) = resp.into_parts();
+        let bytes = match body {
+            Either::Right(full) => match http_body_util::BodyExt::collect(full).await {
+                Ok(c) => c.to_bytes(),
+                Err(never) => match never {},
+            },
+            Either::Left(_) => bytes::Bytes::new(),
+        };
+        let check = grpc::answer(
+            parts.status,
+            &parts.headers,
+            &bytes,
+            self.forwarder.identity_prefix(),
+        );
+        grpc::respond(Some(&check), grpc::code::OK, "")
+    }
+
+    /// The one `CheckRequest` of the call, bounded in size and time.
+    async fn read_check(&self, body: &mut Incoming) -> Result<grpc::Asked, grpc::CallError> {
+        use http_body_util::BodyExt as _;
+        let idle = self.forwarder.body_read_timeout();
+        let mut buf = bytes::BytesMut::new();
+        let failed = |message| grpc::CallError {
+            code: grpc::code::INVALID_ARGUMENT,
+            message,
+        };
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => return Err(failed("the CheckRequest did not arrive in time")),
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(failed("the CheckRequest could not be read")),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if buf.len() + data.len() > grpc::MAX_MESSAGE {
+                            return Err(failed("the CheckRequest is too large"));
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        grpc::asked(grpc::decode(&buf)?)
     }
 
     /// Puts the original method and URI in place of the check request's own.
@@ -143,6 +229,34 @@ impl App {
             }
         }
         Ok(resp)
+    }
+}
+
+/// The downstream address Envoy saw, as the right-most `X-Forwarded-For` hop (unless Envoy
+/// already put it there), so the trusted-proxy resolution finds the client as on the proxy.
+fn with_source(headers: &mut HeaderMap, source: std::net::IpAddr) {
+    let ip = source.to_canonical().to_string();
+    let xff = super::headers::X_FORWARDED_FOR.clone();
+    let joined: Vec<&[u8]> = headers
+        .get_all(&xff)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let joined = joined.join(&b","[..]);
+    let last = joined
+        .rsplit(|b| *b == b',')
+        .next()
+        .map(|s| String::from_utf8_lossy(s).trim().to_owned());
+    if last.as_deref() == Some(ip.as_str()) {
+        return;
+    }
+    let value = if joined.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", String::from_utf8_lossy(&joined))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
     }
 }
 

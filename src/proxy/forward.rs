@@ -108,6 +108,11 @@ impl Forwarder {
             .send(req, self.max_request_body, &self.metrics.upstream_in_flight)
     }
 
+    /// The identity namespace (`x-auth-`).
+    pub fn identity_prefix(&self) -> &str {
+        self.plan.identity_prefix()
+    }
+
     /// What an allowed authorization check tells the front proxy to set and remove.
     pub fn authz_answer<B>(
         &self,

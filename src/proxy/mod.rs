@@ -10,6 +10,7 @@ mod conn;
 mod context;
 mod forward;
 mod gate;
+mod grpc;
 pub mod headers;
 mod listener;
 mod ops;

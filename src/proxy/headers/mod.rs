@@ -27,6 +27,10 @@ pub use signature::sign_v1;
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Envoy's HTTP `ext_authz` reads the headers to remove from the upstream request here;
+/// keygate's authorization answers list them in it (auth-only mode).
+pub static HEADERS_TO_REMOVE: HeaderName =
+    HeaderName::from_static("x-envoy-auth-headers-to-remove");
 /// Forwarding headers keygate sets itself; client-sent values are spoofable and dropped.
 static FORWARDING: [&HeaderName; 5] = [
     &header::FORWARDED,
@@ -211,6 +215,11 @@ impl HeaderPlan {
         self.sign(req, fwd.identity);
         // HTTP/1.1 unless the upstream client speaks HTTP/2 (it then sets the version itself).
         *req.version_mut() = Version::HTTP_11;
+    }
+
+    /// The identity namespace (`x-auth-`), lower-case.
+    pub fn identity_prefix(&self) -> &str {
+        &self.identity_prefix
     }
 
     /// The answer to an authorization check (auth-only mode): the headers the front proxy sets
