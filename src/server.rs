@@ -127,6 +127,7 @@ impl Server {
             access_log: config.log.access,
             errors: config.errors.clone(),
             underscores: config.listen.underscore_headers,
+            authz_check_path: config.authz.check_path.clone(),
             authz_path_prefix: config.authz.path_prefix.clone(),
             // Always there: a reload may mount `[self_service]`.
             self_service: SelfService::new(

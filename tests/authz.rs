@@ -86,7 +86,7 @@ async fn check(
         }
         Dialect::Nginx => {
             all.extend([("x-original-method", m), ("x-original-uri", target)]);
-            (Method::GET, format!("http://{addr}/_keygate"))
+            (Method::GET, format!("http://{addr}/auth"))
         }
         Dialect::Envoy | Dialect::EnvoyGrpc => (method.clone(), format!("http://{addr}{target}")),
     };
@@ -585,6 +585,50 @@ async fn only_trusted_peers_are_answered_and_ambiguity_is_refused() {
         let r = send(Method::GET, &url, &headers, empty()).await;
         assert_eq!(r.status, 200, "{headers:?}");
     }
+    // On authz.check_path the original URI must be named; anywhere else (Envoy's shape) naming
+    // one is a client trying to have another path decided.
+    let (key_h, uri_h) = (
+        ("authorization", auth.as_str()),
+        ("x-original-uri", "/health"),
+    );
+    let r = send(Method::GET, &url, &[key_h], empty()).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must name the original URI")
+    );
+    let admin = format!("http://{addr}/v1/payments/p1");
+    let r = send(Method::GET, &admin, &[uri_h], empty()).await;
+    assert_eq!(
+        r.status, 400,
+        "an injected X-Original-URI is refused, not believed"
+    );
+    let r = send(
+        Method::GET,
+        &admin,
+        &[("x-forwarded-method", "GET")],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = send(Method::GET, &admin, &[], empty()).await;
+    assert_eq!(r.status, 401, "the check's own path is what is decided");
+    // Through nginx, a client's own X-Forwarded-Uri disagrees with nginx's X-Original-URI.
+    let r = send(
+        Method::GET,
+        &url,
+        &[
+            key_h,
+            ("x-original-uri", "/v1/payments/p1"),
+            ("x-forwarded-uri", "/health"),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+
     // CONNECT is never authorised through the endpoint.
     let r = send(
         Method::GET,

@@ -34,8 +34,11 @@ pub struct AuthzConfig {
     pub mode: Mode,
     /// The authorization listener.
     pub address: SocketAddr,
-    /// Stripped from the path of a check that carries no `X-Forwarded-Uri`/`X-Original-URI`
-    /// (Envoy's HTTP service sends the original path after its `path_prefix`).
+    /// Where nginx, ingress-nginx and Traefik send their checks: a check on this path names the
+    /// original request in headers (`X-Forwarded-Uri`, `X-Original-URI`, …) and must.
+    pub check_path: String,
+    /// Stripped from the path of a check on any other path (Envoy's HTTP service sends the
+    /// original path after its `path_prefix`); such a check must not carry those headers.
     pub path_prefix: String,
 }
 
@@ -44,6 +47,7 @@ pub struct AuthzConfig {
 pub(super) struct RawAuthz {
     mode: Option<String>,
     address: Option<String>,
+    check_path: Option<String>,
     path_prefix: Option<String>,
 }
 
@@ -77,9 +81,23 @@ pub(super) fn validate(
             "authz.path_prefix: {path_prefix:?} must start with / and not end with one (e.g. \"/authz\")"
         ));
     }
+    let check_path = raw.check_path.unwrap_or_else(|| "/auth".to_owned());
+    if !check_path.starts_with('/') || check_path.contains(['?', '#']) {
+        c.problem(format!(
+            "authz.check_path: {check_path:?} must be a path such as \"/auth\""
+        ));
+    }
+    if !path_prefix.is_empty()
+        && (check_path == path_prefix || check_path.starts_with(&format!("{path_prefix}/")))
+    {
+        c.problem(format!(
+            "authz.check_path: {check_path:?} is inside authz.path_prefix {path_prefix:?}"
+        ));
+    }
     AuthzConfig {
         mode,
         address,
+        check_path,
         path_prefix,
     }
 }

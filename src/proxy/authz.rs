@@ -2,8 +2,9 @@
 //! of forwarding it. The front proxy (nginx `auth_request`, Traefik `forwardAuth`, Envoy's HTTP
 //! `ext_authz` service) sends the client's headers; the original method and URI come from
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik), `X-Original-Method`/`X-Original-URI`
-//! (nginx) or `X-Original-URL` (ingress-nginx), or are the check request's own (Envoy, after
-//! `authz.path_prefix`). Only a peer in
+//! (nginx) or `X-Original-URL` (ingress-nginx) on a check sent to `authz.check_path`; on any
+//! other path they are the check request's own (Envoy, after `authz.path_prefix`), and those
+//! headers are refused there (only a client could have put them in). Only a peer in
 //! `ip.trusted_proxies` is answered. The request then runs the proxy's own pipeline, so both
 //! modes decide alike; an allow is `200` with the identity headers to set and the client
 //! headers to remove, a denial is the response the proxy itself would send.
@@ -163,6 +164,22 @@ impl App {
         let headers = req.headers_mut();
         for name in methods.into_iter().chain(targets) {
             headers.remove(name);
+        }
+        let header_dialect = req.uri().path() == self.authz_check_path;
+        match (header_dialect, method.is_some() || target.is_some()) {
+            // Elsewhere the check's own line is the request: forwarding headers there can only
+            // be the client's, trying to have keygate decide on another path.
+            (false, true) => {
+                return Err(Rejection::BadRequest(
+                    "a check outside authz.check_path must not name an original method or URI",
+                ));
+            }
+            (true, _) if target.is_none() => {
+                return Err(Rejection::BadRequest(
+                    "a check on authz.check_path must name the original URI (X-Forwarded-Uri, X-Original-URI or X-Original-URL)",
+                ));
+            }
+            _ => {}
         }
         if let Some(m) = method {
             *req.method_mut() = Method::from_bytes(m.as_bytes())

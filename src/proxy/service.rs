@@ -57,7 +57,9 @@ pub struct App {
     pub(crate) self_service: SelfService,
     /// Header names with `_`: dropped before forwarding, or refused.
     pub(crate) underscores: crate::config::UnderscoreHeaders,
-    /// Auth-only mode: stripped from a check request's own path (`authz.path_prefix`).
+    /// Auth-only mode: where header-dialect checks arrive (`authz.check_path`), and what is
+    /// stripped from the path of the others (`authz.path_prefix`).
+    pub(crate) authz_check_path: String,
     pub(crate) authz_path_prefix: String,
 }
 

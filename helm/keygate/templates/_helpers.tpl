@@ -111,6 +111,7 @@ address = "0.0.0.0:{{ .Values.ports.ops }}"
 [authz]
 mode = {{ .Values.authz.mode | toJson }}
 address = "0.0.0.0:{{ .Values.authz.port }}"
+check_path = {{ .Values.authz.checkPath | toJson }}
 path_prefix = {{ .Values.authz.pathPrefix | toJson }}
 {{- end }}
 
