@@ -76,13 +76,21 @@ impl App {
         let started = Instant::now();
         self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
+        let peer = conn.peer.ip().to_canonical();
+        let trusted = self.policy.load().trusts(peer);
+        if !trusted {
+            // Nothing is read from a peer that may not ask.
+            return grpc::respond(
+                None,
+                grpc::code::PERMISSION_DENIED,
+                "not a trusted proxy: checks are answered for ip.trusted_proxies only",
+            );
+        }
         let (mut parts, mut body) = req.into_parts();
         let asked = match self.read_check(&mut body).await {
             Ok(asked) => asked,
             Err(e) => return grpc::respond(None, e.code, e.message),
         };
-        let peer = conn.peer.ip().to_canonical();
-        let trusted = self.policy.load().trusts(peer);
         let rewritten = (|| {
             parts.method = Method::from_bytes(asked.method.as_bytes())
                 .map_err(|_| Rejection::BadRequest("the original method is not a method"))?;
@@ -96,10 +104,9 @@ impl App {
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
         let mut cx = Context::new(&req);
-        let result = match (trusted, rewritten) {
-            (false, _) => Err(Denial::UntrustedPeer(peer).into()),
-            (true, Err(e)) => Err(e),
-            (true, Ok(())) => self.pipeline(req, &conn, &mut cx, true).await,
+        let result = match rewritten {
+            Err(e) => Err(e),
+            Ok(()) => self.pipeline(req, &conn, &mut cx, true).await,
         };
         let resp = self.finish(result, &mut cx, &conn, started);
         let (parts, body) = resp.into_parts();
@@ -119,17 +126,17 @@ impl App {
         grpc::respond(Some(&check), grpc::code::OK, "")
     }
 
-    /// The one `CheckRequest` of the call, bounded in size and time.
+    /// The one `CheckRequest` of the call, bounded in size and in total time.
     async fn read_check(&self, body: &mut Incoming) -> Result<grpc::Asked, grpc::CallError> {
         use http_body_util::BodyExt as _;
-        let idle = self.forwarder.body_read_timeout();
+        let deadline = tokio::time::Instant::now() + self.forwarder.body_read_timeout();
         let mut buf = bytes::BytesMut::new();
         let failed = |message| grpc::CallError {
             code: grpc::code::INVALID_ARGUMENT,
             message,
         };
         loop {
-            match tokio::time::timeout(idle, body.frame()).await {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => return Err(failed("the CheckRequest did not arrive in time")),
                 Ok(None) => break,
                 Ok(Some(Err(_))) => return Err(failed("the CheckRequest could not be read")),
@@ -174,9 +181,9 @@ impl App {
                     "a check outside authz.check_path must not name an original method or URI",
                 ));
             }
-            (true, _) if target.is_none() => {
+            (true, _) if target.is_none() || method.is_none() => {
                 return Err(Rejection::BadRequest(
-                    "a check on authz.check_path must name the original URI (X-Forwarded-Uri, X-Original-URI or X-Original-URL)",
+                    "a check on authz.check_path must name the original method and URI (X-Forwarded-Method and X-Forwarded-Uri, X-Original-Method and X-Original-URI or X-Original-URL)",
                 ));
             }
             _ => {}
@@ -230,6 +237,19 @@ impl App {
         let answer = self
             .forwarder
             .authz_answer(req, permit, conn, &cx.request_id);
+        // The proxy would strip these before forwarding; a front proxy passes them on.
+        if answer.unsafe_header.is_some() {
+            return Err(Rejection::BadRequest(
+                "the request carries a path or method override, or an underscore spelling of an identity or forwarding header, which auth-only mode cannot remove",
+            ));
+        }
+        // The proxy would forward the normalised path; a front proxy forwards the client's,
+        // which its upstream may read as another path than the one decided on.
+        if permit.normalized_path().is_some() {
+            return Err(Rejection::BadRequest(
+                "the path is not in normal form (auth-only mode decides only on paths forwarded as they are)",
+            ));
+        }
         let mut resp = Response::new(Either::Right(Full::default()));
         *resp.status_mut() = StatusCode::OK;
         let headers = resp.headers_mut();

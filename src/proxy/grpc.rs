@@ -32,8 +32,9 @@ use super::headers::HEADERS_TO_REMOVE;
 
 /// The method's path.
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-/// A `CheckRequest` is a few KiB of headers; anything far larger is not one.
-pub const MAX_MESSAGE: usize = 1 << 20;
+/// A `CheckRequest` is a few KiB of headers (the request body is not read); anything far
+/// larger is not one.
+pub const MAX_MESSAGE: usize = 64 << 10;
 
 /// Whether a request on the check listener is a gRPC `Check` call.
 pub fn is_check<B>(req: &http::Request<B>) -> bool {

@@ -10,7 +10,7 @@ mod conn;
 mod context;
 mod forward;
 mod gate;
-mod grpc;
+pub mod grpc;
 pub mod headers;
 mod listener;
 mod ops;

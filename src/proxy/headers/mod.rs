@@ -65,6 +65,17 @@ static OVERRIDES: [HeaderName; 18] = [
     HeaderName::from_static("x-originating-ip"),
 ];
 
+/// The path overrides among [`OVERRIDES`] that no front proxy sets on its own (the check
+/// dialects' `X-Original-URI`, `X-Original-URL`, `X-Forwarded-Uri` are read and removed before):
+/// a client that sends one through a front proxy could have its upstream route elsewhere.
+/// (Scheme, port and address overrides are what front proxies set themselves.)
+static PATH_OVERRIDES: [&str; 4] = [
+    "x-rewrite-url",
+    "x-override-url",
+    "x-original-path",
+    "x-forwarded-path",
+];
+
 /// Method-override headers: stripped unless configured to be honoured (and then the scope is
 /// checked against the overridden method).
 pub static METHOD_OVERRIDES: [&HeaderName; 3] =
@@ -94,6 +105,10 @@ pub struct AuthzAnswer {
     pub set: HeaderMap,
     /// Removed from the forwarded request.
     pub remove: Vec<HeaderName>,
+    /// A client header the proxy would strip because an upstream could act on it — a path
+    /// override ([`PATH_OVERRIDES`]), a method override, an underscore spelling of an identity or
+    /// forwarding header — which a front proxy would pass on: the check must be refused.
+    pub unsafe_header: Option<HeaderName>,
 }
 
 /// The identity header names and forwarding choices, resolved from config once.
@@ -264,7 +279,19 @@ impl HeaderPlan {
             .cloned()
             .collect();
         remove.dedup();
-        AuthzAnswer { set, remove }
+        let unsafe_header = remove
+            .iter()
+            .find(|name| {
+                PATH_OVERRIDES.contains(&name.as_str())
+                    || (!fwd.keep_method_override && METHOD_OVERRIDES.contains(name))
+                    || (name.as_str().contains('_') && self.spoofed(name))
+            })
+            .cloned();
+        AuthzAnswer {
+            set,
+            remove,
+            unsafe_header,
+        }
     }
 
     /// Every client header the upstream must not receive, found in one pass over the names
