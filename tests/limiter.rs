@@ -172,9 +172,111 @@ async fn redis_limiter() {
     .unwrap() else {
         unreachable!()
     };
-    let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 1));
+    let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 1, 0));
     suite(Arc::new(limiter), "redis").await;
     // It really went through Redis: the counters are there.
     let keys = redis.cmd("KEYS *kglimit:rl*");
     assert!(keys.contains("redis:fw"), "{keys}");
+}
+
+fn redis_store(redis: &Redis) -> keygate::store::RedisStore {
+    let Store::Redis(store) = Store::open(&StoreConfig::Redis(RedisConfig {
+        topology: RedisTopology::Standalone { url: redis.url() },
+        password: None,
+        key_prefix: "kglimit".into(),
+        timeout: Duration::from_secs(2),
+    }))
+    .unwrap() else {
+        unreachable!()
+    };
+    store
+}
+
+/// Script calls Redis has served (each one a round trip).
+fn script_calls(redis: &Redis) -> u64 {
+    let stats = redis.cmd("INFO commandstats");
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn leased_redis_limiter() {
+    // The whole suite holds with leases too (fixed windows lease; GCRA stays exact).
+    let redis = Redis::start();
+    let limiter = Limiter::Redis(RedisLimiter::new(redis_store(&redis), "kglimit", 1, 64));
+    suite(Arc::new(limiter), "leased").await;
+}
+
+#[tokio::test]
+async fn three_leasing_replicas_admit_exactly_the_limit_with_few_round_trips() {
+    let redis = Redis::start();
+    // Three replicas: each its own limiter (its own leases) on one Redis.
+    let replicas: Vec<Arc<Limiter>> = (0..3)
+        .map(|_| {
+            Arc::new(Limiter::Redis(RedisLimiter::new(
+                redis_store(&redis),
+                "kglimit",
+                3,
+                100,
+            )))
+        })
+        .collect();
+    let hour = Duration::from_secs(3600);
+    let tight = limit(50, hour, Algorithm::FixedWindow);
+    let before = script_calls(&redis);
+    let mut tasks = Vec::new();
+    for limiter in &replicas {
+        for _ in 0..4 {
+            let limiter = Arc::clone(limiter);
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..60 {
+                    if limiter.acquire(&[(counter("k", "tight"), tight)]).await[0].allowed {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            }));
+        }
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.unwrap();
+    }
+    assert_eq!(
+        admitted, 50,
+        "720 attempts from 3 replicas admit exactly the limit"
+    );
+
+    // A roomy limit at steady load: leases grow, round trips per request fall below 0.05.
+    let roomy = limit(1_000_000, hour, Algorithm::FixedWindow);
+    let mid = script_calls(&redis);
+    let mut tasks = Vec::new();
+    for limiter in &replicas {
+        let limiter = Arc::clone(limiter);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3000 {
+                assert!(limiter.acquire(&[(counter("k", "roomy"), roomy)]).await[0].allowed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let calls = script_calls(&redis) - mid;
+    assert!(calls * 20 < 9000, "{calls} round trips for 9,000 requests");
+    assert!(mid > before, "the tight limit did go to Redis");
+    // The shared counter holds what was leased, never more than the limit.
+    let used = redis.cmd("HGET {kglimit:rl:o:acct}:k:k:tight c");
+    assert_eq!(used.lines().last().map(str::trim), Some("50"), "{used}");
 }

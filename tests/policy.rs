@@ -596,6 +596,46 @@ fn evalsha_calls(redis: &Redis) -> u64 {
 }
 
 #[tokio::test]
+async fn three_proxies_leasing_permits_admit_exactly_a_keys_limit() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let cfg = "[rate_limits]\nbackend = \"redis\"\nreplicas = 3\nlease_max = 100\n\
+               key = { limit = 30, window = \"1h\" }\n";
+    let mut fleet = Vec::new();
+    for name in ["a", "b", "c"] {
+        fleet.push(Keygate::start_redis_as(&up.url(), &redis.url(), name, cfg).await);
+    }
+    let key = bearer(&mint_with(&fleet[0], KeyType::Secret, &["all"], |_| {}).await);
+    let mut tasks = Vec::new();
+    for kg in &fleet {
+        for _ in 0..3 {
+            let (url, key) = (kg.url("/v1/items"), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0;
+                for _ in 0..15 {
+                    let r = get(&url, &[("authorization", &key)]).await;
+                    match r.status.as_u16() {
+                        200 => ok += 1,
+                        429 => assert_eq!(r.code(), "rate_limited"),
+                        other => panic!("status {other}"),
+                    }
+                }
+                ok
+            }));
+        }
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.unwrap();
+    }
+    assert_eq!(
+        admitted, 30,
+        "135 requests over 3 proxies admit exactly the key's limit"
+    );
+    assert_eq!(up.hits(), 30);
+}
+
+#[tokio::test]
 async fn redis_limiter_falls_back_when_redis_is_gone() {
     let mut redis = Redis::start();
     let up = Upstream::start().await;

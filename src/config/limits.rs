@@ -87,6 +87,9 @@ pub struct RateLimitConfig {
     pub backend: LimiterBackend,
     /// Replicas sharing the limits; local fallback limits are divided by this.
     pub replicas: u32,
+    /// Redis limiter: the largest batch of permits a replica leases at once (0: one round trip
+    /// per request, exact to the request).
+    pub lease_max: u64,
     pub key: Option<Limit>,
     pub ip: Option<Limit>,
     pub failed_auth: Option<Limit>,
@@ -112,6 +115,7 @@ pub(super) struct RawLimit {
 pub(super) struct RawRateLimits {
     backend: Option<String>,
     replicas: Option<u32>,
+    lease_max: Option<u64>,
     key: Option<RawLimit>,
     ip: Option<RawLimit>,
     failed_auth: Option<RawLimit>,
@@ -214,6 +218,15 @@ pub(super) fn validate(
                 1
             }
             r => r.unwrap_or(1),
+        },
+        lease_max: match (raw.lease_max, backend) {
+            (Some(n), LimiterBackend::Local) if n > 0 => {
+                c.problem(
+                    "rate_limits.lease_max: leases share a Redis limiter's counters; set backend = \"redis\"".into(),
+                );
+                0
+            }
+            (n, _) => n.unwrap_or(0),
         },
         key: raw
             .key

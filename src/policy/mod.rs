@@ -192,6 +192,7 @@ impl Policy {
                 r.clone(),
                 r.key_prefix(),
                 config.rate_limits.replicas,
+                config.rate_limits.lease_max,
             )),
             // Config validation refuses a Redis limiter without a Redis store.
             _ => Limiter::Local(LocalLimiter::default()),

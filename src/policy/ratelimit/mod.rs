@@ -6,6 +6,7 @@
 //! consumes quota: a client kept at 429 recovers as soon as its window allows.
 
 mod headers;
+mod lease;
 mod local;
 mod redis;
 
@@ -151,7 +152,7 @@ impl Limiter {
     pub fn sweep(&self) {
         match self {
             Limiter::Local(l) => l.sweep(),
-            Limiter::Redis(r) => r.fallback().sweep(),
+            Limiter::Redis(r) => r.sweep(),
         }
     }
 }

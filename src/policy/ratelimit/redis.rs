@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::lease::{self, Leases};
 use super::{Algorithm, Counter, Decision, Limit, LocalLimiter};
 use crate::store::RedisStore;
 
@@ -70,17 +71,95 @@ pub struct RedisLimiter {
     fallback: LocalLimiter,
     replicas: u32,
     degraded: AtomicBool,
+    /// Largest lease of permits (`rate_limits.lease_max`); 0: a round trip per check.
+    lease_max: u64,
+    leases: Leases,
 }
 
 impl RedisLimiter {
-    pub fn new(store: RedisStore, prefix: &str, replicas: u32) -> Self {
+    pub fn new(store: RedisStore, prefix: &str, replicas: u32, lease_max: u64) -> Self {
         RedisLimiter {
             store,
             prefix: prefix.to_owned(),
             fallback: LocalLimiter::default(),
             replicas,
             degraded: AtomicBool::new(false),
+            lease_max,
+            leases: Leases::default(),
         }
+    }
+
+    /// Drops in-process state that holds nothing any more.
+    pub fn sweep(&self) {
+        self.fallback.sweep();
+        self.leases.sweep();
+    }
+
+    fn key(&self, counter: &Counter) -> String {
+        format!(
+            "{{{}:rl:{}}}:{}:{}",
+            self.prefix,
+            counter.subject.group(),
+            counter.subject,
+            counter.name
+        )
+    }
+
+    /// A consuming check of fixed-window limits from leased permits: no round trip while every
+    /// counter has some left, one script when any needs a new lease.
+    async fn check_leased(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
+        let keys: Vec<String> = limits.iter().map(|(c, _)| self.key(c)).collect();
+        // A lease taken meanwhile by a concurrent check may be spent before this one gets to it:
+        // ask again a few times, then take the per-request path.
+        for _ in 0..3 {
+            let wanted = match self.leases.try_take(&keys, limits, self.lease_max) {
+                Ok(decisions) => return decisions,
+                Err(wanted) => wanted,
+            };
+            let mut inv = lease::script().prepare_invoke();
+            inv.arg(self.replicas.max(1));
+            for (&i, batch) in wanted.indices.iter().zip(&wanted.batches) {
+                inv.key(&keys[i]);
+                inv.arg(limits[i].1.limit)
+                    .arg(limits[i].1.window_ms())
+                    .arg(*batch);
+            }
+            let rows = match self.store.eval::<Vec<Vec<u64>>>(inv).await {
+                Ok(rows)
+                    if rows.len() == wanted.indices.len() && rows.iter().all(|r| r.len() == 3) =>
+                {
+                    rows
+                }
+                // Unreachable or odd: the per-request path handles (and logs) the fallback.
+                _ => return self.check_each(limits, true).await,
+            };
+            if rows.iter().any(|r| r[0] == 0) {
+                // Refused: nothing was taken, here or in Redis.
+                return limits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, limit))| {
+                        let row = wanted
+                            .indices
+                            .iter()
+                            .position(|&w| w == i)
+                            .map(|p| &rows[p]);
+                        let (remaining, reset) = row.map_or((1, 0), |r| (r[1], r[2]));
+                        let exhausted = row.is_some_and(|r| r[1] == 0);
+                        Decision {
+                            allowed: !exhausted,
+                            limit: limit.limit,
+                            remaining,
+                            reset: Duration::from_millis(reset),
+                            retry_after: Duration::from_millis(if exhausted { reset } else { 0 }),
+                            window: limit.window,
+                        }
+                    })
+                    .collect();
+            }
+            self.leases.grant(&keys, limits, &wanted, &rows);
+        }
+        self.check_each(limits, true).await
     }
 
     pub fn fallback(&self) -> &LocalLimiter {
@@ -89,16 +168,23 @@ impl RedisLimiter {
 
     /// Checks (and when `consume`, takes) every limit; all counters must share one group.
     pub async fn check(&self, limits: &[(Counter, Limit)], consume: bool) -> Vec<Decision> {
+        if consume
+            && self.lease_max > 0
+            && limits
+                .iter()
+                .all(|(_, l)| l.algorithm == Algorithm::FixedWindow)
+        {
+            return Box::pin(self.check_leased(limits)).await;
+        }
+        self.check_each(limits, consume).await
+    }
+
+    /// One script per check: the exact path.
+    async fn check_each(&self, limits: &[(Counter, Limit)], consume: bool) -> Vec<Decision> {
         let mut inv = CHECK.prepare_invoke();
         inv.arg(u8::from(consume));
         for (counter, limit) in limits {
-            inv.key(format!(
-                "{{{}:rl:{}}}:{}:{}",
-                self.prefix,
-                counter.subject.group(),
-                counter.subject,
-                counter.name
-            ));
+            inv.key(self.key(counter));
             inv.arg(match limit.algorithm {
                 Algorithm::FixedWindow => "f",
                 Algorithm::Gcra => "g",
