@@ -57,6 +57,9 @@ BASELINE = os.environ.get("KEYGATE_BASELINE")
 AB_ONLY = bool(BASELINE) and os.environ.get("AB_ONLY") == "1"
 SECONDS = int(os.environ.get("SECONDS", "8"))
 AUTHZ = os.environ.get("AUTHZ") == "1"
+# LEASE=1: keygate-redis (a round trip per check) against keygate-redis-lease (lease_max = 256)
+# and nginx, at 64 connections: Redis round trips and CPU per request.
+LEASE = os.environ.get("LEASE") == "1"
 CLIENT_CPU, SERVER_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
@@ -341,6 +344,12 @@ def run(binary, work):
                 f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\n{common}'
                 f'{limits}backend = "redis"\n')
     env = {**os.environ, "RUST_LOG": "error"}
+    lease_port = free_port()
+    cfg_lease = os.path.join(work, "kg-lease.toml")
+    with open(cfg_lease, "w") as f:
+        f.write(f'[listen]\naddress = "127.0.0.1:{lease_port}"\n[ops]\naddress = "127.0.0.1:0"\n'
+                f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\nkey_prefix = "lease"\n{common}'
+                f'{limits}backend = "redis"\nlease_max = 256\n')
 
     def mint(cfg):
         out = subprocess.run([binary, "keys", "--config", cfg, "create", "--owner", "acct_load", "--scopes", "all", "--json"],
@@ -379,6 +388,15 @@ def run(binary, work):
     }
     if BASELINE:
         servers["keygate-base"] = (base_port, [kgb.pid], f"Authorization: Bearer {key_base}")
+    if LEASE:
+        key_lease = mint(cfg_lease)
+        kgl = start([binary, "serve", "--config", cfg_lease], env=env)
+        wait_port(lease_port)
+        servers = {
+            "keygate-redis": servers["keygate-redis"],
+            "keygate-redis-lease": (lease_port, [kgl.pid], f"Authorization: Bearer {key_lease}"),
+            "nginx": servers["nginx"],
+        }
     if AUTHZ:
         wait_port(authz_port)
         ngxa_port = free_port()
@@ -404,17 +422,17 @@ def run(binary, work):
     if AB_ONLY:
         servers = {k: servers[k] for k in ("keygate", "keygate-base", "nginx")}
     results = {}
-    for conns in (64,) if AB_ONLY else (64, 1):
+    for conns in (64,) if AB_ONLY or LEASE else (64, 1):
         for rnd in range(ROUNDS):
             for name, (port, pids, header) in servers.items():
                 own = pids if name != "direct" else upstream_pids
                 t0, b0, c0 = cpu_ticks(own), core_busy(SERVER_CPU), cpu_ticks(upstream_pids)
-                rc0 = redis_calls(redis_port) if name == "keygate-redis" else 0
+                rc0 = redis_calls(redis_port) if name.startswith("keygate-redis") else 0
                 r = wrk(port, conns, header)
                 t1, b1, c1 = cpu_ticks(own), core_busy(SERVER_CPU), cpu_ticks(upstream_pids)
                 ours = (t1 - t0) + (0 if name == "direct" else (c1 - c0))
-                if name == "keygate-redis":
-                    ours += 0  # redis-server also runs on the server core; counted as "other" below
+                if name.startswith("keygate-redis"):
+                    # redis-server also runs on the server core; counted as "other" below
                     r["redis_rt"] = (redis_calls(redis_port) - rc0) / max(1, r["requests"])
                 r["cpu_us"] = (t1 - t0) / TICK * 1e6 / max(1, r["requests"])
                 r["other_pct"] = max(0.0, ((b1 - b0) - ours) / max(1, (b1 - b0)) * 100)
@@ -424,6 +442,16 @@ def run(binary, work):
 
     if AUTHZ:
         report_authz(results)
+        return
+    if LEASE:
+        n_cpu = med(results[("nginx", 64)], "cpu_us")
+        print(f"\nRedis limiter at 64 connections, {ROUNDS} interleaved rounds x {SECONDS}s (medians):")
+        for name in ("keygate-redis", "keygate-redis-lease", "nginx"):
+            rs = results[(name, 64)]
+            rt = f"{med(rs, 'redis_rt'):.3f} Redis round trips/req" if name != "nginx" else ""
+            print(f"  {name:<20} {med(rs, 'rps'):>9.0f} req/s  CPU {med(rs, 'cpu_us'):>6.1f} us/req "
+                  f"({med(rs, 'cpu_us') / n_cpu:.2f}x nginx)  {rt}"
+                  + ("  NON-2xx!" if any(r["non2xx"] for r in rs) else ""))
         return
     if AB_ONLY:
         print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s, CPU us/req: "
