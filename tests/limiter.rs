@@ -163,16 +163,7 @@ async fn local_limiter() {
 #[tokio::test]
 async fn redis_limiter() {
     let redis = Redis::start();
-    let Store::Redis(store) = Store::open(&StoreConfig::Redis(RedisConfig {
-        topology: RedisTopology::Standalone { url: redis.url() },
-        password: None,
-        key_prefix: "kglimit".into(),
-        timeout: Duration::from_secs(2),
-    }))
-    .unwrap() else {
-        unreachable!()
-    };
-    let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 1, 0));
+    let limiter = Limiter::Redis(RedisLimiter::new(redis_store(&redis), "kglimit", 1, 0));
     suite(Arc::new(limiter), "redis").await;
     // It really went through Redis: the counters are there.
     let keys = redis.cmd("KEYS *kglimit:rl*");

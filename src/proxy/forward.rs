@@ -88,17 +88,8 @@ impl Forwarder {
         upgrade: Option<HeaderValue>,
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + 'a {
         let client_ip = conn.ip_value(permit.client_ip());
-        self.plan.prepare_request(
-            &mut req,
-            &Forward {
-                client_ip: &client_ip,
-                identity: permit.identity(),
-                request_id,
-                normalized_path: permit.normalized_path(),
-                keep_method_override: self.keep_method_override,
-                https: conn.tls,
-            },
-        );
+        let fwd = self.forward_of(permit, conn, request_id, &client_ip);
+        self.plan.prepare_request(&mut req, &fwd);
         if let Some(proto) = upgrade {
             req.headers_mut().insert(UPGRADE, proto);
             req.headers_mut()
@@ -106,6 +97,24 @@ impl Forwarder {
         }
         self.upstream
             .send(req, self.max_request_body, &self.metrics.upstream_in_flight)
+    }
+
+    /// What a permitted request's forwarded form carries besides the client's headers.
+    fn forward_of<'f>(
+        &self,
+        permit: &'f Permit<'_>,
+        conn: &ConnInfo,
+        request_id: &'f HeaderValue,
+        client_ip: &'f HeaderValue,
+    ) -> Forward<'f> {
+        Forward {
+            client_ip,
+            identity: permit.identity(),
+            request_id,
+            normalized_path: permit.normalized_path(),
+            keep_method_override: self.keep_method_override,
+            https: conn.tls,
+        }
     }
 
     /// The identity namespace (`x-auth-`).
@@ -122,17 +131,8 @@ impl Forwarder {
         request_id: &HeaderValue,
     ) -> AuthzAnswer {
         let client_ip = conn.ip_value(permit.client_ip());
-        self.plan.authz_answer(
-            req,
-            &Forward {
-                client_ip: &client_ip,
-                identity: permit.identity(),
-                request_id,
-                normalized_path: permit.normalized_path(),
-                keep_method_override: self.keep_method_override,
-                https: conn.tls,
-            },
-        )
+        let fwd = self.forward_of(permit, conn, request_id, &client_ip);
+        self.plan.authz_answer(req, &fwd)
     }
 
     /// Prepares and sends a permitted `CONNECT` (authority-form target, signed over it).
