@@ -14,7 +14,7 @@ plus floods against keygate: one well-formed bogus key (negative cache), and a m
 
 AUTHZ=1 measures auth-only mode instead (same pinning and rounds):
   keygate        keygate as the proxy (the reference)
-  keygate-authz  keygate's authorization listener asked directly (Traefik's headers): decisions
+  keygate-authz  keygate's authorization listener asked directly (Envoy's HTTP shape): decisions
   nginx-authz    nginx with auth_request (deploy/authz/nginx.conf) asking keygate, then
                  proxying to the upstream; CPU is nginx's and keygate's together
   nginx          nginx as a plain reverse proxy
@@ -408,7 +408,8 @@ def run(binary, work):
         wait_port(ngxa_port)
         servers = {
             "keygate": servers["keygate"],
-            "keygate-authz": (authz_port, [kg.pid], [auth, "X-Forwarded-Uri: /v1/items", "X-Forwarded-Method: GET"]),
+            # Envoy's HTTP shape: the check's own method and path are the request.
+            "keygate-authz": (authz_port, [kg.pid], auth),
             "nginx-authz": (ngxa_port, [ngxa.pid] + children(ngxa.pid) + [kg.pid], auth),
             "nginx": servers["nginx"],
             "direct": servers["direct"],
