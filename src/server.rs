@@ -304,14 +304,12 @@ impl Server {
             Arc::clone(&self.app.metrics.connections),
         );
         let mut serving = Vec::new();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-        let stopped = |mut rx: tokio::sync::watch::Receiver<()>| {
-            let (tx, once) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(async move {
-                let _ = rx.changed().await;
-                let _ = tx.send(());
-            });
-            once
+        // One stop signal per request listener.
+        let mut stops = Vec::new();
+        let mut stopped = || {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stops.push(tx);
+            rx
         };
         if let Some(proxy) = proxy {
             let app = Arc::clone(&self.app);
@@ -332,7 +330,7 @@ impl Server {
                         service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
                     },
                 },
-                stopped(stop_rx.clone()),
+                stopped(),
             )));
         }
         if let Some(authz) = self.authz.take() {
@@ -353,15 +351,15 @@ impl Server {
                         service_fn(move |req| Arc::clone(&app).authorize(req, conn.clone()))
                     },
                 },
-                stopped(stop_rx.clone()),
+                stopped(),
             )));
         }
-        drop(stop_rx);
-
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         self.draining.store(true, Ordering::Relaxed);
-        let _ = stop_tx.send(());
+        for stop in stops {
+            let _ = stop.send(());
+        }
         let drained = futures_util::future::join_all(serving);
         match tokio::time::timeout(self.drain_timeout, drained).await {
             Ok(_) => tracing::info!("drained"),

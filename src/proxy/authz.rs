@@ -234,6 +234,13 @@ impl App {
                 "the self-service key API is served on the proxy listener, not the authorization endpoint",
             ));
         }
+        // The proxy would forward the normalised path; a front proxy forwards the client's,
+        // which its upstream may read as another path than the one decided on.
+        if permit.normalized_path().is_some() {
+            return Err(Rejection::BadRequest(
+                "the path is not in normal form (auth-only mode decides only on paths forwarded as they are)",
+            ));
+        }
         let answer = self
             .forwarder
             .authz_answer(req, permit, conn, &cx.request_id);
@@ -241,13 +248,6 @@ impl App {
         if answer.unsafe_header.is_some() {
             return Err(Rejection::BadRequest(
                 "the request carries a path or method override, or an underscore spelling of an identity or forwarding header, which auth-only mode cannot remove",
-            ));
-        }
-        // The proxy would forward the normalised path; a front proxy forwards the client's,
-        // which its upstream may read as another path than the one decided on.
-        if permit.normalized_path().is_some() {
-            return Err(Rejection::BadRequest(
-                "the path is not in normal form (auth-only mode decides only on paths forwarded as they are)",
             ));
         }
         let mut resp = Response::new(Either::Right(Full::default()));

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use prost::Message as _;
 
 use super::headers::HEADERS_TO_REMOVE;
@@ -116,34 +116,6 @@ pub fn asked(req: CheckRequest) -> Result<Asked, CallError> {
         .and_then(|r| r.http)
         .ok_or_else(|| invalid("the CheckRequest names no HTTP request"))?;
     let mut headers = HeaderMap::new();
-    let has_host = http.headers.contains_key(":authority")
-        || http.headers.contains_key("host")
-        || http.header_map.as_ref().is_some_and(|m| {
-            m.headers
-                .iter()
-                .any(|h| h.key == ":authority" || h.key == "host")
-        });
-    let mut add = |name: &str, value: &[u8]| -> Result<(), CallError> {
-        let name = match name {
-            ":authority" => HeaderName::from_static("host"),
-            n if n.starts_with(':') => return Ok(()),
-            n => HeaderName::from_bytes(n.as_bytes()).map_err(|_| invalid("a bad header name"))?,
-        };
-        let value = HeaderValue::from_bytes(value).map_err(|_| invalid("a bad header value"))?;
-        // `:authority` and `host` name one host: both sent and different is ambiguous.
-        if name == http::header::HOST {
-            return match headers.get(&name) {
-                Some(v) if *v != value => Err(invalid("`:authority` and `host` disagree")),
-                Some(_) => Ok(()),
-                None => {
-                    headers.insert(name, value);
-                    Ok(())
-                }
-            };
-        }
-        headers.append(name, value);
-        Ok(())
-    };
     match http.header_map {
         Some(map) if !map.headers.is_empty() => {
             for h in &map.headers {
@@ -152,18 +124,18 @@ pub fn asked(req: CheckRequest) -> Result<Asked, CallError> {
                 } else {
                     &h.raw_value
                 };
-                add(&h.key, value)?;
+                add_header(&mut headers, &h.key, value)?;
             }
         }
         _ => {
             for (k, v) in &http.headers {
                 // Envoy joins repeated headers with "," in this map.
-                add(k, v.as_bytes())?;
+                add_header(&mut headers, k, v.as_bytes())?;
             }
         }
     }
-    if !has_host && !http.host.is_empty() {
-        add(":authority", http.host.as_bytes())?;
+    if !headers.contains_key(http::header::HOST) && !http.host.is_empty() {
+        add_header(&mut headers, ":authority", http.host.as_bytes())?;
     }
     Ok(Asked {
         method: http.method,
@@ -171,6 +143,29 @@ pub fn asked(req: CheckRequest) -> Result<Asked, CallError> {
         headers,
         source,
     })
+}
+
+/// One header of the `CheckRequest`: `:authority` as `Host`, other pseudo-headers dropped.
+fn add_header(headers: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), CallError> {
+    let name = match name {
+        ":authority" => http::header::HOST,
+        n if n.starts_with(':') => return Ok(()),
+        n => HeaderName::from_bytes(n.as_bytes()).map_err(|_| invalid("a bad header name"))?,
+    };
+    let value = HeaderValue::from_bytes(value).map_err(|_| invalid("a bad header value"))?;
+    // `:authority` and `host` name one host: both sent and different is ambiguous.
+    if name == http::header::HOST {
+        return match headers.get(&name) {
+            Some(v) if *v != value => Err(invalid("`:authority` and `host` disagree")),
+            Some(_) => Ok(()),
+            None => {
+                headers.insert(name, value);
+                Ok(())
+            }
+        };
+    }
+    headers.append(name, value);
+    Ok(())
 }
 
 /// The proxy's HTTP answer (as the HTTP check gives it) as a `CheckResponse`. Headers in the
@@ -302,9 +297,5 @@ impl Body for GrpcBody {
 
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }

@@ -179,11 +179,12 @@ type PickHistogram = fn(&RouteStats) -> &Histogram;
 /// refused before a route matched), outcome codes from the error table.
 #[derive(Debug, Default)]
 pub struct RouteCounters {
-    map: RwLock<HashMap<Arc<str>, Arc<RouteStats>, foldhash::fast::RandomState>>,
+    map: RwLock<HashMap<Arc<str>, RouteStats, foldhash::fast::RandomState>>,
 }
 
 impl RouteCounters {
-    /// One finished request: one map lookup for all of its route's figures.
+    /// One finished request: one map lookup, under the read lock, for all of its route's
+    /// figures (the write lock only the first time a route is seen).
     pub fn record(
         &self,
         route: &Arc<str>,
@@ -191,25 +192,23 @@ impl RouteCounters {
         took: Duration,
         upstream: Option<Duration>,
     ) {
-        let stats = self.stats(route);
-        stats.request_seconds.observe(took);
-        if let Some(d) = upstream {
-            stats.upstream_seconds.observe(d);
-        }
-        stats.count(code);
-    }
-
-    fn stats(&self, route: &Arc<str>) -> Arc<RouteStats> {
+        let observe = |stats: &RouteStats| {
+            stats.request_seconds.observe(took);
+            if let Some(d) = upstream {
+                stats.upstream_seconds.observe(d);
+            }
+            stats.count(code);
+        };
         if let Some(s) = self
             .map
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(route)
         {
-            return Arc::clone(s);
+            return observe(s);
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(map.entry(Arc::clone(route)).or_default())
+        observe(map.entry(Arc::clone(route)).or_default());
     }
 
     fn render(&self, out: &mut String) {

@@ -18,7 +18,7 @@ use redis::Script;
 
 use super::{Counter, Decision, Limit};
 
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"-- KEYS: fixed-window counters; ARGV: replicas, then per key: limit, window ms, batch
         local t = redis.call('TIME')
@@ -96,10 +96,10 @@ impl Lease {
     }
 }
 
-/// This replica's leases, by counter key.
+/// This replica's leases, by counter (looked up without building its Redis key).
 #[derive(Debug, Default)]
 pub(super) struct Leases {
-    map: std::sync::Mutex<HashMap<String, Lease>>,
+    map: std::sync::Mutex<HashMap<Counter, Lease>>,
 }
 
 /// What a check needs from Redis: the counters without a usable lease, with their batch sizes.
@@ -113,7 +113,6 @@ impl Leases {
     /// says which need one (and how large).
     pub(super) fn try_take(
         &self,
-        keys: &[String],
         limits: &[(Counter, Limit)],
         max: u64,
     ) -> Result<Vec<Decision>, Wanted> {
@@ -123,8 +122,8 @@ impl Leases {
             indices: Vec::new(),
             batches: Vec::new(),
         };
-        for (i, key) in keys.iter().enumerate() {
-            match map.get(key) {
+        for (i, (counter, _)) in limits.iter().enumerate() {
+            match map.get(counter) {
                 Some(l) if l.usable(now) => {}
                 Some(l) => {
                     wanted.indices.push(i);
@@ -139,26 +138,19 @@ impl Leases {
         if !wanted.indices.is_empty() {
             return Err(wanted);
         }
-        Ok(keys
+        Ok(limits
             .iter()
-            .zip(limits)
-            .filter_map(|(key, (_, limit))| map.get_mut(key).map(|l| l.take(limit, now)))
+            .filter_map(|(counter, limit)| map.get_mut(counter).map(|l| l.take(limit, now)))
             .collect())
     }
 
     /// Stores the grants Redis made (`(granted, left in the window, reset ms)` per wanted key).
-    pub(super) fn grant(
-        &self,
-        keys: &[String],
-        limits: &[(Counter, Limit)],
-        wanted: &Wanted,
-        rows: &[Vec<u64>],
-    ) {
+    pub(super) fn grant(&self, limits: &[(Counter, Limit)], wanted: &Wanted, rows: &[Vec<u64>]) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for (&i, row) in wanted.indices.iter().zip(rows) {
             let (granted, remote_left, reset) = (row[0], row[1], row[2]);
-            let lease = map.entry(keys[i].clone()).or_insert(Lease {
+            let lease = map.entry(limits[i].0.clone()).or_insert(Lease {
                 left: 0,
                 remote_left,
                 expires: now,
@@ -187,8 +179,4 @@ impl Leases {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, l| now < l.expires);
     }
-}
-
-pub(super) fn script() -> &'static Script {
-    &LEASE
 }

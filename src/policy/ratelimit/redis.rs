@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::lease::{self, Leases};
+use super::lease::{LEASE, Leases};
 use super::{Algorithm, Counter, Decision, Limit, LocalLimiter};
 use crate::store::RedisStore;
 
@@ -108,18 +108,17 @@ impl RedisLimiter {
     /// A consuming check of fixed-window limits from leased permits: no round trip while every
     /// counter has some left, one script when any needs a new lease.
     async fn check_leased(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
-        let keys: Vec<String> = limits.iter().map(|(c, _)| self.key(c)).collect();
         // A lease taken meanwhile by a concurrent check may be spent before this one gets to it:
         // ask again a few times, then take the per-request path.
         for _ in 0..3 {
-            let wanted = match self.leases.try_take(&keys, limits, self.lease_max) {
+            let wanted = match self.leases.try_take(limits, self.lease_max) {
                 Ok(decisions) => return decisions,
                 Err(wanted) => wanted,
             };
-            let mut inv = lease::script().prepare_invoke();
+            let mut inv = LEASE.prepare_invoke();
             inv.arg(self.replicas.max(1));
             for (&i, batch) in wanted.indices.iter().zip(&wanted.batches) {
-                inv.key(&keys[i]);
+                inv.key(self.key(&limits[i].0));
                 inv.arg(limits[i].1.limit)
                     .arg(limits[i].1.window_ms())
                     .arg(*batch);
@@ -157,7 +156,7 @@ impl RedisLimiter {
                     })
                     .collect();
             }
-            self.leases.grant(&keys, limits, &wanted, &rows);
+            self.leases.grant(limits, &wanted, &rows);
         }
         self.check_each(limits, true).await
     }

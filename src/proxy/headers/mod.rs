@@ -267,7 +267,8 @@ impl HeaderPlan {
             }
         }
         let listed = connection_named(req.headers());
-        let mut remove: Vec<HeaderName> = req
+        // `keys()` yields each name once.
+        let remove: Vec<HeaderName> = req
             .headers()
             .keys()
             .filter(|name| {
@@ -278,7 +279,6 @@ impl HeaderPlan {
             })
             .cloned()
             .collect();
-        remove.dedup();
         let unsafe_header = remove
             .iter()
             .find(|name| {
