@@ -89,6 +89,24 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The key store itself.
+    Store {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Move a single-slot Redis store (releases before sharding) to the sharded layout while
+    /// the fleet keeps serving; run after every replica runs this release. Resumable.
+    Migrate {
+        /// Shards to create (default: store.shards, 256).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        shards: Option<u16>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +188,13 @@ async fn run(cli: Cli) -> ExitCode {
             command: AuditCommand::Verify,
         } => match load_config(&config.config) {
             Ok(cfg) => return exit(keygate::audit::verify_trail(&cfg).await),
+            Err(code) => return code,
+        },
+        Command::Store {
+            config,
+            command: StoreCommand::Migrate { shards },
+        } => match load_config(&config.config) {
+            Ok(cfg) => return exit(keygate::store::run_migrate(&cfg.store, shards).await),
             Err(code) => return code,
         },
     };

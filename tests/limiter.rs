@@ -176,6 +176,8 @@ fn redis_store(redis: &Redis) -> keygate::store::RedisStore {
         password: None,
         key_prefix: "kglimit".into(),
         timeout: Duration::from_secs(2),
+        shards: keygate::config::DEFAULT_SHARDS,
+        write_replicas: 0,
     }))
     .unwrap() else {
         unreachable!()

@@ -252,11 +252,11 @@ async fn lost_subscription_clears_the_cache() {
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let hash: String = ::redis::cmd("GET")
-        .arg(format!("{{keygate}}:id:{id}"))
+        .arg(common::redis::names::id("keygate", &id))
         .query_async(&mut conn)
         .await
         .unwrap();
-    let rec_key = format!("{{keygate}}:rec:{hash}");
+    let rec_key = common::redis::names::rec("keygate", &hash);
     let json: String = ::redis::cmd("GET")
         .arg(&rec_key)
         .query_async(&mut conn)
@@ -302,7 +302,10 @@ async fn last_used_is_batched_and_flushed_on_shutdown() {
     // No write per request: nothing recorded yet (the flush interval is 60 s).
     assert!(
         redis
-            .cmd(&format!("HGET {{keygate}}:used {id}"))
+            .cmd(&format!(
+                "HGET {} {id}",
+                common::redis::names::used("keygate", &id)
+            ))
             .starts_with("$-1")
     );
     let store = kg.store.clone();

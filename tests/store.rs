@@ -13,6 +13,16 @@ use keygate::store::{Invalidation, KeyRecord, KeyState, KeyStore, NewRecord, Sto
 use keygate::time::Timestamp;
 
 fn mint(owner: &str) -> KeyRecord {
+    mint_where(owner, |_| true)
+}
+
+/// A successor of `old` for `store.rotate`: in a sharded store, minted into `old`'s shard.
+async fn successor(store: &Store, old: &KeyRecord) -> KeyRecord {
+    let steer = store.lineage(&old.lookup_hash).await.unwrap();
+    mint_where(&old.owner, |h| steer.is_none_or(|s| s.accepts(h)))
+}
+
+fn mint_where(owner: &str, accept: impl Fn(&keygate::key::LookupHash) -> bool) -> KeyRecord {
     let format = KeyFormat::new(&Default::default()).unwrap();
     let req = NewRecord {
         key_type: KeyType::Secret,
@@ -26,7 +36,7 @@ fn mint(owner: &str) -> KeyRecord {
         rate_limit: Some(keygate::store::KeyRateLimit::Tier { tier: "pro".into() }),
         restrictions: [("country".to_owned(), vec!["NG".to_owned(), "KE".to_owned()])].into(),
     };
-    req.mint(&format, &KeyHasher::new(None), Timestamp::now())
+    req.mint_where(&format, &KeyHasher::new(None), Timestamp::now(), accept)
         .unwrap()
         .1
 }
@@ -37,6 +47,8 @@ fn redis_store(topology: RedisTopology) -> Store {
         password: None,
         key_prefix: "kgtest".into(),
         timeout: Duration::from_secs(2),
+        shards: keygate::config::DEFAULT_SHARDS,
+        write_replicas: 0,
     }))
     .unwrap()
 }
@@ -111,7 +123,7 @@ async fn suite(store: Store) {
     ));
 
     // Rotation without grace: one atomic step, old revoked, links both ways.
-    let c = mint("acct_b");
+    let c = successor(&store, &b).await;
     let old = store.rotate(&b.id, c.clone(), None).await.unwrap();
     assert!(old.revoked_at.is_some());
     assert_eq!(old.rotated_to.as_deref(), Some(c.id.as_str()));
@@ -127,7 +139,7 @@ async fn suite(store: Store) {
         KeyState::Revoked
     );
     // A retired key cannot be rotated again, and the failed attempt leaves nothing behind.
-    let d = mint("acct_b");
+    let d = successor(&store, &b).await;
     assert!(matches!(
         store.rotate(&b.id, d.clone(), None).await,
         Err(StoreError::Conflict(_))
@@ -135,7 +147,7 @@ async fn suite(store: Store) {
     assert!(store.find_by_hash(d.lookup_hash).await.unwrap().is_none());
 
     // Rotation with grace: the old key stays active until the grace ends.
-    let e = mint("acct_b");
+    let e = successor(&store, &c).await;
     let later = Timestamp::now().saturating_add(Duration::from_secs(3600));
     let old = store.rotate(&c.id, e.clone(), Some(later)).await.unwrap();
     assert_eq!(old.expires_at, Some(later));
@@ -202,17 +214,21 @@ async fn file_backend() {
 async fn redis_standalone_backend() {
     let redis = Redis::start();
     suite(redis_store(RedisTopology::Standalone { url: redis.url() })).await;
-    // Everything lives under the configured prefix's hash tag.
+    // Everything lives under the configured prefix: records in shard tags, control keys
+    // (the layout marker) under the prefix's own tag.
     let keys = redis.cmd("KEYS *");
     assert!(
-        keys.contains("{kgtest}:rec:") && keys.contains("{kgtest}:ids"),
+        keys.contains("{kgtest}:layout") && keys.contains(":rec:") && keys.contains(":ids"),
         "{keys}"
     );
     assert!(
-        !keys
-            .lines()
-            .any(|l| l.starts_with("kg") || (l.contains(':') && !l.contains("{kgtest}"))),
+        !keys.lines().any(|l| l.starts_with("kg")
+            || (l.contains(':') && !l.contains("{kgtest}") && !l.contains("{kgtest#"))),
         "{keys}"
+    );
+    assert!(
+        !keys.contains("{kgtest}:rec:"),
+        "a record in the single slot: {keys}"
     );
 }
 
@@ -245,6 +261,8 @@ async fn redis_changes_reach_other_replicas_over_pubsub() {
         password: None,
         key_prefix: "kgtest".into(),
         timeout: Duration::from_secs(2),
+        shards: keygate::config::DEFAULT_SHARDS,
+        write_replicas: 0,
     }));
     let mut rx = b.subscribe();
     // The first message after subscribing is a full clear.
@@ -289,7 +307,7 @@ async fn redis_sentinel_failover_moves_writes_to_the_new_master() {
     store.insert(before.clone()).await.unwrap();
     // Replication is asynchronous: only a write the replica has can survive its promotion.
     let replica = s.replica.as_ref().unwrap().port;
-    let probe = format!("EXISTS {{kgtest}}:id:{}", before.id);
+    let probe = format!("EXISTS {}", common::redis::names::id("kgtest", &before.id));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !common::redis::raw_command(replica, &probe).is_some_and(|r| r.starts_with(":1")) {
         assert!(
@@ -331,9 +349,11 @@ async fn redis_sentinel_failover_moves_writes_to_the_new_master() {
         }
         assert!(found, "{what}");
     }
-    let on_new_master =
-        common::redis::raw_command(promoted, &format!("EXISTS {{kgtest}}:id:{}", after.id))
-            .unwrap();
+    let on_new_master = common::redis::raw_command(
+        promoted,
+        &format!("EXISTS {}", common::redis::names::id("kgtest", &after.id)),
+    )
+    .unwrap();
     assert!(
         on_new_master.starts_with(":1"),
         "write did not land on the promoted master: {on_new_master}"

@@ -5,26 +5,22 @@
 //! | `{p}:audit` | stream | audit events, field `e` = the event JSON, capped with `MAXLEN ~` |
 //! | `{p}:usage:<key id>:<hour>` | hash | `<minute>:<status class>` → requests (expires after 26 h) |
 
+use std::collections::HashMap;
+
 use crate::store::{RedisStore, StoreError};
 
-fn stream(store: &RedisStore) -> String {
-    store.keys().tagged("audit")
-}
-
-fn usage_key(store: &RedisStore, id: &str, hour: u64) -> String {
-    store.keys().tagged(&format!("usage:{id}:{hour}"))
-}
-
-/// Appends audit events (JSON) to the capped stream.
+/// Appends audit events (JSON) to this process's capped stream: one writer's chain stays in one
+/// stream, so each chain verifies wherever the streams are.
 pub(super) async fn append(
     store: &RedisStore,
     events: &[String],
     max_len: u64,
 ) -> Result<(), StoreError> {
+    let (stream, _) = store.audit_streams().await?;
     let mut pipe = redis::pipe();
     for e in events {
         pipe.cmd("XADD")
-            .arg(stream(store))
+            .arg(&stream)
             .arg("MAXLEN")
             .arg("~")
             .arg(max_len)
@@ -38,12 +34,15 @@ pub(super) async fn append(
     store.write_pipe(pipe).await
 }
 
-/// The newest audit event (JSON), if any.
+type Entries = Vec<(String, Vec<String>)>;
+
+/// The newest audit event (JSON) of this process's stream, if any.
 pub(super) async fn last(store: &RedisStore) -> Result<Option<String>, StoreError> {
-    let entries: Vec<(String, Vec<String>)> = store
+    let (stream, _) = store.audit_streams().await?;
+    let entries: Entries = store
         .query(
             redis::cmd("XREVRANGE")
-                .arg(stream(store))
+                .arg(stream)
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
@@ -51,43 +50,50 @@ pub(super) async fn last(store: &RedisStore) -> Result<Option<String>, StoreErro
                 .clone(),
         )
         .await?;
-    Ok(entries
-        .into_iter()
-        .next()
-        .and_then(|(_, f)| f.into_iter().nth(1)))
+    Ok(entries.into_iter().next().and_then(event_of))
 }
 
-/// Audit events (JSON) in stored order, between two unix-millisecond bounds.
+fn event_of((_, fields): (String, Vec<String>)) -> Option<String> {
+    let mut it = fields.into_iter();
+    while let Some(name) = it.next() {
+        let value = it.next()?;
+        if name == "e" {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A stream entry id's order: `<ms>-<seq>`.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Audit events (JSON) between two unix-millisecond bounds, every stream merged in entry order
+/// (each stream's own order kept, so every chain reads in order).
 pub(super) async fn read(
     store: &RedisStore,
     from_ms: u64,
     to_ms: u64,
 ) -> Result<Vec<String>, StoreError> {
-    let entries: Vec<(String, Vec<String>)> = store
-        .query(
-            redis::cmd("XRANGE")
-                .arg(stream(store))
-                .arg(from_ms)
-                .arg(to_ms)
-                .clone(),
-        )
-        .await?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|(_, fields)| {
-            let mut it = fields.into_iter();
-            while let Some(name) = it.next() {
-                let value = it.next()?;
-                if name == "e" {
-                    return Some(value);
-                }
-            }
-            None
-        })
-        .collect())
+    let (_, streams) = store.audit_streams().await?;
+    let per_stream = futures_util::future::try_join_all(streams.iter().map(|s| {
+        store.query::<Entries>(redis::cmd("XRANGE").arg(s).arg(from_ms).arg(to_ms).clone())
+    }))
+    .await?;
+    let mut all: Vec<((u64, u64), usize, usize, (String, Vec<String>))> = Vec::new();
+    for (si, entries) in per_stream.into_iter().enumerate() {
+        for (i, e) in entries.into_iter().enumerate() {
+            all.push((entry_order(&e.0), si, i, e));
+        }
+    }
+    all.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    Ok(all.into_iter().filter_map(|(.., e)| event_of(e)).collect())
 }
 
-/// Adds per-minute request counts: `(key id, minute start, counts by status class)`.
+/// Adds per-minute request counts: `(key id, minute start, counts by status class)`, one
+/// atomic batch per shard.
 pub(super) async fn usage_add(
     store: &RedisStore,
     batch: &[(String, u64, [u64; 5])],
@@ -95,9 +101,17 @@ pub(super) async fn usage_add(
     if batch.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
+    let mut pipes: HashMap<String, redis::Pipeline> = HashMap::new();
     for (id, minute, counts) in batch {
-        let key = usage_key(store, id, minute / 3600 * 3600);
+        let hour = minute / 3600 * 3600;
+        let (key, _) = store.by_id(id, &format!("usage:{id}:{hour}")).await?;
+        // The shard's tag: every key of one pipeline is in one slot.
+        let tag = key.split('}').next().unwrap_or_default().to_owned();
+        let pipe = pipes.entry(tag).or_insert_with(|| {
+            let mut p = redis::pipe();
+            p.atomic();
+            p
+        });
         for (class, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
             pipe.cmd("HINCRBY")
                 .arg(&key)
@@ -107,24 +121,35 @@ pub(super) async fn usage_add(
         }
         pipe.cmd("EXPIRE").arg(&key).arg(26 * 3600).ignore();
     }
-    // One flush is seen whole or not at all by readers.
-    pipe.atomic();
-    store.write_pipe(pipe).await
+    futures_util::future::try_join_all(pipes.into_values().map(|p| store.write_pipe(p)))
+        .await
+        .map(|_| ())
 }
 
-/// Per-minute counts of `id` for the hours starting at `hours` (unix seconds).
+/// Per-minute counts of `id` for the hours starting at `hours` (unix seconds), from its
+/// shard and (after a migration) the single-slot counters.
 pub(super) async fn usage_read(
     store: &RedisStore,
     id: &str,
     hours: &[u64],
 ) -> Result<Vec<(u64, [u64; 5])>, StoreError> {
-    let mut pipe = redis::pipe();
+    let mut names: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
     for h in hours {
-        pipe.cmd("HGETALL").arg(usage_key(store, id, *h));
+        let (key, single) = store.by_id(id, &format!("usage:{id}:{h}")).await?;
+        names[0].push(key);
+        names[1].extend(single);
     }
-    let maps: Vec<std::collections::HashMap<String, u64>> = store
-        .run(|mut c| async move { pipe.query_async(&mut c).await })
-        .await?;
+    let mut maps: Vec<HashMap<String, u64>> = Vec::new();
+    for keys in names.into_iter().filter(|k| !k.is_empty()) {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HGETALL").arg(k);
+        }
+        let got: Vec<HashMap<String, u64>> = store
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        maps.extend(got);
+    }
     let mut out: std::collections::BTreeMap<u64, [u64; 5]> = std::collections::BTreeMap::new();
     for (field, n) in maps.into_iter().flatten() {
         let Some((minute, class)) = field.split_once(':') else {

@@ -50,7 +50,7 @@ pub use routes::{PathPattern, RouteConfig};
 pub use rules::{Rule, RuleKind, RuleSet};
 pub use secret::Secret;
 pub use self_service::{SelfServiceConfig, Shapes};
-pub use store::{PropagationConfig, RedisConfig, RedisTopology, StoreConfig};
+pub use store::{DEFAULT_SHARDS, PropagationConfig, RedisConfig, RedisTopology, StoreConfig};
 pub use upstream::UpstreamConfig;
 
 /// Every problem found in a configuration, reported together.

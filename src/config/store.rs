@@ -41,7 +41,16 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Connect and command timeout: slower counts as unreachable.
     pub timeout: Duration,
+    /// Hash-tag shards of a new (or migrated) key store; an existing store keeps the count it
+    /// was created with (see `store::redis::layout`).
+    pub shards: u16,
+    /// Replicas of the written master that must hold a key change (Redis `WAIT`) before the
+    /// write is acknowledged; 0 does not wait.
+    pub write_replicas: u32,
 }
+
+/// Shards of a new store by default: spreads over up to ~80 masters with a few shards each.
+pub const DEFAULT_SHARDS: u16 = 256;
 
 /// How a writer waits for the proxies serving the store to apply its change.
 #[derive(Clone, Debug)]
@@ -73,6 +82,8 @@ pub(super) struct RawStore {
     password_env: Option<String>,
     password_file: Option<String>,
     timeout: Option<DurationValue>,
+    shards: Option<u16>,
+    write_replicas: Option<u32>,
     propagation_timeout: Option<DurationValue>,
     replica_id: Option<String>,
 }
@@ -118,6 +129,8 @@ pub(super) fn validate(c: &mut Check<'_>, raw: RawStore, getenv: Getenv<'_>) -> 
         ("password_env", raw.password_env.is_some()),
         ("password_file", raw.password_file.is_some()),
         ("timeout", raw.timeout.is_some()),
+        ("shards", raw.shards.is_some()),
+        ("write_replicas", raw.write_replicas.is_some()),
     ];
     let misplaced = |c: &mut Check<'_>, fields: &[(&str, bool)], other: &str| {
         for (name, set) in fields {
@@ -214,10 +227,22 @@ fn validate_redis(c: &mut Check<'_>, raw: RawStore, getenv: Getenv<'_>) -> Redis
         getenv,
     )
     .map(Secret::new);
+    let shards = raw.shards.unwrap_or(DEFAULT_SHARDS);
+    if !(1..=4096).contains(&shards) {
+        c.problem(format!("store.shards: {shards} must be 1-4096"));
+    }
+    let write_replicas = raw.write_replicas.unwrap_or(0);
+    if write_replicas > 16 {
+        c.problem(format!(
+            "store.write_replicas: {write_replicas} must be 0-16"
+        ));
+    }
     RedisConfig {
         topology,
         password,
         key_prefix,
         timeout: c.duration("store.timeout", raw.timeout, Duration::from_millis(500)),
+        shards,
+        write_replicas,
     }
 }

@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 pub struct LookupHash([u8; 32]);
 
 impl LookupHash {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn to_hex(self) -> String {
         let mut s = String::with_capacity(64);
         for b in self.0 {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::audit::{Action, Audit, Event};
 use crate::config::Config;
 use crate::key::{KeyFormat, KeyHasher, NewKey, PhcError};
-use crate::store::{KeyPatch, KeyRecord, KeyStore, NewRecord, Store, StoreError};
+use crate::store::{KeyPatch, KeyRecord, KeyStore, NewRecord, Steer, Store, StoreError};
 use crate::time::Timestamp;
 
 pub use import::{ImportOutcome, ImportRow, Scopes, read_import};
@@ -41,6 +41,7 @@ impl From<crate::store::MintError> for ManageError {
         match e {
             crate::store::MintError::Format(f) => ManageError::Invalid(format!("type: {f}")),
             crate::store::MintError::Hash(h) => ManageError::Hash(h),
+            e @ crate::store::MintError::Steer(_) => ManageError::Task(e.to_string()),
         }
     }
 }
@@ -217,7 +218,10 @@ impl KeyTool {
             .get(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        let (key, mut new) = self.mint(NewRecord::successor_of(&old, now)).await?;
+        let steer = self.store.lineage(&old.lookup_hash).await?;
+        let (key, mut new) = self
+            .mint_steered(NewRecord::successor_of(&old, now), steer)
+            .await?;
         new.rotated_from = Some(old.id.clone());
         let old_expires = grace
             .filter(|g| !g.is_zero())
@@ -295,20 +299,32 @@ impl KeyTool {
     }
 
     pub async fn list(&self, owner: Option<&str>) -> Result<Vec<Arc<KeyRecord>>, ManageError> {
-        let mut all = self.store.list().await?;
-        if let Some(owner) = owner {
-            all.retain(|r| r.owner == owner);
-        }
-        Ok(all)
+        Ok(match owner {
+            Some(owner) => self.store.list_owner(owner).await?,
+            None => self.store.list().await?,
+        })
     }
 
     /// Argon2id hashing is slow by design: off the runtime threads.
     pub(super) async fn mint(&self, req: NewRecord) -> Result<(NewKey, KeyRecord), ManageError> {
+        self.mint_steered(req, None).await
+    }
+
+    /// Mints a key whose lookup hash satisfies `steer` (a rotation's successor in a sharded
+    /// store: same shard as its predecessor).
+    async fn mint_steered(
+        &self,
+        req: NewRecord,
+        steer: Option<Steer>,
+    ) -> Result<(NewKey, KeyRecord), ManageError> {
         let (format, hasher) = (self.format.clone(), self.hasher.clone());
-        let minted =
-            tokio::task::spawn_blocking(move || req.mint(&format, &hasher, Timestamp::now()))
-                .await
-                .map_err(ManageError::task)??;
+        let minted = tokio::task::spawn_blocking(move || {
+            req.mint_where(&format, &hasher, Timestamp::now(), |h| {
+                steer.is_none_or(|s| s.accepts(h))
+            })
+        })
+        .await
+        .map_err(ManageError::task)??;
         Ok(minted)
     }
 }

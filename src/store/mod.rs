@@ -17,7 +17,9 @@ pub use changes::Listener;
 pub use file::FileStore;
 pub use propagation::{Propagation, default_replica_id};
 pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, MintError, NewRecord};
-pub use redis::RedisStore;
+pub use redis::{
+    AUDIT_STREAMS, Layout, Migration, RedisStore, Steer, run_migrate, shard_of_hash, shard_of_id,
+};
 
 use crate::key::LookupHash;
 use crate::time::Timestamp;
@@ -77,6 +79,27 @@ pub trait KeyStore: Send + Sync {
 
     /// Every record, oldest first.
     fn list(&self) -> impl Future<Output = Result<Vec<Arc<KeyRecord>>, StoreError>> + Send;
+
+    /// `owner`'s records, oldest first.
+    fn list_owner(
+        &self,
+        owner: &str,
+    ) -> impl Future<Output = Result<Vec<Arc<KeyRecord>>, StoreError>> + Send {
+        async move {
+            let mut all = self.list().await?;
+            all.retain(|r| r.owner == owner);
+            Ok(all)
+        }
+    }
+
+    /// What a rotation's successor of the record with `hash` must satisfy (a sharded store
+    /// keeps a lineage in one shard, so a rotation is one atomic write); `None`: anything.
+    fn lineage(
+        &self,
+        _hash: &LookupHash,
+    ) -> impl Future<Output = Result<Option<Steer>, StoreError>> + Send {
+        async { Ok(None) }
+    }
 
     /// Adds a record; fails with `Conflict` if its id or lookup hash exists.
     fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -158,6 +181,20 @@ impl KeyStore for Store {
         match self {
             Store::File(s) => s.list().await,
             Store::Redis(s) => s.list().await,
+        }
+    }
+
+    async fn list_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        match self {
+            Store::File(s) => s.list_owner(owner).await,
+            Store::Redis(s) => s.list_owner(owner).await,
+        }
+    }
+
+    async fn lineage(&self, hash: &LookupHash) -> Result<Option<Steer>, StoreError> {
+        match self {
+            Store::File(s) => s.lineage(hash).await,
+            Store::Redis(s) => s.lineage(hash).await,
         }
     }
 

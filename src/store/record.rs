@@ -18,6 +18,8 @@ pub enum MintError {
     Format(#[from] KeyFormatError),
     #[error("{0}")]
     Hash(#[from] PhcError),
+    #[error("no key in {0} draws fell in the required shard")]
+    Steer(usize),
 }
 use crate::time::Timestamp;
 
@@ -253,10 +255,35 @@ impl NewRecord {
         hasher: &KeyHasher,
         now: Timestamp,
     ) -> Result<(NewKey, KeyRecord), MintError> {
-        let key = format.generate(self.key_type, self.environment)?;
+        self.mint_where(format, hasher, now, |_| true)
+    }
+
+    /// [`NewRecord::mint`], drawing keys until the lookup hash satisfies `accept` (cheap:
+    /// only the lookup hash is computed per draw; the Argon2id hash once, at the end).
+    pub fn mint_where(
+        self,
+        format: &KeyFormat,
+        hasher: &KeyHasher,
+        now: Timestamp,
+        accept: impl Fn(&LookupHash) -> bool,
+    ) -> Result<(NewKey, KeyRecord), MintError> {
+        /// A 1-in-4096 target is met within this many draws but with probability e^-24.
+        const DRAWS: usize = 100_000;
+        let mut drawn = None;
+        for _ in 0..DRAWS {
+            let key = format.generate(self.key_type, self.environment)?;
+            let hash = hasher.lookup_hash(&key.lookup_material);
+            if accept(&hash) {
+                drawn = Some((key, hash));
+                break;
+            }
+        }
+        let Some((key, lookup_hash)) = drawn else {
+            return Err(MintError::Steer(DRAWS));
+        };
         let record = KeyRecord {
             id: key.record_id.clone().unwrap_or_else(new_key_id),
-            lookup_hash: hasher.lookup_hash(&key.lookup_material),
+            lookup_hash,
             phc: hasher.phc(&key.key)?,
             display_prefix: key.display_prefix.clone(),
             key_type: self.key_type,

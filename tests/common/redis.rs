@@ -380,3 +380,31 @@ impl Drop for RedisSentinel {
         let _ = self.sentinel.wait();
     }
 }
+
+/// Key names of a sharded store with the default shard count (tests look behind keygate).
+pub mod names {
+    use keygate::config::DEFAULT_SHARDS;
+    use keygate::store::{AUDIT_STREAMS, shard_of_hash, shard_of_id};
+
+    pub fn id(prefix: &str, id: &str) -> String {
+        format!("{{{prefix}#{}}}:id:{id}", shard_of_id(id, DEFAULT_SHARDS))
+    }
+
+    pub fn rec(prefix: &str, hex: &str) -> String {
+        let hash: keygate::key::LookupHash = hex.parse().unwrap();
+        format!(
+            "{{{prefix}#{}}}:rec:{hex}",
+            shard_of_hash(&hash, DEFAULT_SHARDS)
+        )
+    }
+
+    pub fn used(prefix: &str, id: &str) -> String {
+        format!("{{{prefix}#{}}}:used", shard_of_id(id, DEFAULT_SHARDS))
+    }
+
+    pub fn audit_streams(prefix: &str) -> Vec<String> {
+        (0..AUDIT_STREAMS)
+            .map(|a| format!("{{{prefix}#{a}}}:audit"))
+            .collect()
+    }
+}

@@ -106,6 +106,31 @@ impl SentinelConn {
     }
 }
 
+impl Conn {
+    /// `WAIT <n> <ms>` on the master holding `key` (on a Cluster, routed to its slot's master:
+    /// the connection that carried the write).
+    pub(super) async fn wait_replicas(&self, key: &str, n: u32, ms: u64) -> RedisResult<u64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(ms);
+        match self {
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let v = c
+                    .get()
+                    .await?
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::FromRedisValue::from_redis_value(v)?)
+            }
+            other => cmd.query_async(&mut other.clone()).await,
+        }
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

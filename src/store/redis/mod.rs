@@ -23,13 +23,17 @@
 
 mod conn;
 mod keystore;
+mod layout;
+mod migrate;
 mod replica;
 mod scripts;
+mod sharded;
 mod subscriber;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -41,23 +45,53 @@ use super::changes::Changes;
 use super::{KeyRecord, StoreError};
 use crate::config::{RedisConfig, RedisTopology};
 use conn::{Conn, LazyCluster, PubSubSource, SentinelConn, with_password};
+pub use layout::{AUDIT_STREAMS, Layout, Steer, shard_of_hash, shard_of_id};
+pub use migrate::{Migration, run_migrate};
 
 /// Compare-and-set retries before giving up on a contended record.
 const CAS_RETRIES: usize = 8;
 /// How often an idle subscription is pinged, so a silently dead one is noticed.
 const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
 
-/// Key names, all under one hash tag.
+/// Key names: the single-slot layout's and control keys under `{p}`, sharded ones under
+/// `{p#<shard>}` (`#` cannot appear in a prefix, so no shard tag is another prefix's tag).
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
     tag: String,
+    prefix: String,
 }
 
 impl Keys {
     fn new(prefix: &str) -> Self {
         Keys {
             tag: format!("{{{prefix}}}"),
+            prefix: prefix.to_owned(),
         }
+    }
+    /// `{p}:layout`: absent (single-slot), `migrating:<n>` or `sharded:<n>`.
+    pub(super) fn layout(&self) -> String {
+        format!("{}:layout", self.tag)
+    }
+    /// Replica id → the layout it serves (its heartbeat says).
+    pub(super) fn layouts(&self) -> String {
+        format!("{}:layouts", self.tag)
+    }
+    /// Prefix of `<replica id>` → a hash of shard → the shard sequence it applied.
+    pub(super) fn applied_prefix(&self) -> String {
+        format!("{}:applied:", self.tag)
+    }
+    /// A key under shard `s`'s hash tag.
+    pub(crate) fn sharded(&self, s: u16, suffix: &str) -> String {
+        format!("{{{}#{s}}}:{suffix}", self.prefix)
+    }
+    pub(super) fn srec(&self, s: u16, hash: &str) -> String {
+        self.sharded(s, &format!("rec:{hash}"))
+    }
+    pub(super) fn sid(&self, s: u16, id: &str) -> String {
+        self.sharded(s, &format!("id:{id}"))
+    }
+    pub(super) fn sowner(&self, s: u16, owner: &str) -> String {
+        self.sharded(s, &format!("owner:{owner}"))
     }
     pub(super) fn rec(&self, hash: &str) -> String {
         format!("{}:rec:{hash}", self.tag)
@@ -112,6 +146,17 @@ struct Inner {
     written: AtomicU64,
     /// The highest invalidation sequence this process applied (what it acknowledges).
     applied: AtomicU64,
+    /// Sharded: the highest sequence written and applied, per shard.
+    written_shards: Mutex<BTreeMap<u16, u64>>,
+    applied_shards: Mutex<BTreeMap<u16, u64>>,
+    /// The layout as last read from `{p}:layout` (`None`: read it again).
+    layout: RwLock<Option<Layout>>,
+    /// The shard count a new store is created with.
+    new_shards: u16,
+    /// Replicas that must hold a write before it is acknowledged (`WAIT`).
+    write_replicas: u32,
+    /// The audit stream this process appends to (sharded).
+    audit_stream: u16,
     /// Set when this process serves the store (see `replica`).
     replica: OnceLock<Arc<replica::Replica>>,
 }
@@ -217,6 +262,15 @@ impl RedisStore {
                 source,
                 written: AtomicU64::new(0),
                 applied: AtomicU64::new(0),
+                written_shards: Mutex::new(BTreeMap::new()),
+                applied_shards: Mutex::new(BTreeMap::new()),
+                layout: RwLock::new(None),
+                new_shards: cfg.shards,
+                write_replicas: cfg.write_replicas,
+                audit_stream: {
+                    use rand::RngExt as _;
+                    crate::key::os_rng().random_range(0..layout::AUDIT_STREAMS)
+                },
                 replica: OnceLock::new(),
             }),
         })
@@ -284,9 +338,100 @@ impl RedisStore {
         .await
     }
 
-    /// Key names under this store's hash tag.
-    pub(crate) fn keys(&self) -> &Keys {
-        &self.inner.keys
+    /// The store's layout, read from `{p}:layout` when not known. A store with no layout
+    /// marker and no single-slot records is new: it is made sharded (the first process there
+    /// decides, `SET NX`).
+    pub(crate) async fn layout(&self) -> Result<Layout, StoreError> {
+        if let Some(l) = *self.inner.layout.read().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(l);
+        }
+        let keys = &self.inner.keys;
+        let get = redis::cmd("GET").arg(keys.layout()).clone();
+        let mut marker: Option<String> = self.query(get.clone()).await?;
+        if marker.is_none() {
+            let single: bool = self
+                .query(redis::cmd("EXISTS").arg(keys.seq()).clone())
+                .await?;
+            if single {
+                return Ok(self.remember_layout(Layout::SingleSlot));
+            }
+            let fresh = Layout::Sharded(self.inner.new_shards);
+            let set = redis::cmd("SET")
+                .arg(keys.layout())
+                .arg(fresh.marker())
+                .arg("NX")
+                .clone();
+            self.write::<Option<String>>(set).await?;
+            marker = self.query(get).await?;
+        }
+        let m = marker.unwrap_or_default();
+        let layout = Layout::parse(&m).ok_or_else(|| {
+            StoreError::Corrupt(format!("redis {}: {m:?} is not a layout", keys.layout()))
+        })?;
+        Ok(self.remember_layout(layout))
+    }
+
+    fn remember_layout(&self, layout: Layout) -> Layout {
+        *self.inner.layout.write().unwrap_or_else(|e| e.into_inner()) = Some(layout);
+        layout
+    }
+
+    /// Reads the layout again at its next use (it changed, or may have).
+    pub(super) fn forget_layout(&self) {
+        *self.inner.layout.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Waits until `write_replicas` replicas of the master holding `key` have every write made
+    /// so far (Redis `WAIT`), so a failover cannot lose an acknowledged change.
+    pub(super) async fn replicated(&self, key: &str) -> Result<(), StoreError> {
+        let want = self.inner.write_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let ms = u64::try_from(self.inner.timeout.as_millis()).unwrap_or(u64::MAX);
+        let key = key.to_owned();
+        let got: u64 = self
+            .run(|c| async move { c.wait_replicas(&key, want, ms).await })
+            .await?;
+        if got < u64::from(want) {
+            return Err(StoreError::Unavailable(format!(
+                "redis: the change reached {got} of {want} replicas in time; a failover now could lose it, so it is not acknowledged (retry)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The audit stream this process appends to, and every stream a reader merges (sharded:
+    /// [`layout::AUDIT_STREAMS`] of them, plus the single-slot stream of before a migration).
+    pub(crate) async fn audit_streams(&self) -> Result<(String, Vec<String>), StoreError> {
+        let keys = &self.inner.keys;
+        let single = keys.tagged("audit");
+        Ok(match self.layout().await?.shards() {
+            None => (single.clone(), vec![single]),
+            Some(_) => {
+                let mut all = vec![single];
+                all.extend((0..layout::AUDIT_STREAMS).map(|a| keys.sharded(a, "audit")));
+                (keys.sharded(self.inner.audit_stream, "audit"), all)
+            }
+        })
+    }
+
+    /// The key naming `suffix` for the key id `id`: in the id's shard, or under `{p}`
+    /// single-slot; sharded, also the single-slot name (still read after a migration).
+    pub(crate) async fn by_id(
+        &self,
+        id: &str,
+        suffix: &str,
+    ) -> Result<(String, Option<String>), StoreError> {
+        let keys = &self.inner.keys;
+        let single = keys.tagged(suffix);
+        Ok(match self.layout().await?.shards() {
+            None => (single, None),
+            Some(n) => (
+                keys.sharded(layout::shard_of_id(id, n), suffix),
+                Some(single),
+            ),
+        })
     }
 
     pub(super) fn changes(&self) -> &Changes {
@@ -315,6 +460,20 @@ impl RedisStore {
                 s.ensure_master().await?;
             }
             pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Runs a write command (on the current master: see [`SentinelConn::ensure_master`]).
+    pub(super) async fn write<T: redis::FromRedisValue + Send>(
+        &self,
+        cmd: Cmd,
+    ) -> Result<T, StoreError> {
+        self.run(|mut c| async move {
+            if let Conn::Sentinel(s) = &c {
+                s.ensure_master().await?;
+            }
+            cmd.query_async::<T>(&mut c).await
         })
         .await
     }

@@ -2,6 +2,7 @@
 //! (the sequence number it reached, `{p}:applied`) with a heartbeat (`{p}:replicas`, scored by
 //! Redis's clock), and a writer waits for every live replica to reach its own change.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::scripts::{ACK, ROLL_CALL};
 use super::{Inner, RedisStore};
-use crate::store::propagation::{FORGET, HEARTBEAT, Propagation, Seen, tally};
+use crate::store::propagation::{FORGET, HEARTBEAT, LIVE, Propagation, Seen, tally};
 
 /// A serving process's identity and the nudge that sends its acknowledgement now.
 pub(super) struct Replica {
@@ -43,13 +44,7 @@ impl RedisStore {
                     continue;
                 }
                 let store = RedisStore { inner };
-                let applied = store.inner.applied.load(Ordering::Acquire);
-                let mut inv = ACK.prepare_invoke();
-                inv.key(store.inner.keys.replicas())
-                    .key(store.inner.keys.applied())
-                    .arg(&replica.id)
-                    .arg(applied)
-                    .arg(u64::try_from(FORGET.as_millis()).unwrap_or(u64::MAX));
+                let inv = store.ack(&replica.id).await;
                 if let Err(e) = store.eval::<String>(inv).await {
                     tracing::debug!(error = %e, "replica heartbeat failed");
                 }
@@ -60,9 +55,18 @@ impl RedisStore {
     /// Waits until every live replica has applied everything this process wrote, or `timeout`.
     pub async fn await_propagation(&self, timeout: Duration) -> Propagation {
         let token = self.inner.written.load(Ordering::Acquire);
+        let shards = self
+            .inner
+            .written_shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let started = Instant::now();
         loop {
-            let report = self.roll_call(token, started.elapsed()).await;
+            let report = self
+                .roll_call_rows(token, &shards)
+                .await
+                .map(|(seen, _)| tally(&seen, started.elapsed()));
             match report {
                 Some(p) if p.complete() || started.elapsed() >= timeout => return p,
                 None if started.elapsed() >= timeout => {
@@ -78,32 +82,96 @@ impl RedisStore {
         }
     }
 
-    async fn roll_call(&self, token: u64, waited: Duration) -> Option<Propagation> {
+    /// This replica's heartbeat: the sequences it applied and the layout it serves (read now,
+    /// so a replica told of a layout change reports the new one).
+    async fn ack(&self, id: &str) -> redis::ScriptInvocation<'static> {
+        let keys = &self.inner.keys;
+        let layout = match self.layout().await {
+            Ok(l) => l.marker(),
+            Err(_) => "unknown".into(),
+        };
+        let applied = self.inner.applied.load(Ordering::Acquire);
+        let mut inv = ACK.prepare_invoke();
+        inv.key(keys.replicas())
+            .key(keys.applied())
+            .key(keys.layouts())
+            .arg(id)
+            .arg(applied)
+            .arg(u64::try_from(FORGET.as_millis()).unwrap_or(u64::MAX))
+            .arg(layout)
+            .arg(keys.applied_prefix());
+        for (shard, seq) in self
+            .inner
+            .applied_shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            inv.arg(*shard).arg(*seq);
+        }
+        inv
+    }
+
+    /// Every live replica: its heartbeat age, whether it applied `token` (single-slot) and
+    /// `shards` (shard → sequence), and the layout it serves.
+    pub(super) async fn roll_call_rows(
+        &self,
+        token: u64,
+        shards: &BTreeMap<u16, u64>,
+    ) -> Option<(Vec<Seen>, Vec<(String, String)>)> {
+        let keys = &self.inner.keys;
         let mut inv = ROLL_CALL.prepare_invoke();
-        inv.key(self.inner.keys.replicas())
-            .key(self.inner.keys.applied());
+        inv.key(keys.replicas())
+            .key(keys.applied())
+            .key(keys.layouts())
+            .arg(keys.applied_prefix())
+            .arg(token);
+        for (shard, seq) in shards {
+            inv.arg(*shard).arg(*seq);
+        }
         let rows: Vec<String> = self.eval(inv).await.ok()?;
         let now: u64 = rows.first()?.parse().ok()?;
-        let seen: Vec<Seen> = rows[1..]
-            .chunks_exact(3)
-            .filter_map(|r| {
-                let beat: f64 = r[1].parse().ok()?;
-                let applied: u64 = r[2].parse().ok()?;
-                Some(Seen {
-                    id: r[0].clone(),
-                    silent: Duration::from_millis(now.saturating_sub(beat as u64)),
-                    applied: applied >= token,
-                })
-            })
-            .collect();
-        Some(tally(&seen, waited))
+        let mut seen = Vec::new();
+        let mut layouts = Vec::new();
+        for r in rows[1..].chunks_exact(4) {
+            let Ok(beat) = r[1].parse::<f64>() else {
+                continue;
+            };
+            let silent = Duration::from_millis(now.saturating_sub(beat as u64));
+            if silent <= LIVE {
+                layouts.push((r[0].clone(), r[3].clone()));
+            }
+            seen.push(Seen {
+                id: r[0].clone(),
+                silent,
+                applied: r[2] == "1",
+            });
+        }
+        Some((seen, layouts))
     }
 }
 
 impl Inner {
-    /// Applied everything up to `seq`: acknowledge now.
-    pub(super) fn applied_up_to(&self, seq: u64) {
-        self.applied.fetch_max(seq, Ordering::AcqRel);
+    /// Applied everything up to `seq` (of `shard`, or single-slot): acknowledge now.
+    pub(super) fn applied_up_to(&self, shard: Option<u16>, seq: u64) {
+        match shard {
+            None => {
+                self.applied.fetch_max(seq, Ordering::AcqRel);
+            }
+            Some(s) => {
+                let mut a = self
+                    .applied_shards
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let e = a.entry(s).or_default();
+                *e = (*e).max(seq);
+            }
+        }
+        self.nudge();
+    }
+
+    /// Sends the heartbeat now (an acknowledgement, or a layout change, to report).
+    pub(super) fn nudge(&self) {
         if let Some(r) = self.replica.get() {
             r.nudge.notify_one();
         }

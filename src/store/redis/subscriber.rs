@@ -59,16 +59,12 @@ impl RedisStore {
                 inner.subscribed.store(true, Ordering::Release);
                 inner.changes.publish(Invalidation::All);
                 // The cache is clear and every later change will be heard: everything up to
-                // the current sequence is applied.
+                // the current sequences is applied. The layout may have changed meanwhile too.
                 let store = RedisStore {
                     inner: Arc::clone(&inner),
                 };
-                if let Ok(Some(seq)) = store
-                    .query::<Option<u64>>(redis::cmd("GET").arg(inner.keys.invseq()).clone())
-                    .await
-                {
-                    inner.applied_up_to(seq);
-                }
+                store.forget_layout();
+                store.catch_up().await;
                 drop(store);
                 let master = inner.source.master_addr().await;
                 let weak_inner = Arc::downgrade(&inner);
@@ -81,6 +77,44 @@ impl RedisStore {
                 tracing::warn!("redis invalidation subscription lost; reconnecting");
             }
         })
+    }
+}
+
+/// A stamp's sequence: `<n>` (single-slot) or `<shard>/<n>`.
+fn parse_seq(s: &str) -> Option<(Option<u16>, u64)> {
+    match s.split_once('/') {
+        None => Some((None, s.parse().ok()?)),
+        Some((shard, n)) => Some((Some(shard.parse().ok()?), n.parse().ok()?)),
+    }
+}
+
+impl RedisStore {
+    /// After (re)subscribing: every sequence as it stands now counts as applied.
+    async fn catch_up(&self) {
+        let keys = &self.inner.keys;
+        if let Ok(Some(seq)) = self
+            .query::<Option<u64>>(redis::cmd("GET").arg(keys.invseq()).clone())
+            .await
+        {
+            self.inner.applied_up_to(None, seq);
+        }
+        let Ok(Some(n)) = self.layout().await.map(super::Layout::shards) else {
+            return;
+        };
+        let seqs = futures_util::future::join_all((0..n).map(|s| async move {
+            let key = keys.sharded(s, "invseq");
+            (
+                s,
+                self.query::<Option<u64>>(redis::cmd("GET").arg(key).clone())
+                    .await,
+            )
+        }))
+        .await;
+        for (s, seq) in seqs {
+            if let Ok(Some(seq)) = seq {
+                self.inner.applied_up_to(Some(s), seq);
+            }
+        }
     }
 }
 
@@ -101,20 +135,27 @@ async fn follow(
                 let Some(msg) = msg else { return };
                 let Ok(payload) = msg.get_payload::<String>() else { continue };
                 let (hash, stamp) = payload.split_once('@').unwrap_or((&payload, ""));
+                let Some(inner) = inner.upgrade() else { return };
                 let inv = if hash == "*" {
                     Invalidation::All
+                } else if hash == "*layout" {
+                    // `keygate store migrate` moved the store: read the layout again, drop
+                    // everything cached, and report the new layout in the next heartbeat.
+                    RedisStore { inner: Arc::clone(&inner) }.forget_layout();
+                    inner.changes.publish(Invalidation::All);
+                    inner.nudge();
+                    continue;
                 } else {
                     match hash.parse::<LookupHash>() {
                         Ok(h) => Invalidation::Key(h),
                         Err(_) => continue,
                     }
                 };
-                // `<Redis ms>#<sequence>` (the sequence since this release).
+                // `<Redis ms>#<sequence>` single-slot, `<Redis ms>#<shard>/<sequence>` sharded.
                 let (at, seq) = match stamp.split_once('#') {
-                    Some((at, seq)) => (at, seq.parse::<u64>().ok()),
+                    Some((at, seq)) => (at, parse_seq(seq)),
                     None => (stamp, None),
                 };
-                let Some(inner) = inner.upgrade() else { return };
                 if let Ok(at_ms) = at.parse::<u64>() {
                     let now_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -125,8 +166,8 @@ async fn follow(
                 }
                 inner.changes.publish(inv);
                 // Applied (synchronously, above): acknowledge it.
-                if let Some(seq) = seq {
-                    inner.applied_up_to(seq);
+                if let Some((shard, seq)) = seq {
+                    inner.applied_up_to(shard, seq);
                 }
             }
             _ = ping.tick() => {
