@@ -216,6 +216,17 @@ impl Keygate {
         Keygate::start_full(upstream_url, "", redis_url, extra).await
     }
 
+    /// With `store_section` (a whole `[store]` section) as the store.
+    pub async fn start_store(upstream_url: &str, store_section: &str, extra: &str) -> Keygate {
+        Keygate::start_full(
+            upstream_url,
+            "",
+            Some(&format!("\u{0}{store_section}")),
+            extra,
+        )
+        .await
+    }
+
     /// Like [`Keygate::start_redis`], as the replica named `replica_id`.
     pub async fn start_redis_as(
         upstream_url: &str,
@@ -249,6 +260,7 @@ impl Keygate {
                 "[store]\npath = {:?}\nreload_interval = \"50ms\"\n",
                 store_path.display().to_string()
             ),
+            Some(section) if section.starts_with('\u{0}') => section[1..].to_owned(),
             Some(url) => {
                 format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\ntimeout = \"300ms\"\n")
             }
@@ -289,7 +301,9 @@ impl Keygate {
         let task = tokio::spawn(proxy.serve(proxy_listener, ops_listener, async {
             let _ = rx.await;
         }));
-        let tool = KeyTool::with_store(proxy_store.clone(), &config).unwrap();
+        let tool = KeyTool::with_store(proxy_store.clone(), &config)
+            .unwrap()
+            .with_audit(Arc::clone(&audit));
         Keygate {
             addr,
             ops_addr,

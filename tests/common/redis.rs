@@ -189,9 +189,15 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three masters.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`ports[..3]` are the masters).
+    pub fn start_with(replicas: usize) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
         let children: Vec<Child> = ports
             .iter()
             .map(|p| {
@@ -206,6 +212,8 @@ impl RedisCluster {
                         &conf,
                         "--cluster-node-timeout",
                         "2000",
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                 )
             })
@@ -228,7 +236,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
         assert!(
@@ -240,11 +248,44 @@ impl RedisCluster {
         for p in &cluster.ports {
             wait_until("cluster state ok", Duration::from_secs(20), || {
                 raw_command(*p, "CLUSTER INFO").is_some_and(|i| {
-                    i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:3")
+                    i.contains("cluster_state:ok")
+                        && i.contains(&format!("cluster_known_nodes:{}", 3 * (1 + replicas)))
+                })
+            });
+        }
+        // Replicas in sync, so a failover can promote one with everything.
+        for p in &cluster.ports {
+            wait_until("replica sync", Duration::from_secs(30), || {
+                raw_command(*p, "INFO replication").is_some_and(|i| {
+                    i.contains("role:master") || i.contains("master_link_status:up")
                 })
             });
         }
         cluster
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|p| raw_command(*p, "ROLE").is_some_and(|r| r.contains("master")))
+            .collect()
+    }
+
+    /// Keys a node holds (`DBSIZE`).
+    pub fn dbsize(&self, port: u16) -> u64 {
+        raw_command(port, "DBSIZE")
+            .and_then(|r| r.trim().trim_start_matches(':').parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Kills the node on `port` (SIGKILL: no goodbye to the cluster).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(i) = self.ports.iter().position(|p| *p == port) {
+            let _ = self.children[i].kill();
+            let _ = self.children[i].wait();
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {

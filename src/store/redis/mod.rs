@@ -341,7 +341,7 @@ impl RedisStore {
     /// The store's layout, read from `{p}:layout` when not known. A store with no layout
     /// marker and no single-slot records is new: it is made sharded (the first process there
     /// decides, `SET NX`).
-    pub(crate) async fn layout(&self) -> Result<Layout, StoreError> {
+    pub async fn layout(&self) -> Result<Layout, StoreError> {
         if let Some(l) = *self.inner.layout.read().unwrap_or_else(|e| e.into_inner()) {
             return Ok(l);
         }
@@ -388,7 +388,10 @@ impl RedisStore {
         if want == 0 {
             return Ok(());
         }
-        let ms = u64::try_from(self.inner.timeout.as_millis()).unwrap_or(u64::MAX);
+        // Half the command timeout: WAIT answers (with fewer replicas) before the client gives up.
+        let ms = u64::try_from(self.inner.timeout.as_millis() / 2)
+            .unwrap_or(u64::MAX)
+            .max(1);
         let key = key.to_owned();
         let got: u64 = self
             .run(|c| async move { c.wait_replicas(&key, want, ms).await })
