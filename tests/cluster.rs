@@ -132,7 +132,8 @@ async fn the_key_store_spreads_over_three_masters_and_works_across_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_during_writes_loses_no_acknowledged_key() {
-    let mut cluster = RedisCluster::start_with(1);
+    // Two replicas each: the promoted replica still has one to acknowledge `WAIT 1`.
+    let mut cluster = RedisCluster::start_with(2);
     let up = Upstream::start().await;
     let store = cluster_store(&cluster, "write_replicas = 1\n");
     let kg = Keygate::start_store(&up.url(), &store, "").await;
@@ -144,19 +145,22 @@ async fn a_master_failover_during_writes_loses_no_acknowledged_key() {
     let victim = cluster.masters()[0];
     cluster.kill(victim);
     let mut failed = 0;
+    let mut last_error = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     let mut after = 0;
     while after < 60 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "writes never recovered after the failover ({failed} failed)"
+            "writes never recovered after the failover ({failed} failed, {after} succeeded; last: {last_error}); cluster: {:?}",
+            cluster.masters()
         );
         match create(&kg, &format!("acct_{}", after % 5)).await {
             Ok(k) => {
                 acked.push(k);
                 after += 1;
             }
-            Err(_) => {
+            Err(e) => {
+                last_error = e;
                 failed += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
