@@ -1,5 +1,8 @@
 //! The `keygate` binary: parses the command line and calls into the library. Nothing else.
 
+// `run` awaits every command's future (serve, keys, store migrate), nested deep.
+#![recursion_limit = "256"]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

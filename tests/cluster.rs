@@ -1,8 +1,8 @@
 //! The sharded Redis store on a real Cluster, and the migration from the single-slot layout:
 //! spread over three masters, lookups, rotations, revocations and the audit trail across
 //! slots, a master failover during writes, and a single-slot store migrated while serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;

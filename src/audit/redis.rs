@@ -82,14 +82,16 @@ pub(super) async fn read(
         store.query::<Entries>(redis::cmd("XRANGE").arg(s).arg(from_ms).arg(to_ms).clone())
     }))
     .await?;
-    let mut all: Vec<((u64, u64), usize, usize, (String, Vec<String>))> = Vec::new();
+    // (entry order, stream, position in it) → the entry: a stable merge.
+    type Placed = ((u64, u64), usize, usize);
+    let mut all: Vec<(Placed, (String, Vec<String>))> = Vec::new();
     for (si, entries) in per_stream.into_iter().enumerate() {
         for (i, e) in entries.into_iter().enumerate() {
-            all.push((entry_order(&e.0), si, i, e));
+            all.push(((entry_order(&e.0), si, i), e));
         }
     }
-    all.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-    Ok(all.into_iter().filter_map(|(.., e)| event_of(e)).collect())
+    all.sort_by_key(|(placed, _)| *placed);
+    Ok(all.into_iter().filter_map(|(_, e)| event_of(e)).collect())
 }
 
 /// Adds per-minute request counts: `(key id, minute start, counts by status class)`, one

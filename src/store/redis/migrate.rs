@@ -181,10 +181,9 @@ pub async fn run_migrate(cfg: &crate::config::StoreConfig, shards: Option<u16>) 
             return false;
         }
     };
-    match store
-        .migrate(shards.unwrap_or(r.shards), |m| println!("{m}"))
-        .await
-    {
+    // Boxed: keeps the binary's `run` future within the compiler's type-depth limit.
+    let migration = Box::pin(store.migrate(shards.unwrap_or(r.shards), |m| println!("{m}")));
+    match migration.await {
         Ok(m) if m.already => {
             println!("already sharded ({} shards): nothing to do", m.shards);
             true
