@@ -342,7 +342,7 @@ fn keys_commands_work_against_redis() {
     let id = created["record"]["id"].as_str().unwrap().to_owned();
     assert!(
         redis
-            .cmd(&format!("EXISTS {{cli}}:id:{id}"))
+            .cmd(&format!("EXISTS {}", common::redis::names::id("cli", &id)))
             .starts_with(":1"),
         "record not in Redis"
     );

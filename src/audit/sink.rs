@@ -115,7 +115,11 @@ impl Sink {
     pub fn describe(&self) -> String {
         match self {
             Sink::File(f) => f.path().display().to_string(),
-            Sink::Redis { store, .. } => format!("redis stream {{{}}}:audit", store.key_prefix()),
+            Sink::Redis { store, .. } => format!(
+                "redis audit streams {{{p}}}:audit and {{{p}#0..{}}}:audit",
+                crate::store::AUDIT_STREAMS - 1,
+                p = store.key_prefix()
+            ),
             Sink::LogOnly => "log only".into(),
         }
     }

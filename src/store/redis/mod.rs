@@ -1,25 +1,31 @@
 //! The `redis` backend, shared by many replicas.
 //!
 //! # Layout
-//! Every key lives under one Cluster hash tag, `{<prefix>}`, so that each multi-key operation
-//! (a Lua script) stays on one slot on a Cluster too. The key store is small (about 1 KB a key);
-//! one slot is the price of atomic rotation across records.
+//! Sharded (see [`layout`]): under shard tags `{<prefix>#<s>}`, with `s` from the lookup hash
+//! (record, owner index, listing, sequence) or from the key id (id index, `used`, usage):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:rec:<lookup hash hex>` | string | the record as JSON (without `last_used_at`) |
-//! | `{p}:id:<key id>` | string | the lookup hash hex (the id index) |
-//! | `{p}:owner:<owner>` | set | key ids of that owner (the owner index) |
-//! | `{p}:ids` | sorted set | key ids in creation order (score from the `{p}:seq` counter) |
-//! | `{p}:used` | hash | key id → last used, unix seconds (written in batches) |
-//! | `{p}:invalidate` | pub/sub channel | the lookup hash hex of a changed record (or `*`), then the same stamped `<hash>@<Redis time, ms>` for the revocation-lag metric; replicas of the previous release read the first and skip the second, so a rolling upgrade never misses a change |
-//! | `{p}:audit`, `{p}:usage:…` | | the audit trail and usage counters (`audit::redis`), over this connection |
+//! | `{p#s}:rec:<lookup hash hex>` | string | the record as JSON (without `last_used_at`) |
+//! | `{p#s}:owner:<owner>` | set | lookup hashes of that owner's records in shard `s` |
+//! | `{p#s}:ids` | sorted set | lookup hashes by creation (Redis time, µs) |
+//! | `{p#s}:invseq` | counter | shard `s`'s invalidation sequence |
+//! | `{p#t}:id:<key id>` | string | the lookup hash hex (the id index) |
+//! | `{p#t}:used` | hash | key id → last used, unix seconds (written in batches) |
+//! | `{p#a}:audit`, `{p#t}:usage:…` | | the audit streams and usage counters (`audit::redis`) |
+//! | `{p}:layout` | string | `migrating:<n>` or `sharded:<n>`; absent: single-slot |
+//! | `{p}:replicas`, `{p}:applied[:<replica>]`, `{p}:layouts` | | heartbeats, acknowledgements, layouts served |
+//! | `{p}:invalidate` | pub/sub channel | the lookup hash hex of a changed record (or `*`, or `*layout`), then the same stamped `<hash>@<Redis time, ms>#<sequence>` (`<shard>/<n>` sharded) for acknowledgements and the revocation-lag metric |
+//!
+//! Single-slot (releases before sharding, until `keygate store migrate`): the same names under
+//! `{p}` (`{p}:ids` holds key ids, scored by the `{p}:seq` counter; `{p}:owner:*` key ids).
 //!
 //! Writes are Lua scripts that check, write and `PUBLISH` in one atomic step; updates are
 //! compare-and-set on the record's JSON, retried when another writer got there first.
 //!
 //! Files: [`conn`] (topologies), [`scripts`] (the Lua), [`keystore`] (the `KeyStore`
-//! implementation), [`subscriber`] (the invalidation feed).
+//! implementation and the single-slot layout), [`sharded`] (the sharded layout), [`migrate`]
+//! (the migration), [`replica`] (acknowledgements), [`subscriber`] (the invalidation feed).
 
 mod conn;
 mod keystore;

@@ -34,6 +34,10 @@ impl RedisStore {
         let _ = self.inner.replica.set(Arc::clone(&replica));
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
+            // Shard sequences already acknowledged; all are sent again now and then, in case
+            // this replica was forgotten meanwhile (silent for a minute).
+            let mut sent: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut beats: u32 = 0;
             loop {
                 tokio::select! {
                     _ = replica.nudge.notified() => {}
@@ -41,12 +45,22 @@ impl RedisStore {
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 if !inner.subscribed.load(Ordering::Acquire) {
+                    // Silent now, so possibly forgotten by the time it speaks again.
+                    sent.clear();
                     continue;
                 }
                 let store = RedisStore { inner };
-                let inv = store.ack(&replica.id).await;
-                if let Err(e) = store.eval::<String>(inv).await {
-                    tracing::debug!(error = %e, "replica heartbeat failed");
+                beats = beats.wrapping_add(1);
+                if beats % 30 == 0 {
+                    sent.clear();
+                }
+                let (inv, fresh) = store.ack(&replica.id, &sent).await;
+                match store.eval::<String>(inv).await {
+                    Ok(_) => sent.extend(fresh),
+                    Err(e) => {
+                        sent.clear();
+                        tracing::debug!(error = %e, "replica heartbeat failed");
+                    }
                 }
             }
         })
@@ -82,9 +96,14 @@ impl RedisStore {
         }
     }
 
-    /// This replica's heartbeat: the sequences it applied and the layout it serves (read now,
-    /// so a replica told of a layout change reports the new one).
-    async fn ack(&self, id: &str) -> redis::ScriptInvocation<'static> {
+    /// This replica's heartbeat: the sequences it applied that `sent` does not hold yet, and the
+    /// layout it serves (read now, so a replica told of a layout change reports the new one).
+    /// Returns the script and the shard sequences it carries.
+    async fn ack(
+        &self,
+        id: &str,
+        sent: &BTreeMap<u16, u64>,
+    ) -> (redis::ScriptInvocation<'static>, Vec<(u16, u64)>) {
         let keys = &self.inner.keys;
         let layout = match self.layout().await {
             Ok(l) => l.marker(),
@@ -100,16 +119,19 @@ impl RedisStore {
             .arg(u64::try_from(FORGET.as_millis()).unwrap_or(u64::MAX))
             .arg(layout)
             .arg(keys.applied_prefix());
-        for (shard, seq) in self
+        let fresh: Vec<(u16, u64)> = self
             .inner
             .applied_shards
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-        {
+            .filter(|(s, n)| sent.get(s) != Some(n))
+            .map(|(s, n)| (*s, *n))
+            .collect();
+        for (shard, seq) in &fresh {
             inv.arg(*shard).arg(*seq);
         }
-        inv
+        (inv, fresh)
     }
 
     /// Every live replica: its heartbeat age, whether it applied `token` (single-slot) and
