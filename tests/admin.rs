@@ -19,6 +19,8 @@ async fn proxied(kg: &Keygate, key: &str) -> common::Resp {
 
 /// Audit events of `key_id` as (action, actor), in stored order, key usage left out.
 async fn trail(kg: &Keygate, key_id: &str) -> Vec<(String, String)> {
+    // Key changes are queued for the audit writer: read the trail once they reached it.
+    kg.audit().drain().await;
     let r = kg
         .admin(Method::GET, &format!("/v1/audit?key_id={key_id}"), None)
         .await;

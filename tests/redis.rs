@@ -346,3 +346,69 @@ async fn cancelled_requests_leave_no_lookup_behind() {
     );
     redis.resume();
 }
+
+#[tokio::test]
+async fn a_gap_in_a_shards_invalidation_sequence_clears_the_cache() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
+    let (key, id) = kg.live_key().await;
+    let auth = bearer(&key);
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
+        200
+    );
+    // Revoke behind keygate's back (no publish), as if the invalidation had been lost on the
+    // way (messages cross a Cluster's bus between nodes).
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let hash: String = ::redis::cmd("GET")
+        .arg(common::redis::names::id("keygate", &id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let rec_key = common::redis::names::rec("keygate", &hash);
+    let json: String = ::redis::cmd("GET")
+        .arg(&rec_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut rec: serde_json::Value = serde_json::from_str(&json).unwrap();
+    rec["revoked_at"] = "2020-01-01T00:00:00Z".into();
+    let _: () = ::redis::cmd("SET")
+        .arg(&rec_key)
+        .arg(rec.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
+        200,
+        "still cached"
+    );
+    // The shard's next change arrives numbered two ahead: one was missed.
+    let shard = rec_key
+        .split('#')
+        .nth(1)
+        .and_then(|r| r.split('}').next())
+        .unwrap()
+        .to_owned();
+    let seq: u64 = ::redis::cmd("GET")
+        .arg(format!("{{keygate#{shard}}}:invseq"))
+        .query_async::<Option<u64>>(&mut conn)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let other = "ab".repeat(32);
+    let _: () = ::redis::cmd("PUBLISH")
+        .arg("{keygate}:invalidate")
+        .arg(format!("{other}@1#{shard}/{}", seq + 2))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eventually!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.code() == "expired_key",
+        Duration::from_secs(5),
+        "a missed invalidation was not noticed"
+    );
+}

@@ -131,6 +131,9 @@ response_timeout = {{ .Values.upstream.responseTimeout | toJson }}
 backend = "redis"
 url = {{ .Values.store.redis.url | toJson }}
 key_prefix = {{ .Values.store.redis.keyPrefix | toJson }}
+{{- if .Values.store.redis.writeReplicas }}
+write_replicas = {{ .Values.store.redis.writeReplicas | int }}
+{{- end }}
 {{- if .Values.store.redis.auth }}
 password_file = "/etc/keygate/secrets/redis-password"
 {{- end }}

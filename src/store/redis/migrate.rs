@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 
+use super::scripts::SET_LAYOUT;
 use super::{Layout, RedisStore};
 use crate::store::StoreError;
 
@@ -68,7 +69,8 @@ impl RedisStore {
                         old.join(", ")
                     )));
                 }
-                self.set_layout(Layout::Migrating(shards)).await?;
+                self.set_layout(Layout::SingleSlot, Layout::Migrating(shards))
+                    .await?;
                 progress(&format!(
                     "layout set to {}; waiting for every replica to serve it",
                     Layout::Migrating(shards)
@@ -96,7 +98,8 @@ impl RedisStore {
             }
         }
         drop(results);
-        self.set_layout(Layout::Sharded(n)).await?;
+        self.set_layout(Layout::Migrating(n), Layout::Sharded(n))
+            .await?;
         progress(&format!(
             "moved {moved} records; layout set to {}",
             Layout::Sharded(n)
@@ -109,19 +112,24 @@ impl RedisStore {
         })
     }
 
-    async fn set_layout(&self, layout: Layout) -> Result<(), StoreError> {
+    /// Moves `{p}:layout` from `from` to `to` and announces it; refused when another migration
+    /// set something else meanwhile.
+    async fn set_layout(&self, from: Layout, to: Layout) -> Result<(), StoreError> {
         let keys = &self.inner.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys.layout())
-            .arg(layout.marker())
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(keys.channel())
-            .arg("*layout")
-            .ignore();
-        pipe.atomic();
-        self.write_pipe(pipe).await?;
+        let mut inv = SET_LAYOUT.prepare_invoke();
+        inv.key(keys.layout())
+            .arg(match from {
+                Layout::SingleSlot => String::new(),
+                other => other.marker(),
+            })
+            .arg(to.marker())
+            .arg(keys.channel());
+        let answer = self.script(inv).await?;
+        if answer != "ok" {
+            return Err(StoreError::Conflict(format!(
+                "the layout is {answer:?} now, not {from}: another migration is running; let it finish, then run this again"
+            )));
+        }
         self.replicated(&keys.layout()).await?;
         self.forget_layout();
         Ok(())

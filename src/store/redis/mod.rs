@@ -355,10 +355,16 @@ impl RedisStore {
         let get = redis::cmd("GET").arg(keys.layout()).clone();
         let mut marker: Option<String> = self.query(get.clone()).await?;
         if marker.is_none() {
-            let single: bool = self
-                .query(redis::cmd("EXISTS").arg(keys.seq()).clone())
+            let single: u64 = self
+                .query(
+                    redis::cmd("EXISTS")
+                        .arg(keys.seq())
+                        .arg(keys.ids())
+                        .arg(keys.invseq())
+                        .clone(),
+                )
                 .await?;
-            if single {
+            if single > 0 {
                 return Ok(self.remember_layout(Layout::SingleSlot));
             }
             let fresh = Layout::Sharded(self.inner.new_shards);

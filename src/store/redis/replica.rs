@@ -51,8 +51,10 @@ impl RedisStore {
                 }
                 let store = RedisStore { inner };
                 beats = beats.wrapping_add(1);
-                if beats % 30 == 0 {
+                if beats.is_multiple_of(30) {
                     sent.clear();
+                    // A replica that missed a `*layout` announcement catches up here.
+                    store.forget_layout();
                 }
                 let (inv, fresh) = store.ack(&replica.id, &sent).await;
                 match store.eval::<String>(inv).await {
@@ -82,7 +84,17 @@ impl RedisStore {
                 .await
                 .map(|(seen, _)| tally(&seen, started.elapsed()));
             match report {
-                Some(p) if p.complete() || started.elapsed() >= timeout => return p,
+                Some(p) if p.complete() => {
+                    // Confirmed for every later wait too: later waits poll only newer writes.
+                    let mut w = self
+                        .inner
+                        .written_shards
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    w.retain(|s, n| shards.get(s).is_none_or(|done| *n > *done));
+                    return p;
+                }
+                Some(p) if started.elapsed() >= timeout => return p,
                 None if started.elapsed() >= timeout => {
                     return Propagation {
                         tracked: true,
@@ -174,19 +186,33 @@ impl RedisStore {
 }
 
 impl Inner {
-    /// Applied everything up to `seq` (of `shard`, or single-slot): acknowledge now.
+    /// Whether `seq` (of `shard`, or single-slot) follows the last sequence heard: the same (a
+    /// change publishes one stamp per record) or the next. Anything else means a message was
+    /// lost (messages cross a Cluster's bus) or the sequence went back (a failover lost
+    /// writes): nothing cached can be trusted then.
+    pub(super) fn follows(&self, shard: Option<u16>, seq: u64) -> bool {
+        let last = match shard {
+            None => Some(self.applied.load(Ordering::Acquire)),
+            Some(s) => self
+                .applied_shards
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&s)
+                .copied(),
+        };
+        last.is_none_or(|last| seq == last || seq == last + 1)
+    }
+
+    /// Applied everything up to `seq` (of `shard`, or single-slot), which is now the last
+    /// sequence heard: acknowledge now.
     pub(super) fn applied_up_to(&self, shard: Option<u16>, seq: u64) {
         match shard {
-            None => {
-                self.applied.fetch_max(seq, Ordering::AcqRel);
-            }
+            None => self.applied.store(seq, Ordering::Release),
             Some(s) => {
-                let mut a = self
-                    .applied_shards
+                self.applied_shards
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let e = a.entry(s).or_default();
-                *e = (*e).max(seq);
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(s, seq);
             }
         }
         self.nudge();

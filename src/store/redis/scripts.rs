@@ -17,7 +17,7 @@ macro_rules! stamp {
         concat!(
             "local t = redis.call('TIME'); local at = '@' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000)) .. '#' .. ARGV[",
             $label,
-            "] .. n\n"
+            "] .. string.format('%d', n)\n"
         )
     };
 }
@@ -36,7 +36,7 @@ pub(super) static INSERT: LazyLock<Script> = LazyLock::new(|| {
         ",
         stamp!("5"),
         r"redis.call('PUBLISH', ARGV[4], ARGV[2]); redis.call('PUBLISH', ARGV[4], ARGV[2] .. at)
-        return 'ok:' .. n"
+        return 'ok:' .. string.format('%d', n)"
     ))
 });
 
@@ -52,7 +52,7 @@ pub(super) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
         ",
         stamp!("5"),
         r"redis.call('PUBLISH', ARGV[3], ARGV[4]); redis.call('PUBLISH', ARGV[3], ARGV[4] .. at)
-        return 'ok:' .. n"
+        return 'ok:' .. string.format('%d', n)"
     ))
 });
 
@@ -73,7 +73,7 @@ pub(super) static ROTATE: LazyLock<Script> = LazyLock::new(|| {
         stamp!("8"),
         r"redis.call('PUBLISH', ARGV[6], ARGV[7]); redis.call('PUBLISH', ARGV[6], ARGV[7] .. at)
         redis.call('PUBLISH', ARGV[6], ARGV[4]); redis.call('PUBLISH', ARGV[6], ARGV[4] .. at)
-        return 'ok:' .. n"
+        return 'ok:' .. string.format('%d', n)"
     ))
 });
 
@@ -91,7 +91,7 @@ pub(super) static S_INSERT: LazyLock<Script> = LazyLock::new(|| {
         ",
         stamp!("4"),
         r"redis.call('PUBLISH', ARGV[3], ARGV[2]); redis.call('PUBLISH', ARGV[3], ARGV[2] .. at)
-        return 'ok:' .. n"
+        return 'ok:' .. string.format('%d', n)"
     ))
 });
 
@@ -112,8 +112,41 @@ pub(super) static S_ROTATE: LazyLock<Script> = LazyLock::new(|| {
         stamp!("7"),
         r"redis.call('PUBLISH', ARGV[5], ARGV[6]); redis.call('PUBLISH', ARGV[5], ARGV[6] .. at)
         redis.call('PUBLISH', ARGV[5], ARGV[4]); redis.call('PUBLISH', ARGV[5], ARGV[4] .. at)
-        return 'ok:' .. n"
+        return 'ok:' .. string.format('%d', n)"
     ))
+});
+
+/// Sharded: claims a key id for a lookup hash (`new`; `mine` when this hash holds it already,
+/// from an earlier attempt; `taken`).
+pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"-- KEYS: id; ARGV: hash
+        local v = redis.call('GET', KEYS[1])
+        if not v then redis.call('SET', KEYS[1], ARGV[1]); return 'new' end
+        if v == ARGV[1] then return 'mine' end
+        return 'taken'",
+    )
+});
+
+/// Sharded: gives a claimed id back, if this hash still holds it.
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"-- KEYS: id; ARGV: hash
+        if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        return 'ok'",
+    )
+});
+
+/// Layout changes: `{p}:layout` goes from `ARGV[1]` ('' = absent) to `ARGV[2]` and is
+/// announced, or (another migration got there first) the current value is returned.
+pub(super) static SET_LAYOUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"-- KEYS: layout; ARGV: expected, new, channel
+        local cur = redis.call('GET', KEYS[1]) or ''
+        if cur ~= ARGV[1] and cur ~= ARGV[2] then return cur end
+        redis.call('SET', KEYS[1], ARGV[2]); redis.call('PUBLISH', ARGV[3], '*layout')
+        return 'ok'",
+    )
 });
 
 /// Migration, step 1: the record into its shard, keeping its place in the listing (unchanged
@@ -129,10 +162,12 @@ pub(super) static S_MOVE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Migration, step 2: the single-slot copy goes (its sharded copy is in place).
+/// Migration, step 2: the single-slot copy goes (its sharded copy is in place), unless it
+/// changed since it was copied (a writer of an earlier release): `changed`.
 pub(super) static DROP_SINGLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"-- KEYS: rec, id, owner, ids, used; ARGV: id
+        r"-- KEYS: rec, id, owner, ids, used; ARGV: id, json as copied
+        if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 'changed' end
         redis.call('DEL', KEYS[1], KEYS[2])
         redis.call('SREM', KEYS[3], ARGV[1]); redis.call('ZREM', KEYS[4], ARGV[1]); redis.call('HDEL', KEYS[5], ARGV[1])
         return 'ok'",
@@ -167,10 +202,8 @@ pub(super) static ACK: LazyLock<Script> = LazyLock::new(|| {
         if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
         redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
         local mine = ARGV[5] .. ARGV[1]
-        for i = 6, #ARGV, 2 do
-          local c = tonumber(redis.call('HGET', mine, ARGV[i]) or '0')
-          if tonumber(ARGV[i + 1]) > c then redis.call('HSET', mine, ARGV[i], ARGV[i + 1]) end
-        end
+        -- The replica's own view, which may go back (a sequence a failover rewound).
+        for i = 6, #ARGV, 2 do redis.call('HSET', mine, ARGV[i], ARGV[i + 1]) end
         for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))) do
           redis.call('ZREM', KEYS[1], gone); redis.call('HDEL', KEYS[2], gone); redis.call('HDEL', KEYS[3], gone)
           redis.call('DEL', ARGV[5] .. gone)

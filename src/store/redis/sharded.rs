@@ -11,7 +11,7 @@ use futures_util::future::try_join_all;
 use super::RedisStore;
 use super::keystore::{Listed, label, parse, script_outcome, to_json};
 use super::layout::{Layout, shard_of_hash, shard_of_id};
-use super::scripts::{DROP_SINGLE, S_INSERT, S_MOVE, S_ROTATE, USAGE};
+use super::scripts::{CLAIM, DROP_SINGLE, RELEASE, S_INSERT, S_MOVE, S_ROTATE, USAGE};
 use crate::key::LookupHash;
 use crate::store::{KeyRecord, StoreError};
 use crate::time::Timestamp;
@@ -175,29 +175,24 @@ impl RedisStore {
     /// give it back).
     async fn claim_id(&self, id: &str, hex: &str, n: u16) -> Result<(String, bool), StoreError> {
         let key = self.inner.keys.sid(shard_of_id(id, n), id);
-        let set: Option<String> = self
-            .write(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(hex)
-                    .arg("NX")
-                    .arg("GET")
-                    .clone(),
-            )
-            .await?;
-        match set {
-            None => Ok((key, true)),
-            Some(held) if held == hex => Ok((key, false)),
-            Some(_) => Err(StoreError::Conflict(format!("key {id} exists"))),
+        let mut inv = CLAIM.prepare_invoke();
+        inv.key(&key).arg(hex);
+        match self.script(inv).await?.as_str() {
+            "new" => Ok((key, true)),
+            "mine" => Ok((key, false)),
+            _ => Err(StoreError::Conflict(format!("key {id} exists"))),
         }
     }
 
-    /// Gives back an id claimed by a write that then failed (best effort: reads ignore it).
-    async fn release_id(&self, key: &str, hex: &str) {
-        let held: Result<Option<String>, _> = self.query(redis::cmd("GET").arg(key).clone()).await;
-        if held.ok().flatten().as_deref() == Some(hex) {
-            let _ = self.write::<i64>(redis::cmd("DEL").arg(key).clone()).await;
+    /// Gives back an id this call claimed when its write was refused as a conflict (never
+    /// after an error: the write may have landed, and its key must stay revocable by id).
+    async fn release_id(&self, key: &str, hex: &str, fresh: bool, why: &StoreError) {
+        if !fresh || !matches!(why, StoreError::Conflict(_)) {
+            return;
         }
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(key).arg(hex);
+        let _ = self.script(inv).await;
     }
 
     pub(super) async fn sharded_insert(
@@ -238,9 +233,7 @@ impl RedisStore {
             .await
             .and_then(|o| self.outcome(&o, &format!("key {}", record.id), Some(s)));
         if let Err(e) = written {
-            if fresh {
-                self.release_id(&id_key, &hex).await;
-            }
+            self.release_id(&id_key, &hex, fresh, &e).await;
             return Err(e);
         }
         self.replicated(&id_key).await?;
@@ -304,9 +297,7 @@ impl RedisStore {
             {
                 Ok(d) => d,
                 Err(e) => {
-                    if fresh_claim {
-                        self.release_id(&id_key, &new_hex).await;
-                    }
+                    self.release_id(&id_key, &new_hex, fresh_claim, &e).await;
                     return Err(e);
                 }
             };
@@ -316,12 +307,13 @@ impl RedisStore {
                 return Ok(old);
             }
         }
-        if let Some(k) = claimed.filter(|_| fresh_claim) {
-            self.release_id(&k, &new_hex).await;
+        // Every attempt was refused before writing: the claim is ours to give back.
+        let busy =
+            StoreError::Conflict(format!("key {old_id} is being changed concurrently; retry"));
+        if let Some(k) = claimed {
+            self.release_id(&k, &new_hex, fresh_claim, &busy).await;
         }
-        Err(StoreError::Conflict(format!(
-            "key {old_id} is being changed concurrently; retry"
-        )))
+        Err(busy)
     }
 
     pub(super) async fn sharded_usage(
@@ -378,15 +370,49 @@ impl RedisStore {
         }
         self.replicated(&id_key).await?;
         self.replicated(&rec_key).await?;
-        let mut drop = DROP_SINGLE.prepare_invoke();
-        drop.key(keys.rec(&hex))
-            .key(keys.id(id))
-            .key(keys.owner(&rec.owner))
-            .key(keys.ids())
-            .key(keys.used())
-            .arg(id);
-        script_outcome(&self.script(drop).await?, id)?;
-        self.replicated(&keys.ids()).await?;
-        Ok(true)
+        // A writer of an earlier release may change the single-slot copy after it was copied:
+        // carry that change over (compare-and-set on the copy, announced), then drop again.
+        // What the single-slot copy held when copied, and what the sharded copy holds.
+        let mut single_json = json.clone();
+        let mut sharded_json = json;
+        for _ in 0..CAS_RETRIES {
+            let mut drop = DROP_SINGLE.prepare_invoke();
+            drop.key(keys.rec(&hex))
+                .key(keys.id(id))
+                .key(keys.owner(&rec.owner))
+                .key(keys.ids())
+                .key(keys.used())
+                .arg(id)
+                .arg(&single_json);
+            if script_outcome(&self.script(drop).await?, id)? {
+                self.replicated(&keys.ids()).await?;
+                return Ok(true);
+            }
+            let Some((now, _)) = self.raw_by_id(id).await? else {
+                return Ok(true);
+            };
+            let changed = parse(&now)?;
+            crate::store::check_identity_kept(&rec, &changed)?;
+            let carried = self
+                .cas(
+                    rec_key.clone(),
+                    keys.sharded(s, "invseq"),
+                    rec_key.clone(),
+                    Some(s),
+                    (&sharded_json, &hex),
+                    &changed,
+                )
+                .await?;
+            if !carried {
+                return Err(StoreError::Conflict(format!(
+                    "key {id} was changed in both layouts during the migration (a writer of an earlier release is running); stop it and run the migration again"
+                )));
+            }
+            sharded_json = to_json(&changed)?;
+            single_json = now;
+        }
+        Err(StoreError::Conflict(format!(
+            "key {id} keeps changing in the single-slot layout (a writer of an earlier release is running); stop it and run the migration again"
+        )))
     }
 }

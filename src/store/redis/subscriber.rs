@@ -111,8 +111,9 @@ impl RedisStore {
         }))
         .await;
         for (s, seq) in seqs {
-            if let Ok(Some(seq)) = seq {
-                self.inner.applied_up_to(Some(s), seq);
+            // A shard never written counts from 0.
+            if let Ok(seq) = seq {
+                self.inner.applied_up_to(Some(s), seq.unwrap_or(0));
             }
         }
     }
@@ -163,6 +164,15 @@ async fn follow(
                     inner
                         .changes
                         .observe_lag(Duration::from_millis(now_ms.saturating_sub(at_ms)));
+                }
+                if let Some((shard, n)) = seq
+                    && !inner.follows(shard, n)
+                {
+                    tracing::warn!(
+                        shard = ?shard,
+                        "an invalidation was missed (or the sequence went back in a failover); clearing the key cache"
+                    );
+                    inner.changes.publish(Invalidation::All);
                 }
                 inner.changes.publish(inv);
                 // Applied (synchronously, above): acknowledge it.
