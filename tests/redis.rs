@@ -235,24 +235,12 @@ async fn stale_limit_bounds_how_long_cached_keys_outlive_the_store() {
     assert!(serves.metrics.stale_served.load(Ordering::SeqCst) >= 1);
 }
 
-#[tokio::test]
-async fn lost_subscription_clears_the_cache() {
-    let redis = Redis::start();
-    let up = Upstream::start().await;
-    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
-    let (key, id) = kg.live_key().await;
-    let auth = bearer(&key);
-    assert_eq!(
-        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
-        200
-    );
-
-    // Revoke behind keygate's back: change the record in Redis without publishing, as if the
-    // invalidation had been lost.
+/// Marks key `id` revoked in Redis without announcing it; returns the record's key name.
+async fn revoke_unannounced(redis: &Redis, id: &str) -> String {
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let hash: String = ::redis::cmd("GET")
-        .arg(common::redis::names::id("keygate", &id))
+        .arg(common::redis::names::id("keygate", id))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -270,6 +258,24 @@ async fn lost_subscription_clears_the_cache() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    rec_key
+}
+
+#[tokio::test]
+async fn lost_subscription_clears_the_cache() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
+    let (key, id) = kg.live_key().await;
+    let auth = bearer(&key);
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
+        200
+    );
+
+    // Revoke behind keygate's back: change the record in Redis without publishing, as if the
+    // invalidation had been lost.
+    revoke_unannounced(&redis, &id).await;
     assert_eq!(
         get(&kg.url("/"), &[("authorization", &auth)]).await.status,
         200,
@@ -360,32 +366,14 @@ async fn a_gap_in_a_shards_invalidation_sequence_clears_the_cache() {
     );
     // Revoke behind keygate's back (no publish), as if the invalidation had been lost on the
     // way (messages cross a Cluster's bus between nodes).
-    let client = ::redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let hash: String = ::redis::cmd("GET")
-        .arg(common::redis::names::id("keygate", &id))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let rec_key = common::redis::names::rec("keygate", &hash);
-    let json: String = ::redis::cmd("GET")
-        .arg(&rec_key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut rec: serde_json::Value = serde_json::from_str(&json).unwrap();
-    rec["revoked_at"] = "2020-01-01T00:00:00Z".into();
-    let _: () = ::redis::cmd("SET")
-        .arg(&rec_key)
-        .arg(rec.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let rec_key = revoke_unannounced(&redis, &id).await;
     assert_eq!(
         get(&kg.url("/"), &[("authorization", &auth)]).await.status,
         200,
         "still cached"
     );
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     // The shard's next change arrives numbered two ahead: one was missed.
     let shard = rec_key
         .split('#')

@@ -16,6 +16,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a Cluster node: its bus listens 10,000 higher, so at most 55,535, with that
+/// port free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// Sends one inline command and returns the raw reply, or None if the server is not answering.
 pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -197,7 +208,9 @@ impl RedisCluster {
     /// Three masters with `replicas` replicas each (`ports[..3]` are the masters).
     pub fn start_with(replicas: usize) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas))
+            .map(|_| free_cluster_port())
+            .collect();
         let children: Vec<Child> = ports
             .iter()
             .map(|p| {
