@@ -104,6 +104,7 @@ async fn the_key_store_spreads_over_three_masters_and_works_across_slots() {
         total >= 3000,
         "records, id entries and used fields: {sizes:?}"
     );
+    eprintln!("keys per master: {sizes:?} of {total}");
     for s in &sizes {
         let share = *s as f64 / total as f64;
         assert!(
