@@ -235,6 +235,28 @@ async fn stale_limit_bounds_how_long_cached_keys_outlive_the_store() {
     assert!(serves.metrics.stale_served.load(Ordering::SeqCst) >= 1);
 }
 
+/// A key cached by a running keygate, then marked revoked in Redis without announcing it (so
+/// still served from the cache): the store, the upstream, keygate, the `Authorization` value
+/// and the record's Redis key.
+async fn cached_then_revoked_unannounced() -> (Redis, Upstream, Keygate, String, String) {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
+    let (key, id) = kg.live_key().await;
+    let auth = bearer(&key);
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
+        200
+    );
+    let rec_key = revoke_unannounced(&redis, &id).await;
+    assert_eq!(
+        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
+        200,
+        "still cached"
+    );
+    (redis, up, kg, auth, rec_key)
+}
+
 /// Marks key `id` revoked in Redis without announcing it; returns the record's key name.
 async fn revoke_unannounced(redis: &Redis, id: &str) -> String {
     let client = ::redis::Client::open(redis.url()).unwrap();
@@ -263,24 +285,8 @@ async fn revoke_unannounced(redis: &Redis, id: &str) -> String {
 
 #[tokio::test]
 async fn lost_subscription_clears_the_cache() {
-    let redis = Redis::start();
-    let up = Upstream::start().await;
-    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
-    let (key, id) = kg.live_key().await;
-    let auth = bearer(&key);
-    assert_eq!(
-        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
-        200
-    );
-
-    // Revoke behind keygate's back: change the record in Redis without publishing, as if the
-    // invalidation had been lost.
-    revoke_unannounced(&redis, &id).await;
-    assert_eq!(
-        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
-        200,
-        "still cached"
-    );
+    // Revoked behind keygate's back, as if the invalidation had been lost.
+    let (redis, _up, kg, auth, _) = cached_then_revoked_unannounced().await;
 
     // The subscription drops; on reconnect keygate must assume it missed changes.
     assert!(redis.cmd("CLIENT KILL TYPE pubsub").starts_with(":1"));
@@ -355,23 +361,9 @@ async fn cancelled_requests_leave_no_lookup_behind() {
 
 #[tokio::test]
 async fn a_gap_in_a_shards_invalidation_sequence_clears_the_cache() {
-    let redis = Redis::start();
-    let up = Upstream::start().await;
-    let kg = Keygate::start_redis(&up.url(), &redis.url(), "").await;
-    let (key, id) = kg.live_key().await;
-    let auth = bearer(&key);
-    assert_eq!(
-        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
-        200
-    );
-    // Revoke behind keygate's back (no publish), as if the invalidation had been lost on the
-    // way (messages cross a Cluster's bus between nodes).
-    let rec_key = revoke_unannounced(&redis, &id).await;
-    assert_eq!(
-        get(&kg.url("/"), &[("authorization", &auth)]).await.status,
-        200,
-        "still cached"
-    );
+    // Revoked behind keygate's back, as if the invalidation had been lost on the way (messages
+    // cross a Cluster's bus between nodes).
+    let (redis, _up, kg, auth, rec_key) = cached_then_revoked_unannounced().await;
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     // The shard's next change arrives numbered two ahead: one was missed.

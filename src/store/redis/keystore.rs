@@ -117,6 +117,12 @@ pub(super) fn script_outcome(outcome: &str, what: &str) -> Result<bool, StoreErr
 /// A record with its place in the listing (the listing's score).
 pub(super) type Listed = (f64, Arc<KeyRecord>);
 
+/// Records in listing order (creation; ties by id).
+fn oldest_first(mut all: Vec<Listed>) -> Vec<Arc<KeyRecord>> {
+    all.sort_by(|(a, ra), (b, rb)| a.total_cmp(b).then_with(|| ra.id.cmp(&rb.id)));
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
 /// The single-slot layout.
 impl RedisStore {
     async fn single_find(&self, hash: &str) -> Result<Option<String>, StoreError> {
@@ -318,7 +324,7 @@ impl KeyStore for RedisStore {
     }
 
     async fn list(&self) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        let mut all = match self.layout().await? {
+        let all = match self.layout().await? {
             Layout::SingleSlot => self.single_list().await?,
             Layout::Sharded(n) => self.sharded_list(n, None).await?,
             Layout::Migrating(n) => {
@@ -330,17 +336,12 @@ impl KeyStore for RedisStore {
                 sharded
             }
         };
-        all.sort_by(|(a, ra), (b, rb)| a.total_cmp(b).then_with(|| ra.id.cmp(&rb.id)));
-        Ok(all.into_iter().map(|(_, r)| r).collect())
+        Ok(oldest_first(all))
     }
 
     async fn list_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
         match self.layout().await? {
-            Layout::Sharded(n) => {
-                let mut all = self.sharded_list(n, Some(owner)).await?;
-                all.sort_by(|(a, ra), (b, rb)| a.total_cmp(b).then_with(|| ra.id.cmp(&rb.id)));
-                Ok(all.into_iter().map(|(_, r)| r).collect())
-            }
+            Layout::Sharded(n) => Ok(oldest_first(self.sharded_list(n, Some(owner)).await?)),
             _ => {
                 let mut all = self.list().await?;
                 all.retain(|r| r.owner == owner);
@@ -379,7 +380,7 @@ impl KeyStore for RedisStore {
                 match layout {
                     Layout::SingleSlot => self.single_rotate(old_id, new, old_expires_at).await,
                     Layout::Migrating(n) | Layout::Sharded(n) => {
-                        if layout == Layout::Migrating(n) {
+                        if let Layout::Migrating(n) = layout {
                             self.move_record(old_id, n).await?;
                         }
                         self.sharded_rotate(old_id, new, old_expires_at, n).await

@@ -152,7 +152,8 @@ struct Inner {
     written: AtomicU64,
     /// The highest invalidation sequence this process applied (what it acknowledges).
     applied: AtomicU64,
-    /// Sharded: the highest sequence written and applied, per shard.
+    /// Sharded: per shard, the highest sequence this process wrote and not yet confirmed by
+    /// every replica, and the last sequence it heard (what it acknowledges).
     written_shards: Mutex<BTreeMap<u16, u64>>,
     applied_shards: Mutex<BTreeMap<u16, u64>>,
     /// The layout as last read from `{p}:layout` (`None`: read it again).

@@ -8,15 +8,13 @@ use std::sync::Arc;
 
 use futures_util::future::try_join_all;
 
-use super::RedisStore;
 use super::keystore::{Listed, label, parse, script_outcome, to_json};
 use super::layout::{Layout, shard_of_hash, shard_of_id};
 use super::scripts::{CLAIM, DROP_SINGLE, RELEASE, S_INSERT, S_MOVE, S_ROTATE, USAGE};
+use super::{CAS_RETRIES, RedisStore};
 use crate::key::LookupHash;
 use crate::store::{KeyRecord, StoreError};
 use crate::time::Timestamp;
-
-const CAS_RETRIES: usize = super::CAS_RETRIES;
 
 impl RedisStore {
     pub(super) async fn sharded_find(
@@ -250,8 +248,8 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let new_hex = new.lookup_hash.to_hex();
         let new_json = to_json(new)?;
-        let mut claimed = None;
-        let mut fresh_claim = true;
+        // The successor's id entry, once claimed, and whether this call created it.
+        let mut claimed: Option<(String, bool)> = None;
         for _ in 0..CAS_RETRIES {
             let (expected, old_hex, mut old) = self
                 .sharded_record_by_id(old_id, n)
@@ -264,17 +262,11 @@ impl RedisStore {
                 )));
             }
             old.retire_for(&new.id, old_expires_at, Timestamp::now())?;
-            let id_key = match &claimed {
-                Some(k) => String::clone(k),
-                None => {
-                    let (k, fresh) = self.claim_id(&new.id, &new_hex, n).await?;
-                    claimed = Some(k.clone());
-                    if !fresh {
-                        // Our own earlier attempt: never give it back.
-                        fresh_claim = false;
-                    }
-                    k
-                }
+            let (id_key, fresh) = match &claimed {
+                Some(c) => c.clone(),
+                None => claimed
+                    .insert(self.claim_id(&new.id, &new_hex, n).await?)
+                    .clone(),
             };
             let rec_key = keys.srec(s, &old_hex);
             let mut inv = S_ROTATE.prepare_invoke();
@@ -297,7 +289,7 @@ impl RedisStore {
             {
                 Ok(d) => d,
                 Err(e) => {
-                    self.release_id(&id_key, &new_hex, fresh_claim, &e).await;
+                    self.release_id(&id_key, &new_hex, fresh, &e).await;
                     return Err(e);
                 }
             };
@@ -310,8 +302,8 @@ impl RedisStore {
         // Every attempt was refused before writing: the claim is ours to give back.
         let busy =
             StoreError::Conflict(format!("key {old_id} is being changed concurrently; retry"));
-        if let Some(k) = claimed {
-            self.release_id(&k, &new_hex, fresh_claim, &busy).await;
+        if let Some((k, fresh)) = claimed {
+            self.release_id(&k, &new_hex, fresh, &busy).await;
         }
         Err(busy)
     }
