@@ -26,7 +26,7 @@ use crate::manage::KeyTool;
 use crate::net::IpSet;
 use crate::policy::Policy;
 use crate::proxy::{
-    App, ConnInfo, Edge, Forwarder, Gate, Listening, Ops, Timing, TunnelLimits, accept_loop,
+    App, ConnInfo, FastPath, Edge, Forwarder, Gate, Listening, Ops, Timing, TunnelLimits, accept_loop,
     http_builder,
 };
 use crate::self_service::SelfService;
@@ -293,6 +293,7 @@ impl Server {
                     let ops_app = Arc::clone(&ops_app);
                     service_fn(move |req| Arc::clone(&ops_app).handle(req))
                 },
+                fast: None,
             },
             ops_stop_rx,
         ));
@@ -327,8 +328,14 @@ impl Server {
                     make_service: move |peer, tls| {
                         let app = Arc::clone(&app);
                         let conn = ConnInfo::new(peer, tls);
-                        service_fn(move |req| Arc::clone(&app).handle(req, conn.clone()))
+                        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                            Arc::clone(&app).handle(req.map(crate::proxy::Inbound::Hyper), conn.clone())
+                        })
                     },
+                    fast: self
+                        .listen
+                        .http1_fast
+                        .then(|| FastPath::new(Arc::clone(&self.app), &self.listen)),
                 },
                 stopped(),
             )));
@@ -350,6 +357,7 @@ impl Server {
                         let conn = ConnInfo::new(peer, false);
                         service_fn(move |req| Arc::clone(&app).authorize(req, conn.clone()))
                     },
+                    fast: None,
                 },
                 stopped(),
             )));

@@ -44,6 +44,9 @@ pub struct ListenConfig {
     pub max_header_bytes: usize,
     /// What happens to request headers whose names contain `_`.
     pub underscore_headers: UnderscoreHeaders,
+    /// HTTP/1.1 requests are served by keygate's own path (`http1 = "fast"`, the default);
+    /// `"hyper"` sends every connection through hyper.
+    pub http1_fast: bool,
 }
 
 /// Header names with `_` (`X_Api_Key`, `Transfer_Encoding`): CGI-style servers read them as
@@ -82,6 +85,7 @@ pub(super) struct RawListen {
     max_connections_per_ip: Option<usize>,
     max_header_bytes: Option<Size>,
     underscore_headers: Option<String>,
+    http1: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +174,16 @@ pub(super) fn validate(c: &mut Check<'_>, raw: RawListen) -> ListenConfig {
                     "listen.underscore_headers: {other:?} is not \"drop\" or \"refuse\""
                 ));
                 UnderscoreHeaders::Drop
+            }
+        },
+        http1_fast: match raw.http1.as_deref() {
+            None | Some("fast") => true,
+            Some("hyper") => false,
+            Some(other) => {
+                c.problem(format!(
+                    "listen.http1: {other:?} is not \"fast\" or \"hyper\""
+                ));
+                true
             }
         },
     };

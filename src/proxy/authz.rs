@@ -19,6 +19,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use super::body::Inbound;
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::grpc::{self, GrpcBody};
@@ -64,7 +65,7 @@ impl App {
         // After the rewrite: logs and the audit trail show the request asked about.
         let mut cx = Context::new(&req);
         let result = match original {
-            Ok(()) => self.pipeline(req, &conn, &mut cx, true).await,
+            Ok(()) => self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true).await,
             Err(e) => Err(e),
         };
         let resp = self.finish(result, &mut cx, &conn, started);
@@ -106,7 +107,7 @@ impl App {
         let mut cx = Context::new(&req);
         let result = match rewritten {
             Err(e) => Err(e),
-            Ok(()) => self.pipeline(req, &conn, &mut cx, true).await,
+            Ok(()) => self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true).await,
         };
         let resp = self.finish(result, &mut cx, &conn, started);
         let (parts, body) = resp.into_parts();

@@ -14,8 +14,45 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+/// The client's body as it arrives: from hyper, or from keygate's own HTTP/1.1 path.
+pub enum Inbound {
+    Hyper(Incoming),
+    Fast(super::h1::FastBody),
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inbound::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|_| BodyError::Malformed),
+            Inbound::Fast(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::Fast(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(b) => b.size_hint(),
+            Inbound::Fast(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's body: streamed, or read whole before authorization.
-pub type ClientBody = Either<Incoming, Full<Bytes>>;
+pub type ClientBody = Either<Inbound, Full<Bytes>>;
 
 /// The body sent upstream.
 pub type UpstreamBody = Either<ClientStream, Full<Bytes>>;
@@ -45,7 +82,7 @@ pub fn upstream_body(body: ClientBody, limit: usize, idle: Duration) -> Upstream
 /// The client's streamed body, limited in size and in idle time. The timer exists only once
 /// the body has had to wait (most bodies arrive with their head).
 pub struct ClientStream {
-    inner: Incoming,
+    inner: Inbound,
     remaining: usize,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
@@ -54,7 +91,7 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    pub fn new(inner: Incoming, limit: usize, idle: Duration) -> Self {
+    pub fn new(inner: Inbound, limit: usize, idle: Duration) -> Self {
         ClientStream {
             inner,
             remaining: limit,
@@ -85,7 +122,7 @@ impl Body for ClientStream {
                 this.progressed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(BodyError::Malformed))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let deadline = Instant::now() + this.idle;

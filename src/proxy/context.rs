@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Uri, Version};
-use http_body::Body as _;
-use hyper::body::Incoming;
 
 use super::headers::request_id;
 use crate::error::Hints;
@@ -42,7 +40,7 @@ pub(super) struct Context {
 }
 
 impl Context {
-    pub fn new(req: &Request<Incoming>) -> Context {
+    pub fn new<B: http_body::Body>(req: &Request<B>) -> Context {
         Context {
             request_id: request_id(req.headers()),
             unread_body: req.version() <= Version::HTTP_11 && !req.body().is_end_stream(),

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,6 +27,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::gate::{Gate, Refusal};
+use super::h1::{
+    self,
+    io::{Prefixed, Whole},
+};
 use super::proxy_protocol;
 use crate::config::ListenConfig;
 use crate::telemetry::Metrics;
@@ -85,6 +90,29 @@ pub struct Listening<F> {
     pub tls: Option<TlsAccept>,
     /// The service of a connection from (client address, over TLS).
     pub make_service: F,
+    /// keygate's own HTTP/1.1 path, taken first when set (the proxy listener); hyper gets
+    /// the connection for HTTP/2 and anything else the fast path does not take.
+    pub fast: Option<FastPath>,
+}
+
+/// What the HTTP/1.1 fast path serves with.
+pub struct FastPath {
+    pub app: Arc<super::App>,
+    pub settings: h1::Settings,
+}
+
+impl FastPath {
+    pub fn new(app: Arc<super::App>, listen: &ListenConfig) -> Self {
+        FastPath {
+            app,
+            settings: h1::Settings {
+                max_head: listen.max_header_bytes.max(8192),
+                header_read_timeout: listen.header_read_timeout,
+                idle: listen.idle_timeout,
+                body_read_timeout: listen.body_read_timeout,
+            },
+        }
+    }
 }
 
 /// Accepts connections until `stop`, then closes open ones gracefully and waits for them (the
@@ -150,8 +178,18 @@ pub async fn accept_loop<F, S, B>(
                     }
                     let result = match &serving.tls {
                         None => {
+                            let (stream, read, deadline) = match &serving.fast {
+                                None => (stream, Bytes::new(), deadline),
+                                Some(fast) => {
+                                    let halves = h1::io::split_plain(stream);
+                                    match fast_first(&serving, fast, halves, peer, false, deadline, closing.clone()).await {
+                                        Some((Whole::Plain(s), read, deadline)) => (s, read, deadline),
+                                        _ => return,
+                                    }
+                                }
+                            };
                             let service = (serving.make_service)(peer, false);
-                            serve(&serving, stream, service, deadline, closing).await
+                            serve(&serving, Prefixed::new(read, stream), service, deadline, closing).await
                         }
                         Some((tls, metrics)) => {
                             let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
@@ -168,8 +206,20 @@ pub async fn accept_loop<F, S, B>(
                                     return;
                                 }
                             };
+                            let stream = Box::new(stream);
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let (stream, read, deadline) = match &serving.fast {
+                                Some(fast) if !h2 => {
+                                    let halves = h1::io::split_tls(stream);
+                                    match fast_first(&serving, fast, halves, peer, true, deadline, closing.clone()).await {
+                                        Some((Whole::Tls(s), read, deadline)) => (s, read, deadline),
+                                        _ => return,
+                                    }
+                                }
+                                _ => (stream, Bytes::new(), deadline),
+                            };
                             let service = (serving.make_service)(peer, true);
-                            serve(&serving, stream, service, deadline, closing).await
+                            serve(&serving, Prefixed::new(read, stream), service, deadline, closing).await
                         }
                     };
                     if let Err(e) = result {
@@ -185,6 +235,33 @@ pub async fn accept_loop<F, S, B>(
     // Every connection task holds a ticket until it ends.
     while serving.gate.open() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves a connection on the fast path; what it hands over is for hyper: the connection, the
+/// bytes already read, and the deadline of the next head.
+async fn fast_first<F>(
+    serving: &Listening<F>,
+    fast: &FastPath,
+    halves: (h1::io::Reader, h1::io::Writer),
+    peer: SocketAddr,
+    tls: bool,
+    first_request_by: Instant,
+    mut closing: watch::Receiver<bool>,
+) -> Option<(Whole, Bytes, Instant)> {
+    let conn = super::ConnInfo::new(peer, tls);
+    let counters = serving.gate.counters();
+    let ended = h1::serve(&fast.app, halves, &conn, fast.settings, first_request_by, &mut closing, counters).await;
+    match ended {
+        h1::Ended::Closed => None,
+        h1::Ended::HandOff { io, read, served } => {
+            let deadline = if served == 0 {
+                first_request_by
+            } else {
+                Instant::now() + serving.timing.first_request
+            };
+            Some((io, read, deadline))
+        }
     }
 }
 

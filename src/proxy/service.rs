@@ -13,9 +13,8 @@ use bytes::Bytes;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
 
-use super::body::{BodyError, ClientBody, ClientStream, upstream_body};
+use super::body::{BodyError, ClientBody, ClientStream, Inbound, upstream_body};
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::forward::Forwarder;
@@ -70,7 +69,7 @@ impl App {
     /// The hyper service: never fails, every error becomes a response here.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
@@ -86,7 +85,7 @@ impl App {
     /// check (auth-only mode), answered instead of forwarded once permitted.
     pub(super) async fn pipeline(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         conn: &ConnInfo,
         cx: &mut Context,
         authz: bool,
@@ -172,9 +171,9 @@ impl App {
 
     /// The credential from the route's carriers, verified; a failure is remembered (audit
     /// trail, failed-auth throttle).
-    async fn authenticate(
+    async fn authenticate<B>(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         admitted: &Admitted<'_>,
         policy: &Policy,
         cx: &mut Context,
@@ -207,7 +206,7 @@ impl App {
     /// so a rule can look into it; it is then forwarded from memory.
     async fn buffer(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         cap: u64,
     ) -> Result<(Request<ClientBody>, Option<Bytes>), Rejection> {
         self.forwarder.check_declared_length(&req)?; // 413

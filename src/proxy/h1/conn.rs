@@ -1,0 +1,165 @@
+//! One connection on the fast path: heads read and parsed, requests answered in order
+//! (pipelined ones too), keep-alive between them, the same first-request, idle and head
+//! deadlines as the hyper path, and a graceful close at shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::body::{FastBody, Returned, Source};
+use super::head::{self, Framing, Head};
+use super::io::{Reader, Whole, Writer, reunite};
+use super::write;
+use crate::proxy::body::Inbound;
+use crate::proxy::{App, ConnInfo, GateCounters};
+
+/// The listener's limits, as the fast path applies them.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub max_head: usize,
+    pub header_read_timeout: Duration,
+    pub idle: Duration,
+    /// How long a request body may still take after its response was written.
+    pub body_read_timeout: Duration,
+}
+
+/// How the fast path left a connection.
+pub enum Ended {
+    Closed,
+    /// hyper serves the connection from here: the bytes already read come first. `served`:
+    /// requests answered before.
+    HandOff {
+        io: Whole,
+        read: Bytes,
+        served: u64,
+    },
+}
+
+/// The request-head buffer kept between requests at most (larger ones are let go).
+const KEEP_OUT: usize = 4096;
+
+pub async fn serve(
+    app: &Arc<App>,
+    (reader, mut writer): (Reader, Writer),
+    conn: &ConnInfo,
+    settings: Settings,
+    first_request_by: Instant,
+    closing: &mut watch::Receiver<bool>,
+    counters: &GateCounters,
+) -> Ended {
+    let mut src = Source {
+        reader,
+        buf: BytesMut::new(),
+    };
+    let mut out = Vec::new();
+    let mut served = 0u64;
+    // Until when the next head may take: from accept for the first; for later ones the idle
+    // timeout, then `header_read_timeout` from its first byte.
+    let mut wait_until = first_request_by;
+    let timer = tokio::time::sleep_until(wait_until);
+    tokio::pin!(timer);
+    loop {
+        let (req, framing, mut close) = loop {
+            if !src.buf.is_empty() {
+                match head::parse(&mut src.buf, settings.max_head) {
+                    Head::Partial => {}
+                    Head::Other => return hand_off(src, writer, served),
+                    Head::Request {
+                        req,
+                        framing,
+                        close,
+                    } => break (req, framing, close),
+                }
+            }
+            if src.buf.is_empty() && *closing.borrow() {
+                return Ended::Closed;
+            }
+            timer.as_mut().reset(wait_until);
+            let had = src.buf.len();
+            tokio::select! {
+                read = src.reader.read(&mut src.buf) => match read {
+                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(_) if had == 0 && served > 0 => {
+                        wait_until = Instant::now() + settings.header_read_timeout;
+                    }
+                    Ok(_) => {}
+                },
+                () = &mut timer => {
+                    let counter = if served == 0 || had > 0 {
+                        &counters.timed_out_head
+                    } else {
+                        &counters.closed_idle
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return Ended::Closed;
+                }
+                changed = closing.changed(), if had == 0 => {
+                    if changed.is_err() || *closing.borrow() {
+                        return Ended::Closed;
+                    }
+                }
+            }
+        };
+        let head_only = req.method() == Method::HEAD;
+        let (req, back) = if framing == Framing::Empty {
+            (req.map(|()| Inbound::Fast(FastBody::empty())), None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let taken = std::mem::replace(
+                &mut src,
+                Source {
+                    reader: Reader::Taken,
+                    buf: BytesMut::new(),
+                },
+            );
+            let body = FastBody::new(taken, framing, tx);
+            (req.map(|()| Inbound::Fast(body)), Some(rx))
+        };
+        let Ok(resp) = Arc::clone(app).handle(req, conn.clone()).await;
+        served += 1;
+        close |= *closing.borrow();
+        match write::respond(&mut writer, &mut out, resp, head_only, &mut close).await {
+            Ok(true) if !close => {}
+            _ => return Ended::Closed,
+        }
+        if let Some(back) = back {
+            match tokio::time::timeout(settings.body_read_timeout, back).await {
+                Ok(Ok(Returned {
+                    source,
+                    complete: true,
+                })) => src = source,
+                _ => return Ended::Closed,
+            }
+        }
+        // An idle connection holds no read buffer, and only a small write buffer.
+        if src.buf.is_empty() {
+            src.buf = BytesMut::new();
+        }
+        if out.capacity() > KEEP_OUT {
+            out = Vec::new();
+        }
+        // A next head already begun has `header_read_timeout`; none yet, the idle timeout.
+        wait_until = Instant::now()
+            + if src.buf.is_empty() {
+                settings.idle
+            } else {
+                settings.header_read_timeout
+            };
+    }
+}
+
+fn hand_off(src: Source, writer: Writer, served: u64) -> Ended {
+    match reunite(src.reader, writer) {
+        Some(io) => Ended::HandOff {
+            io,
+            read: src.buf.freeze(),
+            served,
+        },
+        None => Ended::Closed,
+    }
+}

@@ -1,0 +1,207 @@
+//! The request head, parsed once with `httparse` (the parser hyper itself uses) into the
+//! `http::Request` the pipeline decides on. Only the plain case is taken: HTTP/1.1, an
+//! origin-form target, a method other than `CONNECT`, at most one `Content-Length` (digits
+//! only) or one `Transfer-Encoding: chunked` — never both —, no `Upgrade`, no `Expect`.
+//! Anything else, including every malformed head, is [`Head::Other`]: hyper reads the same
+//! bytes and answers them exactly as it does without the fast path, errors included.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+/// hyper's limit on the number of request headers (more: 431).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a request body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug)]
+pub enum Head {
+    /// More bytes are needed.
+    Partial,
+    /// A plain request, its body's framing, and whether the client asked to close after it.
+    Request {
+        req: Request<()>,
+        framing: Framing,
+        close: bool,
+    },
+    /// Not for the fast path: the connection goes to hyper from this byte on.
+    Other,
+}
+
+/// Parses the head at the start of `buf`; a complete one is split off it (the body's first
+/// bytes stay). `max_head`: a head not complete within this many bytes is hyper's (431).
+pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Head::Partial,
+        _ => return Head::Other,
+    };
+    if len > max_head || parsed.version != Some(1) {
+        return Head::Other;
+    }
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Head::Other;
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Head::Other;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Head::Other;
+    };
+    // Offsets into the buffer, so the values can share the head's allocation once split off.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let path_at = at(path.as_bytes());
+    let mut spans = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        spans.push((h.name, at(h.value)));
+    }
+    // `spans` borrows names from `buf`; resolve them before the split.
+    let mut names = Vec::with_capacity(spans.len());
+    for (name, _) in &spans {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) => names.push(n),
+            Err(_) => return Head::Other,
+        }
+    }
+    let values: Vec<(usize, usize)> = spans.into_iter().map(|(_, v)| v).collect();
+    let head: Bytes = buf.split_to(len).freeze();
+    let slice = |(start, n): (usize, usize)| head.slice(start..start + n);
+
+    let Ok(uri) = Uri::from_maybe_shared(slice(path_at)) else {
+        return Head::Other;
+    };
+    let mut headers = HeaderMap::with_capacity(names.len());
+    let (mut length, mut chunked, mut close) = (None, false, false);
+    for (name, span) in names.into_iter().zip(values) {
+        let Ok(value) = HeaderValue::from_maybe_shared(slice(span)) else {
+            return Head::Other;
+        };
+        if name == header::CONTENT_LENGTH {
+            if length.is_some() {
+                return Head::Other;
+            }
+            match digits(value.as_bytes()) {
+                Some(n) => length = Some(n),
+                None => return Head::Other,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            if chunked || !value.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                return Head::Other;
+            }
+            chunked = true;
+        } else if name == header::UPGRADE || name == header::EXPECT {
+            return Head::Other;
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Head::Other;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = match (length, chunked) {
+        (Some(_), true) => return Head::Other,
+        (Some(0), false) | (None, false) => Framing::Empty,
+        (Some(n), false) => Framing::Length(n),
+        (None, true) => Framing::Chunked,
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Head::Request {
+        req,
+        framing,
+        close,
+    }
+}
+
+/// A `Content-Length` value: ASCII digits only, at most 19 of them (fits a u64).
+fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str) -> Head {
+        parse(&mut BytesMut::from(s), 8192)
+    }
+
+    #[test]
+    fn plain_requests_are_taken_with_their_framing() {
+        let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: k\r\n\r\nrest");
+        let Head::Request { req, framing, close } = parse(&mut buf, 8192) else {
+            panic!("not taken");
+        };
+        assert_eq!((framing, close), (Framing::Empty, false));
+        assert_eq!(req.uri().path(), "/a");
+        assert_eq!(req.uri().query(), Some("b=1"));
+        assert_eq!(req.headers()["x-api-key"], "k");
+        assert_eq!(&buf[..], b"rest");
+        let framing = |s: &str| match head(s) {
+            Head::Request { framing, .. } => Some(framing),
+            _ => None,
+        };
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"),
+            Some(Framing::Length(5))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            Some(Framing::Chunked)
+        );
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n"),
+            Head::Request { close: true, .. }
+        ));
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        for s in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(matches!(head(s), Head::Other), "{s:?} was taken");
+        }
+        assert!(matches!(head("GET / HTTP/1.1\r\nHost: x\r\n"), Head::Partial));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert!(matches!(head(&long), Head::Other));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert!(matches!(
+            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Head::Other
+        ));
+    }
+}

@@ -1,0 +1,174 @@
+//! The connection's two halves, so the request body can be read while the response is
+//! written, and put back together when hyper takes the connection over ([`Prefixed`] replays
+//! what the fast path had already read).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// How much a read asks for when the buffer is empty.
+const READ_SIZE: usize = 4096;
+
+pub enum Reader {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<Box<TlsStream>>),
+    /// Lent to a request body.
+    Taken,
+}
+
+pub enum Writer {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<Box<TlsStream>>),
+}
+
+/// The whole connection, for hyper.
+pub enum Whole {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+pub fn split_plain(s: TcpStream) -> (Reader, Writer) {
+    let (r, w) = s.into_split();
+    (Reader::Plain(r), Writer::Plain(w))
+}
+
+pub fn split_tls(s: Box<TlsStream>) -> (Reader, Writer) {
+    let (r, w) = tokio::io::split(s);
+    (Reader::Tls(r), Writer::Tls(w))
+}
+
+/// Puts the halves back together; `None` if they are not two halves of one connection
+/// (never, as the fast path uses them).
+pub fn reunite(r: Reader, w: Writer) -> Option<Whole> {
+    match (r, w) {
+        (Reader::Plain(r), Writer::Plain(w)) => r.reunite(w).ok().map(Whole::Plain),
+        (Reader::Tls(r), Writer::Tls(w)) if r.is_pair_of(&w) => Some(Whole::Tls(r.unsplit(w))),
+        _ => None,
+    }
+}
+
+impl Reader {
+    /// Reads what is there into `buf`: 0 at end of stream. A plain connection waits for
+    /// readiness before it reserves any buffer, so an idle keep-alive connection holds none.
+    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Reader::Plain(r) => loop {
+                r.readable().await?;
+                buf.reserve(READ_SIZE);
+                match r.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            Reader::Tls(r) => {
+                buf.reserve(READ_SIZE);
+                r.read_buf(buf).await
+            }
+            Reader::Taken => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        match self {
+            Reader::Plain(r) => poll_read_buf(Pin::new(r), cx, buf),
+            Reader::Tls(r) => poll_read_buf(Pin::new(r), cx, buf),
+            Reader::Taken => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+/// `poll_read` onto the end of a `BytesMut` (into zeroed space, then cut to what was read).
+fn poll_read_buf<R: AsyncRead>(
+    r: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let old = buf.len();
+    buf.resize(old + READ_SIZE, 0);
+    let mut rb = ReadBuf::new(&mut buf[old..]);
+    let polled = r.poll_read(cx, &mut rb);
+    let filled = rb.filled().len();
+    buf.truncate(old + filled);
+    match polled {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(filled)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl Writer {
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Plain(w) => w.write_all(bytes).await,
+            Writer::Tls(w) => w.write_all(bytes).await,
+        }
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Writer::Plain(_) => Ok(()),
+            Writer::Tls(w) => w.flush().await,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection with bytes already read from it in front.
+    pub struct Prefixed<I> {
+        prefix: Bytes,
+        #[pin]
+        inner: I,
+    }
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(prefix: Bytes, inner: I) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Prefixed<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Prefixed<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

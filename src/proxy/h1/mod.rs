@@ -1,0 +1,18 @@
+//! keygate's own HTTP/1.1 server path, for the common case: a plain request head parsed once
+//! with `httparse` ([`head`]), its body streamed with framing keygate has validated
+//! ([`chunked`], [`body`]), the pipeline run on that one parse, and the response written with
+//! its head in one buffer ([`write`]). Anything else — HTTP/2 (prior knowledge or TLS ALPN
+//! `h2`), HTTP/1.0, upgrades, `CONNECT`, `Expect`, absolute targets, ambiguous framing and
+//! every malformed head — goes to hyper at a request boundary, with the bytes already read
+//! replayed ([`io::Prefixed`]), so hyper answers it exactly as it does with the fast path off
+//! (`listen.http1 = "hyper"`).
+
+mod body;
+mod chunked;
+mod conn;
+pub mod head;
+pub mod io;
+mod write;
+
+pub use body::FastBody;
+pub use conn::{Ended, Settings, serve};

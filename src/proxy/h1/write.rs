@@ -1,0 +1,207 @@
+//! The response on the fast path: status line, headers and framing in one buffer, sent with
+//! the first body bytes when they are already there (one `write` for a typical response).
+//! The framing is keygate's own, from the body's known length (`Content-Length`) or else
+//! chunked; the upstream's `Content-Length` and `Transfer-Encoding` are never copied, so they
+//! cannot disagree with what is sent. No body for `HEAD`, 1xx, 204 and 304.
+
+use std::cell::RefCell;
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::{Body, Frame};
+
+use super::io::Writer;
+use crate::proxy::ProxyBody;
+
+/// Body bytes at most copied next to the head (or a chunk header) rather than written alone.
+const COALESCE: usize = 16 << 10;
+
+/// Writes `resp`. `close`: the connection closes after it (the request asked to, or keygate
+/// is shutting down); set too when the response itself says `Connection: close`. `Ok(false)`:
+/// the body did not end as framed (the upstream's failed): the connection must close.
+pub async fn respond(
+    w: &mut Writer,
+    out: &mut Vec<u8>,
+    resp: Response<ProxyBody>,
+    head_only: bool,
+    close: &mut bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| r.as_bytes())
+        .or_else(|| status.canonical_reason().map(str::as_bytes))
+        .unwrap_or_default();
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let (mut has_date, mut says_close) = (false, false);
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && (!no_body || status == StatusCode::NO_CONTENT) {
+            continue; // keygate writes its own (a HEAD or 304 keeps the upstream's)
+        }
+        if name == header::CONNECTION {
+            says_close |= has_close(value);
+        }
+        has_date |= name == header::DATE;
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    *close |= says_close;
+    if *close && !says_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !has_date {
+        DATE.with(|d| line(out, b"date", d.borrow_mut().now()));
+    }
+    let mut remaining = None;
+    if !no_body {
+        match body.size_hint().exact() {
+            Some(n) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+                remaining = Some(n);
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if no_body {
+        drop(body);
+        w.write_all(out).await?;
+        w.flush().await?;
+        return Ok(true);
+    }
+    let mut complete = true;
+    loop {
+        // The head waits for the first body bytes only if they are already here.
+        let frame = if out.is_empty() {
+            next_frame(&mut body).await
+        } else {
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(f) => Some(f),
+                    Poll::Pending => None,
+                })
+            })
+            .await
+            {
+                Some(f) => f,
+                None => {
+                    w.write_all(out).await?;
+                    out.clear();
+                    next_frame(&mut body).await
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(_)) => {
+                complete = false;
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue, // trailers are not sent (as hyper, unless asked with TE)
+            },
+        };
+        match &mut remaining {
+            Some(r) => {
+                if data.len() as u64 > *r {
+                    complete = false; // more than it declared: cut, and close
+                    break;
+                }
+                *r -= data.len() as u64;
+                put(w, out, &data).await?;
+            }
+            None => {
+                let _ = write!(out, "{:x}\r\n", data.len());
+                put(w, out, &data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if out.len() >= COALESCE {
+            w.write_all(out).await?;
+            out.clear();
+        }
+    }
+    match remaining {
+        None if complete => out.extend_from_slice(b"0\r\n\r\n"),
+        Some(r) if r > 0 => complete = false,
+        _ => {}
+    }
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    w.flush().await?;
+    Ok(complete)
+}
+
+/// Appends `data` to `out`, or (when large) writes `out` and then `data` itself.
+async fn put(w: &mut Writer, out: &mut Vec<u8>, data: &Bytes) -> io::Result<()> {
+    if out.len() + data.len() <= COALESCE {
+        out.extend_from_slice(data);
+        return Ok(());
+    }
+    w.write_all(out).await?;
+    out.clear();
+    w.write_all(data).await
+}
+
+type Polled = Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>;
+
+/// The body's next frame, waiting for it.
+async fn next_frame(body: &mut ProxyBody) -> Polled {
+    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn has_close(v: &HeaderValue) -> bool {
+    v.as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+thread_local! {
+    static DATE: RefCell<DateCache> = const { RefCell::new(DateCache { second: u64::MAX, text: Vec::new() }) };
+}
+
+/// The `Date` value, formatted once a second per thread.
+struct DateCache {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl DateCache {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.text
+    }
+}
