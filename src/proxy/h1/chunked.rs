@@ -155,7 +155,11 @@ mod tests {
         loop {
             match d.step(&mut buf)? {
                 Step::Data(b) => out.extend_from_slice(&b),
-                Step::Done => return Ok((out, buf.to_vec())),
+                Step::Done => {
+                    let mut rest = buf.to_vec();
+                    fed.for_each(|p| rest.extend_from_slice(p));
+                    return Ok((out, rest));
+                }
                 Step::More => match fed.next() {
                     Some(p) => buf.extend_from_slice(p),
                     None => return Err(Malformed),
