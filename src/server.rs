@@ -26,8 +26,8 @@ use crate::manage::KeyTool;
 use crate::net::IpSet;
 use crate::policy::Policy;
 use crate::proxy::{
-    App, ConnInfo, FastPath, Edge, Forwarder, Gate, Listening, Ops, Timing, TunnelLimits, accept_loop,
-    http_builder,
+    App, ConnInfo, Edge, FastPath, Forwarder, Gate, Listening, Ops, Timing, TunnelLimits,
+    accept_loop, http_builder,
 };
 use crate::self_service::SelfService;
 use crate::store::Store;
@@ -329,7 +329,8 @@ impl Server {
                         let app = Arc::clone(&app);
                         let conn = ConnInfo::new(peer, tls);
                         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                            Arc::clone(&app).handle(req.map(crate::proxy::Inbound::Hyper), conn.clone())
+                            Arc::clone(&app)
+                                .handle(req.map(crate::proxy::Inbound::Hyper), conn.clone())
                         })
                     },
                     fast: self

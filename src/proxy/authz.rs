@@ -65,7 +65,10 @@ impl App {
         // After the rewrite: logs and the audit trail show the request asked about.
         let mut cx = Context::new(&req);
         let result = match original {
-            Ok(()) => self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true).await,
+            Ok(()) => {
+                self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let resp = self.finish(result, &mut cx, &conn, started);
@@ -107,7 +110,10 @@ impl App {
         let mut cx = Context::new(&req);
         let result = match rewritten {
             Err(e) => Err(e),
-            Ok(()) => self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true).await,
+            Ok(()) => {
+                self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true)
+                    .await
+            }
         };
         let resp = self.finish(result, &mut cx, &conn, started);
         let (parts, body) = resp.into_parts();

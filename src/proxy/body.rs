@@ -29,9 +29,7 @@ impl Body for Inbound {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Inbound::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|_| BodyError::Malformed),
+            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|_| BodyError::Malformed),
             Inbound::Fast(b) => Pin::new(b).poll_frame(cx),
         }
     }

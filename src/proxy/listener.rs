@@ -251,7 +251,16 @@ async fn fast_first<F>(
 ) -> Option<(Whole, Bytes, Instant)> {
     let conn = super::ConnInfo::new(peer, tls);
     let counters = serving.gate.counters();
-    let ended = h1::serve(&fast.app, halves, &conn, fast.settings, first_request_by, &mut closing, counters).await;
+    let ended = h1::serve(
+        &fast.app,
+        halves,
+        &conn,
+        fast.settings,
+        first_request_by,
+        &mut closing,
+        counters,
+    )
+    .await;
     match ended {
         h1::Ended::Closed => None,
         h1::Ended::HandOff { io, read, served } => {

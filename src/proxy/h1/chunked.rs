@@ -66,7 +66,9 @@ impl Decoder {
                 if buf.is_empty() {
                     break Ok(Step::More);
                 }
-                let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
                 let rest = remaining - n as u64;
                 self.state = if rest == 0 {
                     State::DataCr
@@ -114,9 +116,7 @@ impl Decoder {
                 State::Extension { value }
             }
             (
-                State::Size { value, .. }
-                | State::SizeSpace { value }
-                | State::Extension { value },
+                State::Size { value, .. } | State::SizeSpace { value } | State::Extension { value },
                 b'\r',
             ) => State::SizeLf { value },
             (State::Extension { .. }, b'\n') => return Err(Malformed),

@@ -152,7 +152,12 @@ mod tests {
     #[test]
     fn plain_requests_are_taken_with_their_framing() {
         let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: k\r\n\r\nrest");
-        let Head::Request { req, framing, close } = parse(&mut buf, 8192) else {
+        let Head::Request {
+            req,
+            framing,
+            close,
+        } = parse(&mut buf, 8192)
+        else {
             panic!("not taken");
         };
         assert_eq!((framing, close), (Framing::Empty, false));
@@ -197,10 +202,16 @@ mod tests {
             "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(s);
-            assert!(matches!(parse(&mut buf, 8192), Head::Other), "{s:?} was taken");
+            assert!(
+                matches!(parse(&mut buf, 8192), Head::Other),
+                "{s:?} was taken"
+            );
             assert_eq!(&buf[..], s.as_bytes(), "hyper must see the whole head");
         }
-        assert!(matches!(head("GET / HTTP/1.1\r\nHost: x\r\n"), Head::Partial));
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\nHost: x\r\n"),
+            Head::Partial
+        ));
         let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
         assert!(matches!(head(&long), Head::Other));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();

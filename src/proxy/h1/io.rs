@@ -75,7 +75,11 @@ impl Reader {
         }
     }
 
-    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
             Reader::Plain(r) => poll_read_buf(Pin::new(r), cx, buf),
             Reader::Tls(r) => poll_read_buf(Pin::new(r), cx, buf),
@@ -135,7 +139,11 @@ impl<I> Prefixed<I> {
 }
 
 impl<I: AsyncRead> AsyncRead for Prefixed<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
