@@ -1,12 +1,15 @@
 //! Keep-alive connections to a plain `http://` HTTP/1.1 upstream: the hot path's client.
 //!
-//! A request takes the most recently used idle connection (or opens one) and sends on it in the
-//! caller's task. The connection goes back to the pool when the response body has been read to
-//! its end — from the body itself ([`PooledBody`]), so no task is spawned per request and no
-//! connection is shared before its previous exchange is over. A request that never left (the
-//! idle connection had been closed meanwhile) is sent again on another connection; one that
-//! left is never resent. Connections are dialled by hyper-util's `HttpConnector` (connect
-//! timeout, happy eyeballs over the resolved addresses, `TCP_NODELAY`).
+//! A request takes the most recently used idle connection (or opens one) and is exchanged on
+//! it in the caller's task with keygate's own codec ([`super::h1::client`]): no task and no
+//! channel per request. The connection goes back to the pool when the response body has been
+//! read to its end — from the body itself ([`PooledBody`]), so no connection is shared before
+//! its previous exchange is over. An idle connection the upstream closed is noticed before it
+//! is used; a request that found its reused connection closed without a byte of answer is
+//! sent again on another connection when its body can be replayed (none, or buffered), never
+//! otherwise. Upgrades go over a connection of their own through hyper, which hands it over
+//! for the tunnel. Connections are dialled by hyper-util's `HttpConnector` (connect timeout,
+//! happy eyeballs over the resolved addresses, `TCP_NODELAY`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -14,16 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
 use super::body::UpstreamBody;
+use super::h1::client::{self, ClientError, Conn, Decoding, Framing};
 use crate::telemetry::PoolStats;
 use std::sync::atomic::Ordering;
 
@@ -34,6 +38,7 @@ pub enum SendError {
     /// `TimedOut`).
     Connect(Box<dyn std::error::Error + Send + Sync>),
     Http(hyper::Error),
+    Exchange(ClientError),
 }
 
 impl std::fmt::Display for SendError {
@@ -41,6 +46,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(e) => write!(f, "connect: {e}"),
             SendError::Http(e) => write!(f, "{e}"),
+            SendError::Exchange(e) => write!(f, "{e}"),
         }
     }
 }
@@ -50,12 +56,13 @@ impl std::error::Error for SendError {
         match self {
             SendError::Connect(e) => Some(&**e),
             SendError::Http(e) => Some(e),
+            SendError::Exchange(e) => Some(e),
         }
     }
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -102,8 +109,7 @@ impl H1Pool {
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        // Origin-form (`/path?query`) on the wire, as a client of an origin server sends it;
-        // hyper's connection writes whatever form the URI has.
+        // Origin-form (`/path?query`) on the wire, as a client of an origin server sends it.
         if req.uri().authority().is_some() {
             let target = req
                 .uri()
@@ -112,56 +118,122 @@ impl H1Pool {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *req.uri_mut() = Uri::from(target);
         }
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return Box::pin(self.send_upgrade(req)).await;
+        }
+        let mut head = Vec::with_capacity(1024);
+        let framing = client::encode_head(&req, &mut head);
+        let (parts, mut body) = req.into_parts();
+        let replayable = framing == Framing::None || matches!(body, Either::Right(_));
         for _ in 0..REUSE_ATTEMPTS {
-            let Some(mut sender) = self.checkout() else {
+            let Some(conn) = self.checkout() else {
                 break;
             };
-            match sender.try_send_request(req).await {
+            let replay = replayable.then(|| body_copy(&body));
+            match self
+                .exchange(conn, &head, body, framing, &parts.method)
+                .await
+            {
                 Ok(resp) => {
                     self.stats.reused.fetch_add(1, Ordering::Relaxed);
-                    return Ok(self.wrap(resp, sender));
+                    return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection had closed (or was busy); let it go.
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
-                },
+                // Closed while idle, before any answer: another connection may take it.
+                Err(ClientError::Closed | ClientError::Io(_)) if replay.is_some() => {
+                    body = replay.into_iter().flatten().next().unwrap_or(body_none());
+                }
+                Err(e) => return Err(SendError::Exchange(e)),
             }
         }
-        let mut sender = self.connect().await?;
-        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
-        Ok(self.wrap(resp, sender))
+        let conn = self.connect().await?;
+        self.exchange(conn, &head, body, framing, &parts.method)
+            .await
+            .map_err(SendError::Exchange)
     }
 
-    fn wrap(
+    /// One request and its response head on `conn`.
+    async fn exchange(
         self: &Arc<Self>,
-        resp: Response<Incoming>,
-        sender: SendRequest<UpstreamBody>,
-    ) -> Response<PooledBody> {
-        // A connection that switched protocols is a tunnel now, never reusable.
-        let home = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| (sender, Arc::clone(self)));
-        resp.map(|inner| PooledBody { inner, home })
+        mut conn: Conn,
+        head: &[u8],
+        mut body: UpstreamBody,
+        framing: Framing,
+        method: &http::Method,
+    ) -> Result<Response<PooledBody>, ClientError> {
+        let mut out = Vec::with_capacity(head.len() + 256);
+        out.extend_from_slice(head);
+        let mut buf = BytesMut::new();
+        let (mut r, mut w) = conn.stream.split();
+        let (parsed, body_sent) = if framing == Framing::None {
+            tokio::io::AsyncWriteExt::write_all(&mut w, &out).await?;
+            (client::read_head(&mut r, &mut buf, method).await?, true)
+        } else {
+            let writing = client::write_body(&mut w, &mut out, &mut body, framing);
+            let reading = client::read_head(&mut r, &mut buf, method);
+            tokio::pin!(writing, reading);
+            tokio::select! {
+                biased;
+                written = &mut writing => {
+                    written?;
+                    (reading.await?, true)
+                }
+                // Answered before the body was through (an early 413, say): the connection
+                // cannot carry another request.
+                parsed = &mut reading => (parsed?, false),
+            }
+        };
+        drop(body);
+        let client::ResponseHead {
+            response,
+            framing,
+            reusable,
+        } = parsed;
+        let decoding = Decoding::new(conn, buf, framing, reusable && body_sent);
+        Ok(response.map(|()| PooledBody {
+            inner: Inner::Own {
+                decoding,
+                home: Arc::clone(self),
+            },
+        }))
     }
 
-    /// The most recently used idle connection that can take a request now, among the last
-    /// few checked in. Closed and expired ones met on the way are dropped; one still finishing
-    /// its previous exchange (a request body the upstream answered early) stays for later.
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    /// An upgrade: a connection of its own through hyper, which hands it to the tunnel.
+    async fn send_upgrade(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(SendError::Http)?;
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok(resp.map(PooledBody::unpooled))
+    }
+
+    /// The most recently used idle connection that still looks open, among the last few
+    /// checked in; closed and expired ones met on the way are dropped.
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let mut i = idle.len();
         let mut looked = 0;
-        while i > 0 && looked < CHECKOUT_SCAN {
-            i -= 1;
-            let c = &idle[i];
-            if self.expired(c) {
-                idle.remove(i);
-            } else if c.sender.is_ready() {
-                let taken = idle.remove(i).map(|c| c.sender);
+        while let Some(c) = idle.pop_back() {
+            looked += 1;
+            if c.since.elapsed() <= self.idle_timeout && c.conn.looks_alive() {
                 self.count_idle(&idle);
-                return taken;
-            } else {
-                looked += 1;
+                return Some(c.conn);
+            }
+            if looked >= CHECKOUT_SCAN {
+                break;
             }
         }
         self.count_idle(&idle);
@@ -172,8 +244,8 @@ impl H1Pool {
         self.stats.idle.store(idle.len() as u64, Ordering::Relaxed);
     }
 
-    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
+    fn checkin(&self, conn: Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +255,7 @@ impl H1Pool {
             idle.pop_front();
         }
         idle.push_back(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
         self.count_idle(&idle);
@@ -198,7 +270,7 @@ impl H1Pool {
 
     /// Idle too long, or closed by the upstream.
     fn expired(&self, c: &Idle) -> bool {
-        c.sender.is_closed() || c.since.elapsed() > self.idle_timeout
+        c.since.elapsed() > self.idle_timeout || !c.conn.looks_alive()
     }
 
     /// Closes expired idle connections even when no request comes to do it, until the pool
@@ -223,7 +295,7 @@ impl H1Pool {
         });
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<UpstreamBody>, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
         self.start_reaper();
         let io = self
             .connector
@@ -231,73 +303,93 @@ impl H1Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(SendError::Http)?;
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
-        let stats = Arc::clone(&self.stats);
-        tokio::spawn(async move {
-            let _open = crate::telemetry::Held::enter(&stats.open);
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(io.into_inner(), Arc::clone(&self.stats)))
     }
+}
+
+/// A copy of a body that can be sent again (none, or buffered).
+fn body_copy(body: &UpstreamBody) -> Option<UpstreamBody> {
+    match body {
+        Either::Right(full) => Some(Either::Right(full.clone())),
+        Either::Left(_) => None,
+    }
+}
+
+fn body_none() -> UpstreamBody {
+    Either::Right(http_body_util::Full::new(Bytes::new()))
 }
 
 /// An upstream response body; when it has been read to its end, its connection goes back to
 /// the pool (a body dropped before its end takes its connection down with it).
 pub struct PooledBody {
-    inner: Incoming,
-    home: Option<(SendRequest<UpstreamBody>, Arc<H1Pool>)>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// From hyper: an upgrade, HTTP/2 or TLS upstream (never pooled here).
+    Hyper(Incoming),
+    Own {
+        decoding: Decoding,
+        home: Arc<H1Pool>,
+    },
 }
 
 impl PooledBody {
     /// A body whose connection is not pooled here.
     pub fn unpooled(inner: Incoming) -> Self {
-        PooledBody { inner, home: None }
+        PooledBody {
+            inner: Inner::Hyper(inner),
+        }
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.home.take() {
-            pool.checkin(sender);
+        if let Inner::Own { decoding, home } = &mut self.inner
+            && let Some(conn) = decoding.take_leftover()
+        {
+            home.checkin(conn);
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            // Trailers end a body too; servers may drop it right after them.
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.release(),
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.inner {
+            Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Own { decoding, .. } => {
+                let polled = decoding.poll_frame(cx).map_err(Into::into);
+                if decoding.is_done() {
+                    self.release();
+                }
+                polled
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Own { decoding, .. } => decoding.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Own { decoding, .. } => decoding.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // An empty body (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        self.release();
     }
 }

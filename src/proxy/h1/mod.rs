@@ -9,6 +9,7 @@
 
 mod body;
 mod chunked;
+pub mod client;
 mod conn;
 pub mod head;
 pub mod io;
