@@ -11,18 +11,21 @@ use crate::config::HeaderStyles;
 pub fn set_rate_limit_headers(headers: &mut HeaderMap, d: &Decision, styles: HeaderStyles) {
     let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
     headers.reserve(8);
+    // Each figure formatted once; a second style shares the value.
+    let (limit, remaining) = if styles.x_ratelimit || styles.ratelimit {
+        (HeaderValue::from(d.limit), HeaderValue::from(d.remaining))
+    } else {
+        (HeaderValue::from_static(""), HeaderValue::from_static(""))
+    };
     if styles.x_ratelimit {
         let reset_at = crate::time::Timestamp::now().unix() + reset_secs;
-        headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
-        headers.insert(
-            X_RATELIMIT_REMAINING.clone(),
-            HeaderValue::from(d.remaining),
-        );
+        headers.insert(X_RATELIMIT_LIMIT.clone(), limit.clone());
+        headers.insert(X_RATELIMIT_REMAINING.clone(), remaining.clone());
         headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_at));
     }
     if styles.ratelimit {
-        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
-        headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
+        headers.insert(RATELIMIT_LIMIT.clone(), limit);
+        headers.insert(RATELIMIT_REMAINING.clone(), remaining);
         headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset_secs));
     }
     if styles.structured {

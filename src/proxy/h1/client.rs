@@ -232,9 +232,11 @@ pub async fn read_head(
 }
 
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, ClientError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ClientError::Malformed("unparsable head")),
@@ -252,13 +254,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
         .reason
         .filter(|r| Some(*r) != status.canonical_reason());
     let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let (mut length, mut te_chunked, mut te_other, mut close) = (None, false, false, false);
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ClientError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| ClientError::Malformed("bad header value"))?;
         if name == header::CONTENT_LENGTH {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -280,9 +281,16 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
+        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
+    // The values share the head's allocation; rate-limit headers and the request id follow.
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len() + 10);
+    for (name, start, n) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + n))
+            .map_err(|_| ClientError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    let _ = buf.split_to(len);
     let no_body = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT

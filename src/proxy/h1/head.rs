@@ -37,9 +37,9 @@ pub enum Head {
 /// Parses the head at the start of `buf`; a complete one is split off it (the body's first
 /// bytes stay). `max_head`: a head not complete within this many bytes is hyper's (431).
 pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Head::Partial,
         _ => return Head::Other,
@@ -109,7 +109,8 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     let Ok(uri) = Uri::from_maybe_shared(slice(path_at)) else {
         return undo(buf);
     };
-    let mut headers = HeaderMap::with_capacity(names.len());
+    // Room for what the forwarder adds (identity, forwarding headers).
+    let mut headers = HeaderMap::with_capacity(names.len() + 12);
     for (name, span) in names.into_iter().zip(values) {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(span)) else {
             return undo(buf);
