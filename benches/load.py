@@ -336,7 +336,9 @@ def run(binary, work):
     authz = (f'[authz]\nmode = "both"\naddress = "127.0.0.1:{authz_port}"\n[ip]\ntrusted_proxies = ["127.0.0.1"]\n'
              if AUTHZ else "")
     with open(cfg_file, "w") as f:
-        f.write(f'[listen]\naddress = "127.0.0.1:{kg_port}"\n[ops]\naddress = "127.0.0.1:0"\n'
+        # Caps above the idle-connection measurement's 10,000 (from one address).
+        f.write(f'[listen]\naddress = "127.0.0.1:{kg_port}"\nmax_connections = 20000\n'
+                f'max_connections_per_ip = 20000\n[ops]\naddress = "127.0.0.1:0"\n'
                 f'[store]\npath = "{work}/keys.json"\n{common}{limits}{authz}')
     cfg_redis = os.path.join(work, "kg-redis.toml")
     with open(cfg_redis, "w") as f:

@@ -533,3 +533,37 @@ async fn bodies_sent_in_pieces_arrive_whole() {
         assert!(seen[0].ends_with(&body), "the body did not arrive whole");
     }
 }
+
+/// A client that stops reading a large response is cut off once it has taken nothing for the
+/// idle timeout, on both paths: it cannot hold a connection (and an upstream one) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let up = Upstream::start().await;
+    for http1 in ["fast", "hyper"] {
+        let kg = Keygate::start(
+            &up.url(),
+            &format!("[listen]\nhttp1 = \"{http1}\"\nidle_timeout = \"1s\"\n"),
+        )
+        .await;
+        let (key, _) = kg.live_key().await;
+        let mut s = TcpStream::connect(kg.addr).await.unwrap();
+        let total: u64 = 200 << 20;
+        let req = format!(
+            "GET /download/{total} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {key}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        // What the socket buffers held, then the end: never the whole download.
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got += n as u64,
+                Err(_) => break false,
+            }
+        };
+        assert!(ended, "{http1}: the stalled connection is still open");
+        assert!(got < total / 2, "{http1}: {got} bytes were read");
+    }
+}

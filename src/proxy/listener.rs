@@ -189,7 +189,7 @@ pub async fn accept_loop<F, S, B>(
                                 }
                             };
                             let service = (serving.make_service)(peer, false);
-                            serve(&serving, Prefixed::new(read, stream), service, deadline, closing).await
+                            Box::pin(serve(&serving, Prefixed::new(read, stream), service, deadline, closing)).await
                         }
                         Some((tls, metrics)) => {
                             let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
@@ -219,7 +219,7 @@ pub async fn accept_loop<F, S, B>(
                                 _ => (stream, Bytes::new(), deadline),
                             };
                             let service = (serving.make_service)(peer, true);
-                            serve(&serving, Prefixed::new(read, stream), service, deadline, closing).await
+                            Box::pin(serve(&serving, Prefixed::new(read, stream), service, deadline, closing)).await
                         }
                     };
                     if let Err(e) = result {

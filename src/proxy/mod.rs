@@ -11,7 +11,9 @@ mod context;
 mod forward;
 mod gate;
 pub mod grpc;
-mod h1;
+/// Public for the fuzz targets; not a stable interface.
+#[doc(hidden)]
+pub mod h1;
 pub mod headers;
 mod listener;
 mod ops;

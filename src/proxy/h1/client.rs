@@ -231,7 +231,10 @@ pub async fn read_head(
     }
 }
 
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, ClientError> {
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, ClientError> {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);

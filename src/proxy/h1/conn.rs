@@ -120,10 +120,14 @@ pub async fn serve(
             let body = FastBody::new(taken, framing, tx);
             (req.map(|()| Inbound::Fast(body)), Some(rx))
         };
-        let Ok(resp) = Arc::clone(app).handle(req, conn.clone()).await;
+        // Boxed, like the response: their state exists only while a request does, so an idle
+        // connection's task stays small.
+        let Ok(resp) = Box::pin(Arc::clone(app).handle(req, conn.clone())).await;
         served += 1;
         close |= *closing.borrow();
-        match write::respond(&mut writer, &mut out, resp, head_only, &mut close).await {
+        let stall = settings.idle;
+        let written = write::respond(&mut writer, &mut out, resp, head_only, &mut close, stall);
+        match Box::pin(written).await {
             Ok(true) if !close => {}
             _ => return Ended::Closed,
         }

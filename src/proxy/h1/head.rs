@@ -37,7 +37,8 @@ pub enum Head {
 /// Parses the head at the start of `buf`; a complete one is split off it (the body's first
 /// bytes stay). `max_head`: a head not complete within this many bytes is hyper's (431).
 pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,

@@ -108,10 +108,34 @@ fn poll_read_buf<R: AsyncRead>(
 }
 
 impl Writer {
-    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Writer::Plain(w) => w.write_all(bytes).await,
-            Writer::Tls(w) => w.write_all(bytes).await,
+    /// Writes `bytes` whole; a client that takes none of them for `stall` is cut off (the
+    /// write is first tried without waiting, so the usual case arms no timer).
+    pub async fn write_all(
+        &mut self,
+        mut bytes: &[u8],
+        stall: std::time::Duration,
+    ) -> io::Result<()> {
+        if let Writer::Plain(w) = self {
+            while !bytes.is_empty() {
+                match w.try_write(bytes) {
+                    Ok(n) => bytes = &bytes[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if bytes.is_empty() {
+                return Ok(());
+            }
+        }
+        let write = async {
+            match self {
+                Writer::Plain(w) => w.write_all(bytes).await,
+                Writer::Tls(w) => w.write_all(bytes).await,
+            }
+        };
+        match tokio::time::timeout(stall, write).await {
+            Ok(result) => result,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
     }
 

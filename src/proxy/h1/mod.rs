@@ -8,7 +8,7 @@
 //! (`listen.http1 = "hyper"`).
 
 mod body;
-mod chunked;
+pub mod chunked;
 pub mod client;
 mod conn;
 pub mod head;

@@ -22,7 +22,8 @@ use crate::proxy::ProxyBody;
 const COALESCE: usize = 16 << 10;
 
 /// Writes `resp`. `close`: the connection closes after it (the request asked to, or keygate
-/// is shutting down); set too when the response itself says `Connection: close`. `Ok(false)`:
+/// is shutting down); set too when the response itself says `Connection: close`. `stall`: how
+/// long the client may take none of the response. `Ok(false)`:
 /// the body did not end as framed (the upstream's failed): the connection must close.
 pub async fn respond(
     w: &mut Writer,
@@ -30,6 +31,7 @@ pub async fn respond(
     resp: Response<ProxyBody>,
     head_only: bool,
     close: &mut bool,
+    stall: std::time::Duration,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -83,7 +85,7 @@ pub async fn respond(
     out.extend_from_slice(b"\r\n");
     if no_body {
         drop(body);
-        w.write_all(out).await?;
+        w.write_all(out, stall).await?;
         w.flush().await?;
         return Ok(true);
     }
@@ -103,7 +105,7 @@ pub async fn respond(
             {
                 Some(f) => f,
                 None => {
-                    w.write_all(out).await?;
+                    w.write_all(out, stall).await?;
                     out.clear();
                     next_frame(&mut body).await
                 }
@@ -127,16 +129,16 @@ pub async fn respond(
                     break;
                 }
                 *r -= data.len() as u64;
-                put(w, out, &data).await?;
+                put(w, out, &data, stall).await?;
             }
             None => {
                 let _ = write!(out, "{:x}\r\n", data.len());
-                put(w, out, &data).await?;
+                put(w, out, &data, stall).await?;
                 out.extend_from_slice(b"\r\n");
             }
         }
         if out.len() >= COALESCE {
-            w.write_all(out).await?;
+            w.write_all(out, stall).await?;
             out.clear();
         }
     }
@@ -146,7 +148,7 @@ pub async fn respond(
         _ => {}
     }
     if !out.is_empty() {
-        w.write_all(out).await?;
+        w.write_all(out, stall).await?;
         out.clear();
     }
     w.flush().await?;
@@ -154,14 +156,19 @@ pub async fn respond(
 }
 
 /// Appends `data` to `out`, or (when large) writes `out` and then `data` itself.
-async fn put(w: &mut Writer, out: &mut Vec<u8>, data: &Bytes) -> io::Result<()> {
+async fn put(
+    w: &mut Writer,
+    out: &mut Vec<u8>,
+    data: &Bytes,
+    stall: std::time::Duration,
+) -> io::Result<()> {
     if out.len() + data.len() <= COALESCE {
         out.extend_from_slice(data);
         return Ok(());
     }
-    w.write_all(out).await?;
+    w.write_all(out, stall).await?;
     out.clear();
-    w.write_all(data).await
+    w.write_all(data, stall).await
 }
 
 type Polled = Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>;
