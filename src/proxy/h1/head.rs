@@ -20,6 +20,8 @@ pub enum Framing {
     Chunked,
 }
 
+/// Returned by value once per request: boxing the request would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Head {
     /// More bytes are needed.
