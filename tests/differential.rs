@@ -569,3 +569,46 @@ async fn a_client_that_stops_reading_is_cut_off() {
         assert!(got < total / 2, "{http1}: {got} bytes were read");
     }
 }
+
+/// An upstream that goes quiet mid-body does not hold the client's connection: once nothing
+/// has come for the idle timeout, the response ends as failed and the connection closes (the
+/// client sees a body short of its length, never a complete-looking one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_stalled_mid_body_closes_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let kg = Keygate::start(&format!("http://{up}"), "[listen]\nidle_timeout = \"1s\"\n").await;
+    let (key, _) = kg.live_key().await;
+    let mut s = TcpStream::connect(kg.addr).await.unwrap();
+    let req = format!("GET /v1/x HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {key}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended, "still open after {:?}: {text}", started.elapsed());
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("0123456789"), "{text}");
+}

@@ -5,9 +5,9 @@
 //! channel per request. The connection goes back to the pool when the response body has been
 //! read to its end — from the body itself ([`PooledBody`]), so no connection is shared before
 //! its previous exchange is over. An idle connection the upstream closed is noticed before it
-//! is used; a request that found its reused connection closed without a byte of answer is
-//! sent again on another connection when its body can be replayed (none, or buffered), never
-//! otherwise. Upgrades go over a connection of their own through hyper, which hands it over
+//! is used; an idempotent request that found its reused connection closed without a byte of
+//! answer is sent again on another connection when its body can be replayed (none, or
+//! buffered), never otherwise. Upgrades go over a connection of their own through hyper, which hands it over
 //! for the tunnel. Connections are dialled by hyper-util's `HttpConnector` (connect timeout,
 //! happy eyeballs over the resolved addresses, `TCP_NODELAY`).
 
@@ -124,7 +124,19 @@ impl H1Pool {
         let mut head = Vec::with_capacity(1024);
         let framing = client::encode_head(&req, &mut head);
         let (parts, mut body) = req.into_parts();
-        let replayable = framing == Framing::None || matches!(body, Either::Right(_));
+        // Sent again only if idempotent (RFC 9110 §9.2.2): the upstream may have acted on it
+        // before the connection dropped, and only a body that can be replayed.
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+                | http::Method::TRACE
+        );
+        let replayable =
+            idempotent && (framing == Framing::None || matches!(body, Either::Right(_)));
         for _ in 0..REUSE_ATTEMPTS {
             let Some(conn) = self.checkout() else {
                 break;

@@ -1,6 +1,5 @@
 //! keygate's HTTP/1.1 client codec for the upstream pool: the prepared request written with
-//! its head in one buffer (its body framed as hyper's client frames it: the request's own
-//! `Content-Length`, else a known length, else chunked), the response head parsed with
+//! its head in one buffer (its body framed by keygate: a known length, else chunked), the response head parsed with
 //! `httparse`, and the response body decoded by its framing (RFC 9112 §6.3: none for `HEAD`,
 //! 1xx, 204 and 304; chunked; `Content-Length`; else to the connection's end).
 
@@ -83,7 +82,8 @@ pub enum Framing {
     UntilClose,
 }
 
-/// The request head in wire form and how its body follows.
+/// The request head in wire form and how its body follows: the body's own length when it is
+/// known, else chunked; the client's `Content-Length` and `Transfer-Encoding` are never copied.
 pub fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Framing {
     out.clear();
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -98,7 +98,8 @@ pub fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Framing {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     for (name, value) in req.headers() {
-        if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !empty) {
+        // The framing is keygate's own, from the body it will send.
+        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -107,8 +108,12 @@ pub fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Framing {
         out.extend_from_slice(b"\r\n");
     }
     let framing = if empty {
+        // As sent: a client's `Content-Length: 0` stays (hyper's client keeps it too).
+        if declared.is_some() {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         Framing::None
-    } else if let Some(n) = declared.or(body.size_hint().exact()) {
+    } else if let Some(n) = body.size_hint().exact() {
         let _ = write!(out, "content-length: {n}\r\n");
         Framing::Length(n)
     } else {
@@ -320,8 +325,10 @@ pub fn parse_head(
     if let Some(r) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
         response.extensions_mut().insert(r);
     }
+    // A message with both framings is answered as RFC 9112 §6.3 says, then not trusted again.
     let reusable = version == Version::HTTP_11
         && !close
+        && !(length.is_some() && (te_chunked || te_other))
         && framing != Framing::UntilClose
         && status != StatusCode::SWITCHING_PROTOCOLS;
     Ok(Some(ResponseHead {

@@ -139,10 +139,14 @@ impl Writer {
         }
     }
 
-    pub async fn flush(&mut self) -> io::Result<()> {
+    /// Flushes what TLS buffered; a client that takes none of it for `stall` is cut off.
+    pub async fn flush(&mut self, stall: std::time::Duration) -> io::Result<()> {
         match self {
             Writer::Plain(_) => Ok(()),
-            Writer::Tls(w) => w.flush().await,
+            Writer::Tls(w) => match tokio::time::timeout(stall, w.flush()).await {
+                Ok(result) => result,
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            },
         }
     }
 }

@@ -86,14 +86,14 @@ pub async fn respond(
     if no_body {
         drop(body);
         w.write_all(out, stall).await?;
-        w.flush().await?;
+        w.flush(stall).await?;
         return Ok(true);
     }
     let mut complete = true;
     loop {
         // The head waits for the first body bytes only if they are already here.
         let frame = if out.is_empty() {
-            next_frame(&mut body).await
+            next_frame(&mut body, stall).await
         } else {
             match std::future::poll_fn(|cx| {
                 Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
@@ -107,7 +107,7 @@ pub async fn respond(
                 None => {
                     w.write_all(out, stall).await?;
                     out.clear();
-                    next_frame(&mut body).await
+                    next_frame(&mut body, stall).await
                 }
             }
         };
@@ -151,7 +151,7 @@ pub async fn respond(
         w.write_all(out, stall).await?;
         out.clear();
     }
-    w.flush().await?;
+    w.flush(stall).await?;
     Ok(complete)
 }
 
@@ -173,9 +173,25 @@ async fn put(
 
 type Polled = Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>;
 
-/// The body's next frame, waiting for it.
-async fn next_frame(body: &mut ProxyBody) -> Polled {
-    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+/// The body's next frame, waiting for it at most `stall` (an upstream gone quiet mid-body
+/// ends the response as failed, and the connection closes). The timer is armed only when the
+/// frame is not already there.
+async fn next_frame(body: &mut ProxyBody, stall: std::time::Duration) -> Polled {
+    let now = std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(f) => Some(f),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    if let Some(frame) = now {
+        return frame;
+    }
+    let waiting = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+    match tokio::time::timeout(stall, waiting).await {
+        Ok(frame) => frame,
+        Err(_) => Some(Err("the response body stalled".into())),
+    }
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
