@@ -214,12 +214,7 @@ impl H1Pool {
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let io = self
-            .connector
-            .clone()
-            .call(self.target.clone())
-            .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        let io = self.dial().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(SendError::Http)?;
@@ -307,14 +302,18 @@ impl H1Pool {
         });
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
-        self.start_reaper();
-        let io = self
-            .connector
+    /// A new TCP connection to the upstream.
+    async fn dial(&self) -> Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>, SendError> {
+        self.connector
             .clone()
             .call(self.target.clone())
             .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
+            .map_err(|e| SendError::Connect(Box::new(e)))
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
+        self.start_reaper();
+        let io = self.dial().await?;
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         Ok(Conn::new(io.into_inner(), Arc::clone(&self.stats)))
     }

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{Decoder, Step};
@@ -436,19 +436,14 @@ impl Decoding {
             let Some(stream) = self.stream.as_mut() else {
                 return Poll::Ready(Some(Err(ClientError::Closed)));
             };
-            let old = self.buf.len();
-            self.buf.resize(old + READ_SIZE, 0);
-            let mut rb = ReadBuf::new(&mut self.buf[old..]);
-            let polled = Pin::new(&mut stream.stream).poll_read(cx, &mut rb);
-            let filled = rb.filled().len();
-            self.buf.truncate(old + filled);
+            let polled = super::io::poll_read_buf(Pin::new(&mut stream.stream), cx, &mut self.buf);
             match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     self.fail();
                     return Poll::Ready(Some(Err(e.into())));
                 }
-                Poll::Ready(Ok(())) if filled == 0 => {
+                Poll::Ready(Ok(0)) => {
                     if matches!(self.state, State::UntilClose) {
                         self.state = State::Done;
                         self.stream = None;
@@ -457,7 +452,7 @@ impl Decoding {
                     self.fail();
                     return Poll::Ready(Some(Err(ClientError::Closed)));
                 }
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }

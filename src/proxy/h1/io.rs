@@ -89,7 +89,7 @@ impl Reader {
 }
 
 /// `poll_read` onto the end of a `BytesMut` (into zeroed space, then cut to what was read).
-fn poll_read_buf<R: AsyncRead>(
+pub(super) fn poll_read_buf<R: AsyncRead>(
     r: Pin<&mut R>,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
