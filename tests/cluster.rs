@@ -139,8 +139,22 @@ async fn a_master_failover_during_writes_loses_no_acknowledged_key() {
     let store = cluster_store(&cluster, "write_replicas = 1\n");
     let kg = Keygate::start_store(&up.url(), &store, "").await;
     let mut acked: Vec<(String, String)> = Vec::new();
+    // A fresh cluster's replicas may still be syncing: a write they cannot acknowledge in time
+    // is refused with "retry" (correctly), so the writes before the kill retry briefly.
     for i in 0..60 {
-        acked.push(create(&kg, &format!("acct_{}", i % 5)).await.unwrap());
+        let mut tries = 0;
+        let made = loop {
+            match create(&kg, &format!("acct_{}", i % 5)).await {
+                Ok(made) => break made,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("before the kill, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("no write acknowledged before the kill: {e}"),
+            }
+        };
+        acked.push(made);
     }
     // Kill a master (no graceful handover) while writes go on.
     let victim = cluster.masters()[0];
