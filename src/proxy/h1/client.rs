@@ -146,13 +146,7 @@ where
                 std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             } else {
                 // The head waits for the first body bytes only if they are already here.
-                let now = std::future::poll_fn(|cx| {
-                    Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
-                        Poll::Ready(f) => Some(f),
-                        Poll::Pending => None,
-                    })
-                })
-                .await;
+                let now = super::io::frame_now(&mut *body).await;
                 match now {
                     Some(f) => f,
                     None => {

@@ -62,7 +62,10 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     // Everything that can send the request to hyper is decided before anything is taken
     // from the buffer: hyper must see the head whole.
     let (mut length, mut chunked, mut close) = (None, false, false);
-    let mut names = Vec::with_capacity(parsed.headers.len());
+    // Offsets into the buffer, so the values share the head's allocation once split off.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let mut fields = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Head::Other;
@@ -90,16 +93,12 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
                 }
             }
         }
-        names.push(name);
+        fields.push((name, at(value)));
     }
     if length.is_some() && chunked {
         return Head::Other;
     }
-    // Offsets into the buffer, so the values share the head's allocation once split off.
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
     let path_at = at(path.as_bytes());
-    let values: Vec<(usize, usize)> = parsed.headers.iter().map(|h| at(h.value)).collect();
     let head: Bytes = buf.split_to(len).freeze();
     let slice = |(start, n): (usize, usize)| head.slice(start..start + n);
     // httparse admits no value or target these refuse; were one to, the head goes back.
@@ -113,8 +112,8 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
         return undo(buf);
     };
     // Room for what the forwarder adds (identity, forwarding headers).
-    let mut headers = HeaderMap::with_capacity(names.len() + 12);
-    for (name, span) in names.into_iter().zip(values) {
+    let mut headers = HeaderMap::with_capacity(fields.len() + 12);
+    for (name, span) in fields {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(span)) else {
             return undo(buf);
         };

@@ -151,6 +151,20 @@ impl Writer {
     }
 }
 
+/// A body's next frame if it is already there (`None`: it would have to be waited for; the
+/// body has registered the waker as usual).
+pub async fn frame_now<B: http_body::Body + Unpin>(
+    body: &mut B,
+) -> Option<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(f) => Some(f),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 pin_project_lite::pin_project! {
     /// A connection with bytes already read from it in front.
     pub struct Prefixed<I> {

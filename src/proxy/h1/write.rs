@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::io::{self, Write as _};
 use std::pin::Pin;
-use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -95,14 +94,7 @@ pub async fn respond(
         let frame = if out.is_empty() {
             next_frame(&mut body, stall).await
         } else {
-            match std::future::poll_fn(|cx| {
-                Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
-                    Poll::Ready(f) => Some(f),
-                    Poll::Pending => None,
-                })
-            })
-            .await
-            {
+            match super::io::frame_now(&mut body).await {
                 Some(f) => f,
                 None => {
                     w.write_all(out, stall).await?;
@@ -177,13 +169,7 @@ type Polled = Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Syn
 /// ends the response as failed, and the connection closes). The timer is armed only when the
 /// frame is not already there.
 async fn next_frame(body: &mut ProxyBody, stall: std::time::Duration) -> Polled {
-    let now = std::future::poll_fn(|cx| {
-        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Ready(f) => Some(f),
-            Poll::Pending => None,
-        })
-    })
-    .await;
+    let now = super::io::frame_now(&mut *body).await;
     if let Some(frame) = now {
         return frame;
     }
