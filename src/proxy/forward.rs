@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use super::body::UpstreamBody;
 use super::conn::ConnInfo;
 use super::headers::{AuthzAnswer, Forward, HeaderPlan};
-use super::pool::PooledBody;
-use super::upstream::Upstream;
+use super::pool::{PooledBody, Written};
+use super::upstream::{Outgoing, Upstream};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::policy::Permit;
@@ -89,14 +89,34 @@ impl Forwarder {
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + 'a {
         let client_ip = conn.ip_value(permit.client_ip());
         let fwd = self.forward_of(permit, conn, request_id, &client_ip);
-        self.plan.prepare_request(&mut req, &fwd);
-        if let Some(proto) = upgrade {
-            req.headers_mut().insert(UPGRADE, proto);
-            req.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        self.upstream
-            .send(req, self.max_request_body, &self.metrics.upstream_in_flight)
+        let outgoing = match upgrade {
+            // The common case: the head written straight from the client's, no map edits.
+            None if self.upstream.takes_written() => {
+                let mut head = Vec::with_capacity(1024);
+                let framing = self.plan.encode_request(&req, &fwd, &mut head);
+                let (parts, body) = req.into_parts();
+                Outgoing::Written(Written {
+                    head,
+                    framing,
+                    method: parts.method,
+                    body,
+                })
+            }
+            upgrade => {
+                self.plan.prepare_request(&mut req, &fwd);
+                if let Some(proto) = upgrade {
+                    req.headers_mut().insert(UPGRADE, proto);
+                    req.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                }
+                Outgoing::Prepared(req)
+            }
+        };
+        self.upstream.send(
+            outgoing,
+            self.max_request_body,
+            &self.metrics.upstream_in_flight,
+        )
     }
 
     /// What a permitted request's forwarded form carries besides the client's headers.

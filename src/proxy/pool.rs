@@ -31,6 +31,15 @@ use super::h1::client::{self, ClientError, Conn, Decoding, Framing};
 use crate::telemetry::PoolStats;
 use std::sync::atomic::Ordering;
 
+/// A request written as its HTTP/1.1 head (origin-form target, keygate's framing), with its
+/// method and the body that follows the head.
+pub struct Written {
+    pub head: Vec<u8>,
+    pub framing: Framing,
+    pub method: http::Method,
+    pub body: UpstreamBody,
+}
+
 /// Why a request got no response head.
 #[derive(Debug)]
 pub enum SendError {
@@ -123,11 +132,31 @@ impl H1Pool {
         }
         let mut head = Vec::with_capacity(1024);
         let framing = client::encode_head(&req, &mut head);
-        let (parts, mut body) = req.into_parts();
+        let (parts, body) = req.into_parts();
+        self.send_written(Written {
+            head,
+            framing,
+            method: parts.method,
+            body,
+        })
+        .await
+    }
+
+    /// Sends a request already written as a head (see [`Written`]).
+    pub async fn send_written(
+        self: &Arc<Self>,
+        written: Written,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let Written {
+            head,
+            framing,
+            method,
+            mut body,
+        } = written;
         // Sent again only if idempotent (RFC 9110 §9.2.2): the upstream may have acted on it
         // before the connection dropped, and only a body that can be replayed.
         let idempotent = matches!(
-            parts.method,
+            method,
             http::Method::GET
                 | http::Method::HEAD
                 | http::Method::OPTIONS
@@ -142,10 +171,7 @@ impl H1Pool {
                 break;
             };
             let replay = replayable.then(|| body_copy(&body));
-            match self
-                .exchange(conn, &head, body, framing, &parts.method)
-                .await
-            {
+            match self.exchange(conn, &head, body, framing, &method).await {
                 Ok(resp) => {
                     self.stats.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(resp);
@@ -158,7 +184,7 @@ impl H1Pool {
             }
         }
         let conn = self.connect().await?;
-        self.exchange(conn, &head, body, framing, &parts.method)
+        self.exchange(conn, &head, body, framing, &method)
             .await
             .map_err(SendError::Exchange)
     }
@@ -172,14 +198,14 @@ impl H1Pool {
         framing: Framing,
         method: &http::Method,
     ) -> Result<Response<PooledBody>, ClientError> {
-        let mut out = Vec::with_capacity(head.len() + 256);
-        out.extend_from_slice(head);
         let mut buf = BytesMut::new();
         let (mut r, mut w) = conn.stream.split();
         let (parsed, body_sent) = if framing == Framing::None {
-            tokio::io::AsyncWriteExt::write_all(&mut w, &out).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut w, head).await?;
             (client::read_head(&mut r, &mut buf, method).await?, true)
         } else {
+            let mut out = Vec::with_capacity(head.len() + 256);
+            out.extend_from_slice(head);
             let writing = client::write_body(&mut w, &mut out, &mut body, framing);
             let reading = client::read_head(&mut r, &mut buf, method);
             tokio::pin!(writing, reading);
@@ -352,6 +378,12 @@ impl PooledBody {
         PooledBody {
             inner: Inner::Hyper(inner),
         }
+    }
+
+    /// Whether the response head came through keygate's own codec, which drops hop-by-hop
+    /// headers as it parses.
+    pub fn hop_by_hop_dropped(&self) -> bool {
+        matches!(self.inner, Inner::Own { .. })
     }
 
     fn release(&mut self) {

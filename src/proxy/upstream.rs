@@ -15,11 +15,18 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{BodyError, UpstreamBody, body_error_in};
 use super::headers::remove_hop_by_hop;
-use super::pool::{H1Pool, PooledBody};
+use super::pool::{H1Pool, PooledBody, Written};
 use crate::config::UpstreamConfig;
 use crate::error::Rejection;
 use crate::telemetry::{Held, PoolStats};
 use std::sync::atomic::AtomicU64;
+
+/// A request for the upstream: prepared (its header map edited for forwarding), or already
+/// written as an HTTP/1.1 head for keygate's own codec (see [`Upstream::takes_written`]).
+pub enum Outgoing {
+    Prepared(Request<UpstreamBody>),
+    Written(Written),
+}
 
 /// One client per kind of upstream: keygate's pool for plain HTTP/1.1 (the hot path);
 /// hyper-util for plain HTTP/2 (prior knowledge) and for TLS.
@@ -90,20 +97,40 @@ impl Upstream {
         })
     }
 
-    /// Sends a prepared request; the response body streams back untouched. `in_flight` is held
-    /// one higher until the response head arrives.
+    /// Whether requests may be handed over already written ([`Outgoing::Written`]): keygate's
+    /// own HTTP/1.1 codec sends them.
+    pub fn takes_written(&self) -> bool {
+        matches!(self.client, Clients::Pooled(_))
+    }
+
+    /// Sends a request; the response body streams back untouched. `in_flight` is held one
+    /// higher until the response head arrives.
     pub async fn send(
         &self,
-        req: Request<UpstreamBody>,
+        req: Outgoing,
         body_limit: u64,
         in_flight: &AtomicU64,
     ) -> Result<Response<PooledBody>, Rejection> {
         let sent = async {
-            match &self.client {
-                Clients::Pooled(pool) => pool.send(req).await.map_err(|e| classify(&e, body_limit)),
+            match (&self.client, req) {
+                (Clients::Pooled(pool), Outgoing::Written(w)) => pool
+                    .send_written(w)
+                    .await
+                    .map_err(|e| classify(&e, body_limit)),
+                (Clients::Pooled(pool), Outgoing::Prepared(req)) => {
+                    pool.send(req).await.map_err(|e| classify(&e, body_limit))
+                }
                 // Boxed: hyper-util's futures are large, and only these upstreams use them.
-                Clients::Plain(c) => Box::pin(through(c, req, body_limit)).await,
-                Clients::Tls(c) => Box::pin(through(c, req, body_limit)).await,
+                (Clients::Plain(c), Outgoing::Prepared(req)) => {
+                    Box::pin(through(c, req, body_limit)).await
+                }
+                (Clients::Tls(c), Outgoing::Prepared(req)) => {
+                    Box::pin(through(c, req, body_limit)).await
+                }
+                (_, Outgoing::Written(_)) => {
+                    tracing::error!("a written request reached a client that writes its own");
+                    Err(Rejection::UpstreamUnavailable)
+                }
             }
         };
         let forwarding = Held::enter(in_flight);
@@ -117,7 +144,9 @@ impl Upstream {
         let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
             .then(|| resp.headers().get(http::header::UPGRADE).cloned())
             .flatten();
-        remove_hop_by_hop(resp.headers_mut());
+        if !resp.body().hop_by_hop_dropped() {
+            remove_hop_by_hop(resp.headers_mut());
+        }
         if let Some(proto) = switched {
             resp.headers_mut().insert(http::header::UPGRADE, proto);
             resp.headers_mut().insert(

@@ -1,7 +1,8 @@
 //! keygate's HTTP/1.1 client codec for the upstream pool: the prepared request written with
-//! its head in one buffer (its body framed by keygate: a known length, else chunked), the response head parsed with
-//! `httparse`, and the response body decoded by its framing (RFC 9112 §6.3: none for `HEAD`,
-//! 1xx, 204 and 304; chunked; `Content-Length`; else to the connection's end).
+//! its head in one buffer (its body framed by keygate: a known length, else chunked), the
+//! response head parsed with `httparse` (hop-by-hop headers dropped as it is read), and the
+//! response body decoded by its framing (RFC 9112 §6.3: none for `HEAD`, 1xx, 204 and 304;
+//! chunked; `Content-Length`; else to the connection's end).
 
 use std::io;
 use std::io::Write as _;
@@ -16,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{Decoder, Step};
+use crate::proxy::headers::is_hop_by_hop;
 
 /// The largest response head read from the upstream, and its most headers.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
@@ -85,30 +87,46 @@ pub enum Framing {
 /// The request head in wire form and how its body follows: the body's own length when it is
 /// known, else chunked; the client's `Content-Length` and `Transfer-Encoding` are never copied.
 pub fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Framing {
-    out.clear();
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(req.method().as_str().as_bytes());
+    start_line(req.method(), target, out);
+    for (name, value) in req.headers() {
+        if !is_framing(name) {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    end_head(req.body(), req.headers(), out)
+}
+
+/// Starts a request head in `out` (cleared first): `METHOD target HTTP/1.1`.
+pub fn start_line(method: &Method, target: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let body = req.body();
-    let empty = body.is_end_stream();
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    for (name, value) in req.headers() {
-        // The framing is keygate's own, from the body it will send.
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let framing = if empty {
+}
+
+/// One header line.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The headers that frame a message: keygate writes its own, never the client's.
+pub fn is_framing(name: &HeaderName) -> bool {
+    name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH
+}
+
+/// Ends a request head with keygate's framing for `body` (`headers` are the client's, for
+/// whether it declared a length) and says how the body follows.
+pub fn end_head<B: Body>(body: &B, headers: &HeaderMap, out: &mut Vec<u8>) -> Framing {
+    let framing = if body.is_end_stream() {
         // As sent: a client's `Content-Length: 0` stays (hyper's client keeps it too).
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some() {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
@@ -259,6 +277,8 @@ pub fn parse_head(
     let (mut length, mut te_chunked, mut te_other, mut close) = (None, false, false, false);
     let base = buf.as_ptr() as usize;
     let mut fields = Vec::with_capacity(parsed.headers.len());
+    // Names the `Connection` header lists besides `close` and `keep-alive` (rare).
+    let mut connection_named = Vec::new();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ClientError::Malformed("bad header name"))?;
@@ -278,17 +298,30 @@ pub fn parse_head(
             te_chunked = chunked;
             te_other |= !chunked;
         } else if name == header::CONNECTION {
-            close |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive")
+                    && let Ok(listed) = HeaderName::from_bytes(token)
+                {
+                    connection_named.push(listed);
+                }
+            }
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
     // The values share the head's allocation; rate-limit headers and the request id follow.
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len() + 10);
+    // Hop-by-hop headers, and those the `Connection` header lists, never reach the client
+    // (RFC 9110 §7.6.1); a 101 keeps the protocol it switched to.
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
     for (name, start, n) in fields {
+        if (is_hop_by_hop(&name) || connection_named.contains(&name))
+            && !(switched && name == header::UPGRADE)
+        {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + n))
             .map_err(|_| ClientError::Malformed("bad header value"))?;
         headers.append(name, value);
@@ -455,5 +488,47 @@ impl Decoding {
         self.stream = None;
         self.state = State::Done;
         self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> ResponseHead {
+        let mut buf = BytesMut::from(head.as_bytes());
+        match parse_head(&mut buf, &Method::GET) {
+            Ok(Some(h)) => h,
+            _ => panic!("not a complete head: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let head = parsed(
+            "HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret\r\n\
+             Keep-Alive: timeout=5\r\nTrailer: x\r\nProxy-Connection: x\r\n\
+             Upgrade: h2c\r\nContent-Length: 2\r\nX-Kept: a\r\nX-Kept: b\r\n\r\n",
+        );
+        let h = head.response.headers();
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-kept"]);
+        assert_eq!(h.get_all("x-kept").iter().count(), 2);
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(head.reusable);
+    }
+
+    #[test]
+    fn a_switch_keeps_its_protocol_and_a_close_ends_reuse() {
+        let head = parsed(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(head.response.headers()[header::UPGRADE], "websocket");
+        assert!(!head.response.headers().contains_key(header::CONNECTION));
+        let head =
+            parsed("HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(!head.reusable);
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.response.headers().is_empty());
     }
 }

@@ -21,6 +21,11 @@ pub(super) static HOP_BY_HOP: [&HeaderName; 9] = [
 ];
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// Whether `name` is hop-by-hop by definition (the names a `Connection` header lists are too).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// Removes hop-by-hop headers, first those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed = connection_named(headers);

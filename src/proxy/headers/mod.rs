@@ -6,11 +6,14 @@
 //!
 //! Order matters and is fixed by [`HeaderPlan::prepare_request`]: everything a client can name
 //! is removed *before* keygate adds its own headers, so no client header (not even a
-//! `Connection` listing `X-Auth-Key-Id`) can remove or forge what keygate injects.
+//! `Connection` listing `X-Auth-Key-Id`) can remove or forge what keygate injects. For keygate's
+//! own HTTP/1.1 upstream codec the same outcome is written straight into the request head
+//! ([`wire`]), without editing the map; a test holds the two ways to the same fields.
 
 mod hop;
 mod request_id;
 mod signature;
+mod wire;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -19,8 +22,8 @@ use http::{Method, Request, Uri, Version};
 use crate::auth::{Identity, X_API_KEY};
 use crate::config::{AuthConfig, Carrier};
 pub use crate::policy::ip::X_FORWARDED_FOR;
-pub use hop::remove_hop_by_hop;
 use hop::{HOP_BY_HOP, connection_named};
+pub use hop::{is_hop_by_hop, remove_hop_by_hop};
 pub use request_id::{X_REQUEST_ID, request_id};
 use signature::Signer;
 pub use signature::sign_v1;
@@ -210,21 +213,11 @@ impl HeaderPlan {
             _ => headers.insert(header::HOST, self.upstream_host.clone()),
         };
 
+        let target = forwarded_target(req.uri(), fwd.normalized_path);
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(self.upstream_scheme.clone());
         parts.authority = Some(self.upstream_authority.clone());
-        // The normalised path replaces the client's, so the upstream sees what routing saw.
-        if let Some(path) = fwd.normalized_path {
-            let query = parts.path_and_query.as_ref().and_then(|pq| pq.query());
-            let pq = match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_owned(),
-            };
-            parts.path_and_query = PathAndQuery::try_from(pq).ok();
-        }
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
+        parts.path_and_query = Some(target);
         // Scheme, authority and path are all set, so this cannot fail.
         *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         self.sign(req, fwd.identity);
@@ -305,18 +298,22 @@ impl HeaderPlan {
         doomed.extend(
             headers
                 .keys()
-                .filter(|name| {
-                    HOP_BY_HOP.contains(name)
-                        || FORWARDING.contains(name)
-                        || OVERRIDES.contains(name)
-                        || name.as_str().contains('_')
-                        || self.strip_credentials.carries(name, headers)
-                        || (!keep_method_override && METHOD_OVERRIDES.contains(name))
-                        || self.spoofed(name)
-                })
+                .filter(|name| self.never_forwarded(name, headers, keep_method_override))
                 .cloned(),
         );
         doomed
+    }
+
+    /// Whether the client header `name` is one the upstream must not receive (see
+    /// [`HeaderPlan::doomed`]; the names `Connection` lists are not checked here).
+    fn never_forwarded(&self, name: &HeaderName, headers: &HeaderMap, keep_mo: bool) -> bool {
+        HOP_BY_HOP.contains(&name)
+            || FORWARDING.contains(&name)
+            || OVERRIDES.contains(name)
+            || name.as_str().contains('_')
+            || self.strip_credentials.carries(name, headers)
+            || (!keep_mo && METHOD_OVERRIDES.contains(&name))
+            || self.spoofed(name)
     }
 
     /// In the identity namespace, in any spelling a framework might map to it (`X-Auth-Owner`,
@@ -365,6 +362,23 @@ impl Credentials {
             (self.bearer && scheme_is(v, b"bearer")) || (self.basic && scheme_is(v, b"basic"))
         })
     }
+}
+
+/// The path and query the upstream receives: the normalised path (when it differs from the
+/// client's) with the client's query, so the upstream sees what routing saw; `/` when none.
+fn forwarded_target(uri: &Uri, normalized_path: Option<&str>) -> PathAndQuery {
+    let client = uri.path_and_query();
+    let target = match normalized_path {
+        None => client.cloned(),
+        Some(path) => {
+            let pq = match client.and_then(PathAndQuery::query) {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            PathAndQuery::try_from(pq).ok()
+        }
+    };
+    target.unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// The request's host: the `Host` header, or the HTTP/2 `:authority`.

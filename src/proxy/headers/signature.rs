@@ -1,8 +1,8 @@
 //! Signed identity: `<prefix>Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over what keygate
 //! vouches for, so an upstream reachable by other paths can check a request came through here.
 
-use http::Request;
 use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request};
 
 use super::HeaderPlan;
 use crate::auth::Identity;
@@ -62,16 +62,28 @@ impl HeaderPlan {
     /// Sets the signature header for the request as it will be sent: method and request target
     /// (path and query; `host:port` for CONNECT). Call again after changing either.
     pub fn sign<B>(&self, req: &mut Request<B>, identity: Option<&Identity>) {
-        let Some(s) = &self.signer else { return };
-        let empty = HeaderValue::from_static("");
-        let (key_id, owner, scopes) = match identity {
-            Some(i) => (&i.values().key_id, &i.values().owner, &i.values().scopes),
-            None => (&empty, &empty, &empty),
-        };
         let target = match (req.uri().path_and_query(), req.uri().authority()) {
             (Some(pq), _) => pq.as_str(),
             (None, Some(a)) => a.as_str(),
             (None, None) => "/",
+        };
+        if let Some((name, value)) = self.signature(identity, req.method(), target) {
+            req.headers_mut().insert(name.clone(), value);
+        }
+    }
+
+    /// The signature header for a request with this method and target, when signing is on.
+    pub(super) fn signature(
+        &self,
+        identity: Option<&Identity>,
+        method: &Method,
+        target: &str,
+    ) -> Option<(&HeaderName, HeaderValue)> {
+        let s = self.signer.as_ref()?;
+        let empty = HeaderValue::from_static("");
+        let (key_id, owner, scopes) = match identity {
+            Some(i) => (&i.values().key_id, &i.values().owner, &i.values().scopes),
+            None => (&empty, &empty, &empty),
         };
         let value = sign_v1(
             &s.mac,
@@ -79,11 +91,10 @@ impl HeaderPlan {
             key_id.as_bytes(),
             owner.as_bytes(),
             scopes.as_bytes(),
-            req.method().as_str(),
+            method.as_str(),
             target,
         );
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            req.headers_mut().insert(s.header.clone(), v);
-        }
+        let value = HeaderValue::from_str(&value).ok()?;
+        Some((&s.header, value))
     }
 }
