@@ -145,11 +145,19 @@ mod tests {
         }
     }
 
+    /// Method, target, header fields, body.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+
     /// Requests whose headers exercise every rule: duplicates, `Connection`-listed names, the
     /// credential, spoofed identity in both spellings, forwarding and override headers, `TE`,
     /// framing, a missing `Host`, repeated `Host` and `X-Request-Id`.
     fn corpus() -> Vec<Request<Full<bytes::Bytes>>> {
-        let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        let cases: &[Case] = &[
             (
                 "GET",
                 "/v1/items",
