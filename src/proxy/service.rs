@@ -18,15 +18,15 @@ use super::body::{BodyError, ClientBody, ClientStream, Inbound, upstream_body};
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::forward::Forwarder;
-use super::headers::{X_REQUEST_ID, effective_method};
+use super::headers::effective_method;
 use super::pool::PooledBody;
 use super::screen::screen;
+use super::stamp::Stamp;
 use super::upgrade::Edge;
 use crate::audit::Audit;
 use crate::auth::{self, AuthFailure, Identity, Verifier};
 use crate::config::{Carrier, ErrorContract};
 use crate::error::Rejection;
-use crate::policy::ratelimit::set_rate_limit_headers;
 use crate::policy::{Admitted, Permit, Policy, RequestView};
 use crate::self_service::SelfService;
 use crate::telemetry::{Held, Metrics};
@@ -78,6 +78,21 @@ impl App {
         let mut cx = Context::new(&req);
         let result = self.pipeline(req, &conn, &mut cx, false).await;
         Ok(self.finish(result, &mut cx, &conn, started))
+    }
+
+    /// [`App::handle`] for keygate's own HTTP/1.1 writer: the response, and the fields it
+    /// writes into the head itself.
+    pub async fn handle_h1(
+        self: Arc<Self>,
+        req: Request<Inbound>,
+        conn: ConnInfo,
+    ) -> (Response<ProxyBody>, Stamp) {
+        let started = Instant::now();
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = Held::enter(&self.metrics.in_flight);
+        let mut cx = Context::new(&req);
+        let result = self.pipeline(req, &conn, &mut cx, false).await;
+        self.finish_stamped(result, &mut cx, &conn, started)
     }
 
     /// The request path. Cheap, attacker-controlled checks first; nothing that costs a store
@@ -280,7 +295,20 @@ impl App {
         conn: &ConnInfo,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let mut resp = match result {
+        let (mut resp, stamp) = self.finish_stamped(result, cx, conn, started);
+        stamp.apply(resp.headers_mut());
+        resp
+    }
+
+    /// [`App::finish`], with the rate-limit headers and the request id left to the caller.
+    fn finish_stamped(
+        &self,
+        result: Result<Response<ProxyBody>, Rejection>,
+        cx: &mut Context,
+        conn: &ConnInfo,
+        started: Instant,
+    ) -> (Response<ProxyBody>, Stamp) {
+        let resp = match result {
             Ok(resp) => {
                 if matches!(resp.body(), Either::Left(_)) {
                     self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -313,9 +341,10 @@ impl App {
                 resp
             }
         };
-        if let Some(d) = cx.trace.rate.decision() {
-            set_rate_limit_headers(resp.headers_mut(), d, self.policy.load().header_styles());
-        }
+        let stamp = Stamp {
+            request_id: cx.request_id.clone(),
+            rate: (cx.trace.rate.decision()).map(|d| (*d, self.policy.load().header_styles())),
+        };
         let status = resp.status().as_u16();
         self.audit_request(cx, status, conn.peer.ip());
         let elapsed = started.elapsed();
@@ -345,9 +374,7 @@ impl App {
                 "access"
             );
         }
-        resp.headers_mut()
-            .insert(X_REQUEST_ID.clone(), cx.request_id.clone());
-        resp
+        (resp, stamp)
     }
 
     /// Feeds the audit trail's per-minute aggregates: usage of a verified key (any status) and

@@ -9,35 +9,54 @@ use crate::config::HeaderStyles;
 
 /// Sets the rate-limit headers of one decision in the configured styles.
 pub fn set_rate_limit_headers(headers: &mut HeaderMap, d: &Decision, styles: HeaderStyles) {
-    let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
     headers.reserve(8);
-    // Each figure formatted once; a second style shares the value.
-    let (limit, remaining) = if styles.x_ratelimit || styles.ratelimit {
-        (HeaderValue::from(d.limit), HeaderValue::from(d.remaining))
-    } else {
-        (HeaderValue::from_static(""), HeaderValue::from_static(""))
-    };
+    rate_limit_fields(d, styles, |name, value| {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            headers.insert(name.clone(), v);
+        }
+    });
+}
+
+/// The rate-limit fields of one decision in the configured styles, handed to `field` as name
+/// and value, in order (each figure formatted once).
+pub fn rate_limit_fields(
+    d: &Decision,
+    styles: HeaderStyles,
+    mut field: impl FnMut(&'static HeaderName, &[u8]),
+) {
+    let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    let (mut limit, mut remaining, mut reset) = (
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+    );
+    let (limit, remaining) = (limit.format(d.limit), remaining.format(d.remaining));
     if styles.x_ratelimit {
         let reset_at = crate::time::Timestamp::now().unix() + reset_secs;
-        headers.insert(X_RATELIMIT_LIMIT.clone(), limit.clone());
-        headers.insert(X_RATELIMIT_REMAINING.clone(), remaining.clone());
-        headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_at));
+        field(&X_RATELIMIT_LIMIT, limit.as_bytes());
+        field(&X_RATELIMIT_REMAINING, remaining.as_bytes());
+        field(&X_RATELIMIT_RESET, reset.format(reset_at).as_bytes());
     }
     if styles.ratelimit {
-        headers.insert(RATELIMIT_LIMIT.clone(), limit);
-        headers.insert(RATELIMIT_REMAINING.clone(), remaining);
-        headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset_secs));
+        field(&RATELIMIT_LIMIT, limit.as_bytes());
+        field(&RATELIMIT_REMAINING, remaining.as_bytes());
+        field(&RATELIMIT_RESET, reset.format(reset_secs).as_bytes());
     }
     if styles.structured {
         let policy = format!("\"default\";q={};w={}", d.limit, d.window.as_secs().max(1));
         let state = format!("\"default\";r={};t={reset_secs}", d.remaining);
-        if let (Ok(p), Ok(s)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        ) {
-            headers.insert(RATELIMIT_POLICY.clone(), p);
-            headers.insert(RATELIMIT.clone(), s);
-        }
+        field(&RATELIMIT_POLICY, policy.as_bytes());
+        field(&RATELIMIT, state.as_bytes());
+    }
+}
+
+/// Whether `name` (lower-case) is a rate-limit field of one of `styles`.
+pub fn is_rate_limit_field(name: &str, styles: HeaderStyles) -> bool {
+    match name {
+        "x-ratelimit-limit" | "x-ratelimit-remaining" | "x-ratelimit-reset" => styles.x_ratelimit,
+        "ratelimit-limit" | "ratelimit-remaining" | "ratelimit-reset" => styles.ratelimit,
+        "ratelimit-policy" | "ratelimit" => styles.structured,
+        _ => false,
     }
 }
 

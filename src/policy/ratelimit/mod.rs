@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::config::{Algorithm, Limit};
-pub use headers::set_rate_limit_headers;
+pub use headers::{is_rate_limit_field, rate_limit_fields, set_rate_limit_headers};
 pub use local::LocalLimiter;
 pub use redis::RedisLimiter;
 

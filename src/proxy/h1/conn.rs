@@ -122,7 +122,7 @@ pub async fn serve(
         };
         // Boxed, like the response: their state exists only while a request does, so an idle
         // connection's task stays small.
-        let Ok(resp) = Box::pin(Arc::clone(app).handle(req, conn.clone())).await;
+        let resp = Box::pin(Arc::clone(app).handle_h1(req, conn.clone())).await;
         served += 1;
         close |= *closing.borrow();
         let stall = settings.idle;

@@ -15,19 +15,19 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame};
 
 use super::io::Writer;
-use crate::proxy::ProxyBody;
+use crate::proxy::{ProxyBody, Stamp};
 
 /// Body bytes at most copied next to the head (or a chunk header) rather than written alone.
 const COALESCE: usize = 16 << 10;
 
-/// Writes `resp`. `close`: the connection closes after it (the request asked to, or keygate
+/// Writes `resp` with `stamp`'s fields in its head. `close`: the connection closes after it (the request asked to, or keygate
 /// is shutting down); set too when the response itself says `Connection: close`. `stall`: how
 /// long the client may take none of the response. `Ok(false)`:
 /// the body did not end as framed (the upstream's failed): the connection must close.
 pub async fn respond(
     w: &mut Writer,
     out: &mut Vec<u8>,
-    resp: Response<ProxyBody>,
+    (resp, stamp): (Response<ProxyBody>, Stamp),
     head_only: bool,
     close: &mut bool,
     stall: std::time::Duration,
@@ -61,9 +61,13 @@ pub async fn respond(
         if name == header::CONNECTION {
             says_close |= has_close(value);
         }
+        if stamp.replaces(name) {
+            continue; // keygate's own value follows
+        }
         has_date |= name == header::DATE;
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    stamp.write(out);
     *close |= says_close;
     if *close && !says_close {
         out.extend_from_slice(b"connection: close\r\n");

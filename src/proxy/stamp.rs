@@ -1,0 +1,132 @@
+//! What keygate adds to every response it sends: the request id and the rate-limit fields of
+//! the request's decision. Set in the header map for hyper's connections ([`Stamp::apply`]), or
+//! written as head lines by keygate's own HTTP/1.1 writer ([`Stamp::write`]), which then leaves
+//! out the response's own fields of those names ([`Stamp::replaces`]): the same outcome as
+//! setting them in the map, without a map insert per field.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::headers::X_REQUEST_ID;
+use crate::config::HeaderStyles;
+use crate::policy::ratelimit::{
+    Decision, is_rate_limit_field, rate_limit_fields, set_rate_limit_headers,
+};
+
+pub struct Stamp {
+    pub request_id: HeaderValue,
+    /// The decision reported and the configured header styles.
+    pub rate: Option<(Decision, HeaderStyles)>,
+}
+
+impl Stamp {
+    /// Sets the stamp's fields in `headers`, replacing any of the same names.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        if let Some((d, styles)) = &self.rate {
+            set_rate_limit_headers(headers, d, *styles);
+        }
+        headers.insert(X_REQUEST_ID.clone(), self.request_id);
+    }
+
+    /// Whether the response's own field `name` gives way to one of the stamp's.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        *name == X_REQUEST_ID
+            || self
+                .rate
+                .is_some_and(|(_, styles)| is_rate_limit_field(name.as_str(), styles))
+    }
+
+    /// Appends the stamp's fields to a response head being written, one line each.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let mut line = |name: &HeaderName, value: &[u8]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        if let Some((d, styles)) = &self.rate {
+            rate_limit_fields(d, *styles, &mut line);
+        }
+        line(&X_REQUEST_ID, self.request_id.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stamp(styles: HeaderStyles) -> Stamp {
+        let d = Decision {
+            allowed: true,
+            limit: 100,
+            remaining: 42,
+            reset: Duration::from_millis(1500),
+            retry_after: Duration::ZERO,
+            window: Duration::from_secs(60),
+        };
+        Stamp {
+            request_id: HeaderValue::from_static("req-7"),
+            rate: Some((d, styles)),
+        }
+    }
+
+    /// The response's own fields, then the stamp's: written as lines, or set in the map.
+    fn both(styles: HeaderStyles, own: &[(&'static str, &'static str)]) -> (String, HeaderMap) {
+        let mut map = HeaderMap::new();
+        for (n, v) in own {
+            map.append(*n, HeaderValue::from_static(v));
+        }
+        let mut out = Vec::new();
+        let s = stamp(styles);
+        for (n, v) in &map {
+            if !s.replaces(n) {
+                out.extend_from_slice(format!("{n}: {}\r\n", v.to_str().unwrap_or("")).as_bytes());
+            }
+        }
+        s.write(&mut out);
+        stamp(styles).apply(&mut map);
+        (String::from_utf8_lossy(&out).into_owned(), map)
+    }
+
+    #[test]
+    fn written_lines_are_the_fields_the_map_gets() {
+        let own = [
+            ("content-type", "application/json"),
+            ("x-request-id", "upstream-id"),
+            ("x-ratelimit-limit", "5"),
+            ("ratelimit-limit", "7"),
+            ("ratelimit", "upstream"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ];
+        for styles in [
+            HeaderStyles::default(),
+            HeaderStyles {
+                x_ratelimit: true,
+                ratelimit: false,
+                structured: true,
+            },
+            HeaderStyles {
+                x_ratelimit: true,
+                ratelimit: true,
+                structured: false,
+            },
+        ] {
+            let (text, map) = both(styles, &own);
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            let mut from_map: Vec<String> = map
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("")))
+                .collect();
+            // Each name's values in order; different names in any order.
+            lines.sort();
+            from_map.sort();
+            assert_eq!(lines, from_map, "{styles:?}");
+            assert!(lines.contains(&"x-request-id: req-7".to_owned()));
+            assert_eq!(
+                lines.contains(&"ratelimit-limit: 7".to_owned()),
+                !styles.ratelimit
+            );
+        }
+    }
+}
