@@ -254,14 +254,19 @@ impl App {
             self.forwarder.body_limit(),
             self.forwarder.body_read_timeout(),
         );
-        let mut req = req.map(|body| upstream_body(body, limit, idle));
-        let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let sent_at = Instant::now();
-        let result = self
-            .forwarder
-            .send(req, permit, conn, &cx.request_id, upgrade)
-            .await;
+        // In a block: the request is borrowed for the upgrade, and a borrowed local would
+        // otherwise keep a slot in this future for as long as it waits.
+        let (sent, client_upgrade) = {
+            let mut req = req.map(|body| upstream_body(body, limit, idle));
+            let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
+            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let sent = self
+                .forwarder
+                .send(req, permit, conn, &cx.request_id, upgrade);
+            (sent, client_upgrade)
+        };
+        let result = sent.await;
         let took = sent_at.elapsed();
         cx.upstream = Some(took);
         match result {

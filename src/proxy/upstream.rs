@@ -4,7 +4,11 @@
 //! through rustls (`https://`) and for HTTP/2.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::time::Duration;
+
+use futures_util::future::Either;
+use futures_util::{FutureExt as _, TryFutureExt as _};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -104,57 +108,65 @@ impl Upstream {
     }
 
     /// Sends a request; the response body streams back untouched. `in_flight` is held one
-    /// higher until the response head arrives.
-    pub async fn send(
+    /// higher until the response head arrives. The request moves straight into the exchange's
+    /// own future (only the common one is inline; the others are boxed), so this future holds
+    /// no second copy of it.
+    pub fn send<'a>(
+        &'a self,
+        req: Outgoing,
+        body_limit: u64,
+        in_flight: &'a AtomicU64,
+    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
+        let sent = match (&self.client, req) {
+            (Clients::Pooled(pool), Outgoing::Written(w)) => Either::Left(
+                pool.send_written(w)
+                    .map_err(move |e| classify(&e, body_limit)),
+            ),
+            (_, req) => Either::Right(Box::pin(self.send_other(req, body_limit))),
+        };
+        self.answered(sent, in_flight)
+    }
+
+    /// Everything but a written request on keygate's pool: upgrades through the pool, and
+    /// hyper-util's clients (their futures are large, and only these paths use them).
+    async fn send_other(
         &self,
         req: Outgoing,
         body_limit: u64,
-        in_flight: &AtomicU64,
     ) -> Result<Response<PooledBody>, Rejection> {
-        let sent = async {
-            match (&self.client, req) {
-                (Clients::Pooled(pool), Outgoing::Written(w)) => pool
-                    .send_written(w)
-                    .await
-                    .map_err(|e| classify(&e, body_limit)),
-                (Clients::Pooled(pool), Outgoing::Prepared(req)) => {
-                    pool.send(req).await.map_err(|e| classify(&e, body_limit))
-                }
-                // Boxed: hyper-util's futures are large, and only these upstreams use them.
-                (Clients::Plain(c), Outgoing::Prepared(req)) => {
-                    Box::pin(through(c, req, body_limit)).await
-                }
-                (Clients::Tls(c), Outgoing::Prepared(req)) => {
-                    Box::pin(through(c, req, body_limit)).await
-                }
-                (_, Outgoing::Written(_)) => {
-                    tracing::error!("a written request reached a client that writes its own");
-                    Err(Rejection::UpstreamUnavailable)
-                }
+        match (&self.client, req) {
+            (Clients::Pooled(pool), Outgoing::Prepared(req)) => {
+                pool.send(req).await.map_err(|e| classify(&e, body_limit))
             }
-        };
+            (Clients::Plain(c), Outgoing::Prepared(req)) => through(c, req, body_limit).await,
+            (Clients::Tls(c), Outgoing::Prepared(req)) => through(c, req, body_limit).await,
+            (Clients::Pooled(pool), Outgoing::Written(w)) => pool
+                .send_written(w)
+                .await
+                .map_err(|e| classify(&e, body_limit)),
+            (_, Outgoing::Written(_)) => {
+                tracing::error!("a written request reached a client that writes its own");
+                Err(Rejection::UpstreamUnavailable)
+            }
+        }
+    }
+
+    /// The response head within `response_timeout`, its hop-by-hop headers dropped. A
+    /// combinator rather than an `async fn`: that would hold `sent` twice (as its argument and
+    /// inside the timeout it awaits).
+    fn answered<'a>(
+        &self,
+        sent: impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a,
+        in_flight: &'a AtomicU64,
+    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
         let forwarding = Held::enter(in_flight);
-        let timed = tokio::time::timeout(self.response_timeout, sent).await;
-        drop(forwarding);
-        let mut resp = match timed {
-            Err(_) => return Err(Rejection::UpstreamTimeout),
-            Ok(result) => result?,
-        };
-        // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
-        let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| resp.headers().get(http::header::UPGRADE).cloned())
-            .flatten();
-        if !resp.body().hop_by_hop_dropped() {
-            remove_hop_by_hop(resp.headers_mut());
-        }
-        if let Some(proto) = switched {
-            resp.headers_mut().insert(http::header::UPGRADE, proto);
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("upgrade"),
-            );
-        }
-        Ok(resp)
+        tokio::time::timeout(self.response_timeout, sent).map(move |timed| {
+            drop(forwarding);
+            match timed {
+                Err(_) => Err(Rejection::UpstreamTimeout),
+                Ok(result) => result.map(without_hop_by_hop),
+            }
+        })
     }
 
     /// Sends a `CONNECT` over a new HTTP/1.1 connection to the upstream (not pooled: it becomes
@@ -196,6 +208,26 @@ impl Upstream {
     pub fn is_http2(&self) -> bool {
         self.http2
     }
+}
+
+/// The response with its hop-by-hop headers dropped (keygate's own codec drops them as it
+/// parses).
+fn without_hop_by_hop(mut resp: Response<PooledBody>) -> Response<PooledBody> {
+    // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
+    let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| resp.headers().get(http::header::UPGRADE).cloned())
+        .flatten();
+    if !resp.body().hop_by_hop_dropped() {
+        remove_hop_by_hop(resp.headers_mut());
+    }
+    if let Some(proto) = switched {
+        resp.headers_mut().insert(http::header::UPGRADE, proto);
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    }
+    resp
 }
 
 /// A request through a hyper-util client (its bodies are never pooled by keygate).
