@@ -104,28 +104,6 @@ impl Identity {
         self.entry.publishable
     }
 
-    /// An identity for `record` as if its key had just been verified (unit tests of what is
-    /// done with an identity).
-    #[cfg(test)]
-    pub(crate) fn for_tests(record: KeyRecord) -> Option<Identity> {
-        let values = identity_values(&record)?;
-        Some(Identity {
-            entry: Arc::new(Verified {
-                key_id: Arc::from(record.id.as_str()),
-                owner: Arc::from(record.owner.as_str()),
-                allow: IpSet::new(&record.ip_allowlist),
-                presented: record.lookup_hash,
-                presented_env: None,
-                publishable: false,
-                record: Arc::new(record),
-                values,
-                last_used: AtomicU64::new(0),
-                flushed: AtomicU64::new(0),
-                fetched_at: Instant::now(),
-            }),
-        })
-    }
-
     /// Whether the key's IP allowlist admits `ip` (an empty list admits everyone).
     pub fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.entry.record.ip_allowlist.is_empty() || self.entry.allow.contains(ip)
@@ -605,4 +583,32 @@ fn identity_values(rec: &KeyRecord) -> Option<IdentityValues> {
         key_type: HeaderValue::from_static(rec.key_type.as_str()),
         scopes: HeaderValue::from_str(&rec.scopes.join(",")).ok()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Identity {
+        /// An identity for `record` as if its key had just been verified (unit tests of what is
+        /// done with an identity).
+        pub(crate) fn for_tests(record: KeyRecord) -> Option<Identity> {
+            let values = identity_values(&record)?;
+            Some(Identity {
+                entry: Arc::new(Verified {
+                    key_id: Arc::from(record.id.as_str()),
+                    owner: Arc::from(record.owner.as_str()),
+                    allow: IpSet::new(&record.ip_allowlist),
+                    presented: record.lookup_hash,
+                    presented_env: None,
+                    publishable: false,
+                    record: Arc::new(record),
+                    values,
+                    last_used: AtomicU64::new(0),
+                    flushed: AtomicU64::new(0),
+                    fetched_at: Instant::now(),
+                }),
+            })
+        }
+    }
 }
