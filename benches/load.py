@@ -112,15 +112,21 @@ def stop_all():
 
 
 def cpu_ticks(pids):
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids):
+    """User and kernel clock ticks of `pids` (utime, stime)."""
+    user = kernel = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])
+            kernel += int(fields[12])
         except FileNotFoundError:
             pass
-    return total
+    return user, kernel
 
 
 def core_busy(cpu):
@@ -429,19 +435,22 @@ def run(binary, work):
         for rnd in range(ROUNDS):
             for name, (port, pids, header) in servers.items():
                 own = pids if name != "direct" else upstream_pids
-                t0, b0, c0 = cpu_ticks(own), core_busy(SERVER_CPU), cpu_ticks(upstream_pids)
+                (u0, k0), b0, c0 = cpu_split(own), core_busy(SERVER_CPU), cpu_ticks(upstream_pids)
+                t0 = u0 + k0
                 rc0 = redis_calls(redis_port) if name.startswith("keygate-redis") else 0
                 r = wrk(port, conns, header)
-                t1, b1, c1 = cpu_ticks(own), core_busy(SERVER_CPU), cpu_ticks(upstream_pids)
+                (u1, k1), b1, c1 = cpu_split(own), core_busy(SERVER_CPU), cpu_ticks(upstream_pids)
+                t1 = u1 + k1
                 ours = (t1 - t0) + (0 if name == "direct" else (c1 - c0))
                 if name.startswith("keygate-redis"):
                     # redis-server also runs on the server core; counted as "other" below
                     r["redis_rt"] = (redis_calls(redis_port) - rc0) / max(1, r["requests"])
                 r["cpu_us"] = (t1 - t0) / TICK * 1e6 / max(1, r["requests"])
+                r["user_us"] = (u1 - u0) / TICK * 1e6 / max(1, r["requests"])
                 r["other_pct"] = max(0.0, ((b1 - b0) - ours) / max(1, (b1 - b0)) * 100)
                 results.setdefault((name, conns), []).append(r)
                 log(f"round {rnd + 1}/{ROUNDS} c={conns:>2} {name:<14} {r['rps']:>9.0f} req/s  p50 {r['p50']:>7.0f}us"
-                    f"  cpu {r['cpu_us']:>6.1f}us/req  other {r['other_pct']:>4.1f}%")
+                    f"  cpu {r['cpu_us']:>6.1f}us/req (user {r['user_us']:>5.1f})  other {r['other_pct']:>4.1f}%")
 
     if AUTHZ:
         report_authz(results)
@@ -457,8 +466,9 @@ def run(binary, work):
                   + ("  NON-2xx!" if any(r["non2xx"] for r in rs) else ""))
         return
     if AB_ONLY:
-        print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s, CPU us/req: "
-              + ", ".join(f"{n} {med(results[(n, 64)], 'cpu_us'):.1f}" for n in servers))
+        print(f"\nA/B at 64 connections, {ROUNDS} rounds x {SECONDS}s, CPU us/req (user space): "
+              + ", ".join(f"{n} {med(results[(n, 64)], 'cpu_us'):.1f} ({med(results[(n, 64)], 'user_us'):.1f})"
+                          for n in servers))
         for other in ("keygate-base", "nginx"):
             pairs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(results[("keygate", 64)], results[(other, 64)])]
             print(f"  per-round ratio keygate/{other}: " + " ".join(f"{r:.3f}" for r in pairs)
