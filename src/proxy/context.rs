@@ -35,8 +35,9 @@ pub(super) struct Context {
     pub code: Option<&'static str>,
     /// Why, for the access log.
     pub reason: Option<String>,
-    /// Upstream round trip to the response head (`None`: not forwarded).
-    pub upstream: Option<std::time::Duration>,
+    /// When the request went upstream (`None`: not forwarded); the round trip to the
+    /// response head is measured from it when the request finishes.
+    pub sent_at: Option<std::time::Instant>,
 }
 
 impl Context {
@@ -60,7 +61,7 @@ impl Context {
             key_prefix: None,
             code: None,
             reason: None,
-            upstream: None,
+            sent_at: None,
         }
     }
 }

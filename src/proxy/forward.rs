@@ -86,6 +86,7 @@ impl Forwarder {
         conn: &ConnInfo,
         request_id: &HeaderValue,
         upgrade: Option<HeaderValue>,
+        sent_at: std::time::Instant,
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + 'a {
         let client_ip = conn.ip_value(permit.client_ip());
         let fwd = self.forward_of(permit, conn, request_id, &client_ip);
@@ -100,6 +101,7 @@ impl Forwarder {
                     framing,
                     method: parts.method,
                     body,
+                    sent_at,
                 })
             }
             upgrade => {
@@ -116,6 +118,7 @@ impl Forwarder {
             outgoing,
             self.max_request_body,
             &self.metrics.upstream_in_flight,
+            sent_at,
         )
     }
 

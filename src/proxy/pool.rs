@@ -38,6 +38,8 @@ pub struct Written {
     pub framing: Framing,
     pub method: http::Method,
     pub body: UpstreamBody,
+    /// When it set out (the pool's clock for this request).
+    pub sent_at: Instant,
 }
 
 /// Why a request got no response head.
@@ -138,6 +140,7 @@ impl H1Pool {
             framing,
             method: parts.method,
             body,
+            sent_at: Instant::now(),
         })
         .await
     }
@@ -152,6 +155,7 @@ impl H1Pool {
             framing,
             method,
             mut body,
+            sent_at,
         } = written;
         // Sent again only if idempotent (RFC 9110 §9.2.2): the upstream may have acted on it
         // before the connection dropped, and only a body that can be replayed.
@@ -167,7 +171,7 @@ impl H1Pool {
         let replayable =
             idempotent && (framing == Framing::None || matches!(body, Either::Right(_)));
         for _ in 0..REUSE_ATTEMPTS {
-            let Some(conn) = self.checkout() else {
+            let Some(conn) = self.checkout(sent_at) else {
                 break;
             };
             let replay = replayable.then(|| body_copy(&body));
@@ -256,12 +260,13 @@ impl H1Pool {
 
     /// The most recently used idle connection that still looks open, among the last few
     /// checked in; closed and expired ones met on the way are dropped.
-    fn checkout(&self) -> Option<Conn> {
+    /// `now`: when the request set out (one clock read per request, not one per step).
+    fn checkout(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let mut looked = 0;
         while let Some(c) = idle.pop_back() {
             looked += 1;
-            if c.since.elapsed() <= self.idle_timeout && c.conn.looks_alive() {
+            if now.saturating_duration_since(c.since) <= self.idle_timeout && c.conn.looks_alive() {
                 self.count_idle(&idle);
                 return Some(c.conn);
             }
@@ -281,29 +286,27 @@ impl H1Pool {
         if self.max_idle == 0 {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        self.evict_expired(&mut idle);
+        self.evict_expired(&mut idle, now);
         // Full: the oldest goes, never the connection that just proved itself.
         if idle.len() >= self.max_idle {
             idle.pop_front();
         }
-        idle.push_back(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        idle.push_back(Idle { conn, since: now });
         self.count_idle(&idle);
     }
 
     /// Drops (closes) the oldest idle connections while they are expired or closed.
-    fn evict_expired(&self, idle: &mut VecDeque<Idle>) {
-        while idle.front().is_some_and(|c| self.expired(c)) {
+    fn evict_expired(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+        while idle.front().is_some_and(|c| self.expired(c, now)) {
             idle.pop_front();
         }
     }
 
     /// Idle too long, or closed by the upstream.
-    fn expired(&self, c: &Idle) -> bool {
-        c.since.elapsed() > self.idle_timeout || !c.conn.looks_alive()
+    fn expired(&self, c: &Idle, now: Instant) -> bool {
+        now.saturating_duration_since(c.since) > self.idle_timeout || !c.conn.looks_alive()
     }
 
     /// Closes expired idle connections even when no request comes to do it, until the pool
@@ -322,7 +325,7 @@ impl H1Pool {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-                pool.evict_expired(&mut idle);
+                pool.evict_expired(&mut idle, Instant::now());
                 pool.count_idle(&idle);
             }
         });

@@ -263,12 +263,12 @@ impl App {
             let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
             let sent = self
                 .forwarder
-                .send(req, permit, conn, &cx.request_id, upgrade);
+                .send(req, permit, conn, &cx.request_id, upgrade, sent_at);
             (sent, client_upgrade)
         };
         let result = sent.await;
-        let took = sent_at.elapsed();
-        cx.upstream = Some(took);
+        // The round trip is read off the clock once, in `finish`, right after this returns.
+        cx.sent_at = Some(sent_at);
         match result {
             Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
@@ -352,11 +352,13 @@ impl App {
         };
         let status = resp.status().as_u16();
         self.audit_request(cx, status, conn.peer.ip());
-        let elapsed = started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        let upstream = cx.sent_at.map(|at| now.saturating_duration_since(at));
         let route = cx.trace.route.as_ref().unwrap_or(&NO_ROUTE);
         self.metrics
             .by_route
-            .record(route, cx.code.unwrap_or("ok"), elapsed, cx.upstream);
+            .record(route, cx.code.unwrap_or("ok"), elapsed, upstream);
         if self.access_log {
             tracing::info!(
                 target: "keygate::access",
@@ -374,7 +376,7 @@ impl App {
                 request_bytes = cx.request_bytes,
                 response_bytes = http_body::Body::size_hint(resp.body()).exact(),
                 duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                upstream_us = cx.upstream.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                upstream_us = upstream.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 reason = cx.reason.as_deref().unwrap_or(""),
                 "access"
             );

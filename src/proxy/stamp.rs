@@ -35,8 +35,9 @@ impl Stamp {
                 .is_some_and(|(_, styles)| is_rate_limit_field(name.as_str(), styles))
     }
 
-    /// Appends the stamp's fields to a response head being written, one line each.
-    pub fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the stamp's fields to a response head being written, one line each; `unix`:
+    /// the current time (Unix seconds), for `X-RateLimit-Reset`.
+    pub fn write(&self, out: &mut Vec<u8>, unix: u64) {
         let mut line = |name: &HeaderName, value: &[u8]| {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
@@ -44,7 +45,7 @@ impl Stamp {
             out.extend_from_slice(b"\r\n");
         };
         if let Some((d, styles)) = &self.rate {
-            rate_limit_fields(d, *styles, &mut line);
+            rate_limit_fields(d, *styles, || unix, &mut line);
         }
         line(&X_REQUEST_ID, self.request_id.as_bytes());
     }
@@ -83,7 +84,7 @@ mod tests {
                 out.extend_from_slice(format!("{n}: {}\r\n", v.to_str().unwrap_or("")).as_bytes());
             }
         }
-        s.write(&mut out);
+        s.write(&mut out, crate::time::Timestamp::now().unix());
         stamp(styles).apply(&mut map);
         (String::from_utf8_lossy(&out).into_owned(), map)
     }
@@ -118,7 +119,18 @@ mod tests {
                 .iter()
                 .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("")))
                 .collect();
-            // Each name's values in order; different names in any order.
+            // Each name's values in order; different names in any order. The reset time is
+            // read off the clock by each way: a second may tick between the two.
+            let reset = |lines: &mut Vec<String>| {
+                let i = lines.iter().position(|l| l.starts_with("x-ratelimit-reset: "))?;
+                lines.remove(i)["x-ratelimit-reset: ".len()..].parse::<u64>().ok()
+            };
+            let (a, b) = (reset(&mut lines), reset(&mut from_map));
+            assert_eq!(a.is_some(), styles.x_ratelimit);
+            match (a, b) {
+                (Some(a), Some(b)) => assert!(a.abs_diff(b) <= 1, "{a} {b}"),
+                (a, b) => assert_eq!(a, b),
+            }
             lines.sort();
             from_map.sort();
             assert_eq!(lines, from_map, "{styles:?}");

@@ -116,6 +116,7 @@ impl Upstream {
         req: Outgoing,
         body_limit: u64,
         in_flight: &'a AtomicU64,
+        sent_at: std::time::Instant,
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
         let sent = match (&self.client, req) {
             (Clients::Pooled(pool), Outgoing::Written(w)) => Either::Left(
@@ -124,7 +125,7 @@ impl Upstream {
             ),
             (_, req) => Either::Right(Box::pin(self.send_other(req, body_limit))),
         };
-        self.answered(sent, in_flight)
+        self.answered(sent, in_flight, sent_at + self.response_timeout)
     }
 
     /// Everything but a written request on keygate's pool: upgrades through the pool, and
@@ -151,16 +152,18 @@ impl Upstream {
         }
     }
 
-    /// The response head within `response_timeout`, its hop-by-hop headers dropped. A
+    /// The response head by `deadline`, its hop-by-hop headers dropped. A
     /// combinator rather than an `async fn`: that would hold `sent` twice (as its argument and
     /// inside the timeout it awaits).
     fn answered<'a>(
         &self,
         sent: impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a,
         in_flight: &'a AtomicU64,
+        deadline: std::time::Instant,
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
         let forwarding = Held::enter(in_flight);
-        tokio::time::timeout(self.response_timeout, sent).map(move |timed| {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        tokio::time::timeout_at(deadline, sent).map(move |timed| {
             drop(forwarding);
             match timed {
                 Err(_) => Err(Rejection::UpstreamTimeout),

@@ -10,7 +10,8 @@ use crate::config::HeaderStyles;
 /// Sets the rate-limit headers of one decision in the configured styles.
 pub fn set_rate_limit_headers(headers: &mut HeaderMap, d: &Decision, styles: HeaderStyles) {
     headers.reserve(8);
-    rate_limit_fields(d, styles, |name, value| {
+    let now = || crate::time::Timestamp::now().unix();
+    rate_limit_fields(d, styles, now, |name, value| {
         if let Ok(v) = HeaderValue::from_bytes(value) {
             headers.insert(name.clone(), v);
         }
@@ -18,10 +19,12 @@ pub fn set_rate_limit_headers(headers: &mut HeaderMap, d: &Decision, styles: Hea
 }
 
 /// The rate-limit fields of one decision in the configured styles, handed to `field` as name
-/// and value, in order (each figure formatted once).
+/// and value, in order (each figure formatted once). `unix_now` is asked only for the
+/// `X-RateLimit-Reset` style (a Unix time).
 pub fn rate_limit_fields(
     d: &Decision,
     styles: HeaderStyles,
+    unix_now: impl FnOnce() -> u64,
     mut field: impl FnMut(&'static HeaderName, &[u8]),
 ) {
     let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
@@ -32,7 +35,7 @@ pub fn rate_limit_fields(
     );
     let (limit, remaining) = (limit.format(d.limit), remaining.format(d.remaining));
     if styles.x_ratelimit {
-        let reset_at = crate::time::Timestamp::now().unix() + reset_secs;
+        let reset_at = unix_now() + reset_secs;
         field(&X_RATELIMIT_LIMIT, limit.as_bytes());
         field(&X_RATELIMIT_REMAINING, remaining.as_bytes());
         field(&X_RATELIMIT_RESET, reset.format(reset_at).as_bytes());

@@ -61,6 +61,9 @@ pub async fn serve(
     // Until when the next head may take: from accept for the first; for later ones the idle
     // timeout, then `header_read_timeout` from its first byte.
     let mut wait_until = first_request_by;
+    // A later head has begun: `header_read_timeout` runs from now on, read off the clock only
+    // if the head is not whole yet (most arrive in one read).
+    let mut head_begun = false;
     let timer = tokio::time::sleep_until(wait_until);
     tokio::pin!(timer);
     loop {
@@ -79,14 +82,15 @@ pub async fn serve(
             if src.buf.is_empty() && *closing.borrow() {
                 return Ended::Closed;
             }
+            if std::mem::take(&mut head_begun) {
+                wait_until = Instant::now() + settings.header_read_timeout;
+            }
             timer.as_mut().reset(wait_until);
             let had = src.buf.len();
             tokio::select! {
                 read = src.reader.read(&mut src.buf) => match read {
                     Ok(0) | Err(_) => return Ended::Closed,
-                    Ok(_) if had == 0 && served > 0 => {
-                        wait_until = Instant::now() + settings.header_read_timeout;
-                    }
+                    Ok(_) if had == 0 && served > 0 => head_begun = true,
                     Ok(_) => {}
                 },
                 () = &mut timer => {
@@ -148,6 +152,7 @@ pub async fn serve(
             out = Vec::new();
         }
         // A next head already begun has `header_read_timeout`; none yet, the idle timeout.
+        head_begun = false;
         wait_until = Instant::now()
             + if src.buf.is_empty() {
                 settings.idle

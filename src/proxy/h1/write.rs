@@ -67,14 +67,19 @@ pub async fn respond(
         has_date |= name == header::DATE;
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    stamp.write(out);
     *close |= says_close;
     if *close && !says_close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !has_date {
-        DATE.with(|d| line(out, b"date", d.borrow_mut().now()));
-    }
+    // One wall-clock read for the `Date` and the stamp's reset time.
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        let unix = d.refresh();
+        stamp.write(out, unix);
+        if !has_date {
+            line(out, b"date", &d.text);
+        }
+    });
     let mut remaining = None;
     if !no_body {
         match body.size_hint().exact() {
@@ -208,13 +213,14 @@ struct DateCache {
 }
 
 impl DateCache {
-    fn now(&mut self) -> &[u8] {
+    /// Brings `text` up to the current second, and returns it (Unix seconds).
+    fn refresh(&mut self) -> u64 {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if second != self.second {
             self.second = second;
             self.text = httpdate::fmt_http_date(now).into_bytes();
         }
-        &self.text
+        second
     }
 }
