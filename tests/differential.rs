@@ -85,6 +85,27 @@ async fn record(
         let chunks = ["one ", "two ", "three"]
             .map(|c| Ok::<_, Infallible>(Frame::data(Bytes::from_static(c.as_bytes()))));
         Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+    } else if path.ends_with("/fields") {
+        // What a response's fields go through: duplicates around another name, names keygate
+        // stamps itself, hop-by-hop fields and one `Connection` lists.
+        let mut r = Response::new(Full::new(Bytes::from_static(b"fields")).boxed());
+        for (name, value) in [
+            ("set-cookie", "a=1"),
+            ("x-between", "1"),
+            ("set-cookie", "b=2"),
+            ("x-ratelimit-limit", "5"),
+            ("x-request-id", "upstream-id"),
+            ("ratelimit-policy", "upstream"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-t"),
+        ] {
+            r.headers_mut()
+                .append(name, http::HeaderValue::from_static(value));
+        }
+        r
     } else if path.ends_with("/nothing") {
         let mut r = Response::new(Full::new(Bytes::new()).boxed());
         *r.status_mut() = http::StatusCode::NO_CONTENT;
@@ -281,6 +302,8 @@ fn corpus() -> Vec<Vec<u8>> {
         format!("GET /v1/items?a=1&b=%20 HTTP/1.1\r\nHost: api\r\n{auth}User-Agent: t\r\n\r\n"),
         format!("GET /v1/stream HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
         format!("GET /v1/nothing HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
+        format!("GET /v1/fields HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
+        format!("HEAD /v1/fields HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
         format!("HEAD /v1/items HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
         format!("OPTIONS /v1/items HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
         format!("DELETE /v1/items/1 HTTP/1.1\r\nHost: api\r\n{auth}\r\n"),
@@ -611,4 +634,33 @@ async fn an_upstream_stalled_mid_body_closes_the_connection() {
     assert!(ended, "still open after {:?}: {text}", started.elapsed());
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("0123456789"), "{text}");
+}
+
+/// The upstream's response fields reach the client as it sent them, on both paths, less the
+/// hop-by-hop ones and the one its `Connection` lists; keygate's request id and rate-limit
+/// figures replace the upstream's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_pass_as_sent_less_hop_by_hop() {
+    for http1 in ["fast", "hyper"] {
+        let side = Side::start(http1).await;
+        let req = format!(
+            "GET /v1/fields HTTP/1.1\r\nHost: api\r\nX-Api-Key: {}\r\nX-Request-Id: client-id\r\n\r\n",
+            side.key
+        );
+        let text = common::raw(side.kg.addr, req.as_bytes(), Duration::from_millis(300)).await;
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 200"), "{http1}: {text}");
+        let count = |line: &str| lower.matches(&format!("\r\n{line}")).count();
+        assert_eq!(count("set-cookie: a=1\r\n"), 1, "{http1}: {text}");
+        assert_eq!(count("set-cookie: b=2\r\n"), 1, "{http1}: {text}");
+        assert_eq!(count("x-between: 1\r\n"), 1, "{http1}: {text}");
+        assert_eq!(count("x-request-id:"), 1, "{http1}: {text}");
+        assert_eq!(count("x-request-id: client-id\r\n"), 1, "{http1}: {text}");
+        assert_eq!(count("x-ratelimit-limit:"), 1, "{http1}: {text}");
+        assert_eq!(count("x-ratelimit-limit: 5\r\n"), 0, "{http1}: {text}");
+        for gone in ["x-secret:", "keep-alive:", "proxy-connection:", "trailer:"] {
+            assert_eq!(count(gone), 0, "{http1}: {gone} {text}");
+        }
+        assert!(lower.ends_with("\r\n\r\nfields"), "{http1}: {text}");
+    }
 }

@@ -227,6 +227,7 @@ impl H1Pool {
         drop(body);
         let client::ResponseHead {
             response,
+            fields,
             framing,
             reusable,
         } = parsed;
@@ -236,6 +237,7 @@ impl H1Pool {
                 decoding,
                 home: Arc::clone(self),
             },
+            fields: Some(fields),
         }))
     }
 
@@ -364,6 +366,10 @@ fn body_none() -> UpstreamBody {
 /// the pool (a body dropped before its end takes its connection down with it).
 pub struct PooledBody {
     inner: Inner,
+    /// The response's fields as the upstream sent them, from keygate's own codec: not yet in
+    /// the response's header map (see [`client::Fields`]). Taken by keygate's writer, or put
+    /// into the map before anything else sees the response.
+    fields: Option<client::Fields>,
 }
 
 enum Inner {
@@ -380,7 +386,13 @@ impl PooledBody {
     pub fn unpooled(inner: Incoming) -> Self {
         PooledBody {
             inner: Inner::Hyper(inner),
+            fields: None,
         }
+    }
+
+    /// The response's fields not yet in its header map (see [`PooledBody::fields`]).
+    pub fn take_fields(&mut self) -> Option<client::Fields> {
+        self.fields.take()
     }
 
     /// Whether the response head came through keygate's own codec, which drops hop-by-hop

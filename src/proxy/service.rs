@@ -301,11 +301,20 @@ impl App {
         started: Instant,
     ) -> Response<ProxyBody> {
         let (mut resp, stamp) = self.finish_stamped(result, cx, conn, started);
+        // The upstream's fields go into the map for hyper (keygate's writer copies them).
+        let fields = match resp.body_mut() {
+            Either::Left(body) => body.take_fields(),
+            Either::Right(_) => None,
+        };
+        if let Some(fields) = fields {
+            fields.into_map(resp.headers_mut());
+        }
         stamp.apply(resp.headers_mut());
         resp
     }
 
-    /// [`App::finish`], with the rate-limit headers and the request id left to the caller.
+    /// [`App::finish`], with the rate-limit headers and the request id left to the caller, and
+    /// the upstream's fields (keygate's codec) left out of the header map.
     fn finish_stamped(
         &self,
         result: Result<Response<ProxyBody>, Rejection>,

@@ -29,10 +29,15 @@ impl Stamp {
 
     /// Whether the response's own field `name` gives way to one of the stamp's.
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        *name == X_REQUEST_ID
+        self.replaces_name(name.as_str().as_bytes())
+    }
+
+    /// [`Stamp::replaces`] for a lower-case name.
+    pub fn replaces_name(&self, name: &[u8]) -> bool {
+        name == b"x-request-id"
             || self
                 .rate
-                .is_some_and(|(_, styles)| is_rate_limit_field(name.as_str(), styles))
+                .is_some_and(|(_, styles)| is_rate_limit_field(name, styles))
     }
 
     /// Appends the stamp's fields to a response head being written, one line each; `unix`:
@@ -122,8 +127,12 @@ mod tests {
             // Each name's values in order; different names in any order. The reset time is
             // read off the clock by each way: a second may tick between the two.
             let reset = |lines: &mut Vec<String>| {
-                let i = lines.iter().position(|l| l.starts_with("x-ratelimit-reset: "))?;
-                lines.remove(i)["x-ratelimit-reset: ".len()..].parse::<u64>().ok()
+                let i = lines
+                    .iter()
+                    .position(|l| l.starts_with("x-ratelimit-reset: "))?;
+                lines.remove(i)["x-ratelimit-reset: ".len()..]
+                    .parse::<u64>()
+                    .ok()
             };
             let (a, b) = (reset(&mut lines), reset(&mut from_map));
             assert_eq!(a.is_some(), styles.x_ratelimit);

@@ -54,11 +54,13 @@ pub fn rate_limit_fields(
 }
 
 /// Whether `name` (lower-case) is a rate-limit field of one of `styles`.
-pub fn is_rate_limit_field(name: &str, styles: HeaderStyles) -> bool {
+pub fn is_rate_limit_field(name: &[u8], styles: HeaderStyles) -> bool {
     match name {
-        "x-ratelimit-limit" | "x-ratelimit-remaining" | "x-ratelimit-reset" => styles.x_ratelimit,
-        "ratelimit-limit" | "ratelimit-remaining" | "ratelimit-reset" => styles.ratelimit,
-        "ratelimit-policy" | "ratelimit" => styles.structured,
+        b"x-ratelimit-limit" | b"x-ratelimit-remaining" | b"x-ratelimit-reset" => {
+            styles.x_ratelimit
+        }
+        b"ratelimit-limit" | b"ratelimit-remaining" | b"ratelimit-reset" => styles.ratelimit,
+        b"ratelimit-policy" | b"ratelimit" => styles.structured,
         _ => false,
     }
 }

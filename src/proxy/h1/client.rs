@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{Decoder, Step};
-use crate::proxy::headers::is_hop_by_hop;
+use crate::proxy::headers::is_hop_by_hop_name;
 
 /// The largest response head read from the upstream, and its most headers.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
@@ -213,12 +213,50 @@ where
     Ok(())
 }
 
-/// A parsed response head: the response (body to come), its body's framing, and whether the
+/// A parsed response head: the response (body to come; its header map empty), the fields
+/// the client may see as the upstream sent them, its body's framing, and whether the
 /// connection may carry another request after it.
 pub struct ResponseHead {
     pub response: Response<()>,
+    pub fields: Fields,
     pub framing: Framing,
     pub reusable: bool,
+}
+
+/// The forwardable fields of a response head, in the head's own bytes: no header map is built
+/// for a response keygate's writer sends on (it copies these lines), only for one hyper sends
+/// ([`Fields::into_map`]). Hop-by-hop fields and those `Connection` lists are left out; httparse
+/// has checked names are tokens and values are what `HeaderValue` takes (tab, space, visible
+/// ASCII, obs-text).
+#[derive(Debug, Default)]
+pub struct Fields {
+    head: Bytes,
+    /// Name start and length, value start and length, in `head`.
+    spans: Vec<[u32; 4]>,
+}
+
+impl Fields {
+    /// Each field's name (as sent: any case) and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|&[ns, nl, vs, vl]| {
+            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+            (&self.head[ns..ns + nl], &self.head[vs..vs + vl])
+        })
+    }
+
+    /// Appends the fields to `map` (values share the head's bytes).
+    pub fn into_map(self, map: &mut HeaderMap) {
+        map.reserve(self.spans.len());
+        for &[ns, nl, vs, vl] in &self.spans {
+            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+            let name = HeaderName::from_bytes(&self.head[ns..ns + nl]);
+            let value = HeaderValue::from_maybe_shared(self.head.slice(vs..vs + vl));
+            // Both were checked when the head was parsed.
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+    }
 }
 
 /// Reads a response head from `r` into `buf` (1xx interim responses are skipped).
@@ -275,14 +313,15 @@ pub fn parse_head(
         .filter(|r| Some(*r) != status.canonical_reason());
     let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let (mut length, mut te_chunked, mut te_other, mut close) = (None, false, false, false);
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
     let base = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
+    let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let mut spans: Vec<[u32; 4]> = Vec::with_capacity(parsed.headers.len());
     // Names the `Connection` header lists besides `close` and `keep-alive` (rare).
-    let mut connection_named = Vec::new();
+    let mut connection_named: Vec<&[u8]> = Vec::new();
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ClientError::Malformed("bad header name"))?;
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -292,39 +331,31 @@ pub fn parse_head(
                 return Err(ClientError::Malformed("conflicting Content-Length"));
             }
             length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             let chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             te_chunked = chunked;
             te_other |= !chunked;
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive")
-                    && let Ok(listed) = HeaderName::from_bytes(token)
-                {
-                    connection_named.push(listed);
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    connection_named.push(token);
                 }
             }
         }
-        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
-    }
-    // The values share the head's allocation; rate-limit headers and the request id follow.
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len() + 10);
-    // Hop-by-hop headers, and those the `Connection` header lists, never reach the client
-    // (RFC 9110 §7.6.1); a 101 keeps the protocol it switched to.
-    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
-    for (name, start, n) in fields {
-        if (is_hop_by_hop(&name) || connection_named.contains(&name))
-            && !(switched && name == header::UPGRADE)
-        {
+        // Hop-by-hop fields never reach the client (RFC 9110 §7.6.1); a 101 keeps the
+        // protocol it switched to.
+        if is_hop_by_hop_name(name) && !(switched && name.eq_ignore_ascii_case(b"upgrade")) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + n))
-            .map_err(|_| ClientError::Malformed("bad header value"))?;
-        headers.append(name, value);
+        spans.push([
+            at(name),
+            name.len() as u32,
+            at(h.value),
+            h.value.len() as u32,
+        ]);
     }
     let no_body = method == Method::HEAD
         || status.is_informational()
@@ -333,10 +364,8 @@ pub fn parse_head(
     let framing = if no_body {
         Framing::None
     } else if te_chunked && !te_other {
-        headers.remove(header::CONTENT_LENGTH);
         Framing::Chunked
     } else if te_chunked || te_other {
-        headers.remove(header::CONTENT_LENGTH);
         Framing::UntilClose
     } else {
         match length {
@@ -345,10 +374,29 @@ pub fn parse_head(
             None => Framing::UntilClose,
         }
     };
+    // A body framed by Transfer-Encoding sends no Content-Length on; nor do the fields the
+    // `Connection` header lists.
+    let drop_length = !no_body && (te_chunked || te_other);
+    if drop_length || !connection_named.is_empty() {
+        let head = &buf[..len];
+        spans.retain(|&[ns, nl, ..]| {
+            let name = &head[ns as usize..(ns + nl) as usize];
+            let listed = connection_named
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name))
+                && !(switched && name.eq_ignore_ascii_case(b"upgrade"));
+            !listed && !(drop_length && name.eq_ignore_ascii_case(b"content-length"))
+        });
+    }
+    drop(connection_named);
+    // The fields keep the head's allocation.
+    let fields = Fields {
+        head: buf.split_to(len).freeze(),
+        spans,
+    };
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
-    *response.headers_mut() = headers;
     if let Some(r) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
         response.extensions_mut().insert(r);
     }
@@ -360,6 +408,7 @@ pub fn parse_head(
         && status != StatusCode::SWITCHING_PROTOCOLS;
     Ok(Some(ResponseHead {
         response,
+        fields,
         framing,
         reusable,
     }))
@@ -495,12 +544,65 @@ impl Decoding {
 mod tests {
     use super::*;
 
-    fn parsed(head: &str) -> ResponseHead {
+    /// The head's response with its fields put into the header map.
+    fn parsed_as(head: &str, method: Method) -> ResponseHead {
         let mut buf = BytesMut::from(head.as_bytes());
-        match parse_head(&mut buf, &Method::GET) {
-            Ok(Some(h)) => h,
+        match parse_head(&mut buf, &method) {
+            Ok(Some(mut h)) => {
+                std::mem::take(&mut h.fields).into_map(h.response.headers_mut());
+                h
+            }
             _ => panic!("not a complete head: {head:?}"),
         }
+    }
+
+    fn parsed(head: &str) -> ResponseHead {
+        parsed_as(head, Method::GET)
+    }
+
+    #[test]
+    fn fields_keep_their_bytes_and_order_and_framing_fields_follow_the_rules() {
+        let text = "HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nX-Mixed-Case: Value\r\n\
+                    Set-Cookie: b\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut buf = BytesMut::from(text.as_bytes());
+        let head = parse_head(&mut buf, &Method::GET).ok().flatten();
+        let head = head.unwrap_or_else(|| panic!("not parsed"));
+        let fields: Vec<(String, String)> = head
+            .fields
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into(),
+                    String::from_utf8_lossy(v).into(),
+                )
+            })
+            .collect();
+        // Chunked framing: the Content-Length is not sent on.
+        let want = [
+            ("Set-Cookie", "a"),
+            ("X-Mixed-Case", "Value"),
+            ("Set-Cookie", "b"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(fields, want);
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(buf.is_empty());
+        // A HEAD response keeps it: it describes the body a GET would have had.
+        let head = parsed_as(text, Method::HEAD);
+        assert_eq!(head.response.headers()[header::CONTENT_LENGTH], "5");
+        assert_eq!(
+            head.response.headers().get_all("set-cookie").iter().count(),
+            2
+        );
+        // A value `HeaderValue` would refuse is refused here.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Bad: a\x7fb\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, &Method::GET),
+            Err(ClientError::Malformed(_))
+        ));
     }
 
     #[test]

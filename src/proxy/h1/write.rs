@@ -33,6 +33,11 @@ pub async fn respond(
     stall: std::time::Duration,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
+    // The upstream's fields as it sent them, when keygate's codec read the response.
+    let fields = match &mut body {
+        http_body_util::Either::Left(pooled) => pooled.take_fields(),
+        http_body_util::Either::Right(_) => None,
+    };
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -50,7 +55,7 @@ pub async fn respond(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let (mut has_date, mut says_close) = (false, false);
+    let (mut has_date, mut says_close, mut has_length) = (false, false, false);
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             continue;
@@ -65,7 +70,24 @@ pub async fn respond(
             continue; // keygate's own value follows
         }
         has_date |= name == header::DATE;
+        has_length |= name == header::CONTENT_LENGTH;
         line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in fields.iter().flat_map(|f| f.iter()) {
+        // Lower-cased as hyper writes them (HTTP/1 names are case-insensitive).
+        let start = out.len();
+        out.extend(name.iter().map(u8::to_ascii_lowercase));
+        let lower = &out[start..];
+        let framing = lower == b"content-length" && (!no_body || status == StatusCode::NO_CONTENT);
+        if framing || stamp.replaces_name(lower) {
+            out.truncate(start);
+            continue;
+        }
+        has_date |= lower == b"date";
+        has_length |= lower == b"content-length";
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
     *close |= says_close;
     if *close && !says_close {
@@ -81,6 +103,12 @@ pub async fn respond(
         }
     });
     let mut remaining = None;
+    if head_only && !has_length {
+        // A HEAD answered by keygate itself: the length its GET would have (as hyper sends).
+        if let Some(n) = body.size_hint().exact().filter(|&n| n > 0) {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+    }
     if !no_body {
         match body.size_hint().exact() {
             Some(n) => {

@@ -21,9 +21,12 @@ pub(super) static HOP_BY_HOP: [&HeaderName; 9] = [
 ];
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Whether `name` is hop-by-hop by definition (the names a `Connection` header lists are too).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
+/// Whether a name, as sent (any case), is hop-by-hop by definition (the names a `Connection`
+/// header lists are too).
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers, first those the `Connection` header names.

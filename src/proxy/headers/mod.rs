@@ -23,7 +23,7 @@ use crate::auth::{Identity, X_API_KEY};
 use crate::config::{AuthConfig, Carrier};
 pub use crate::policy::ip::X_FORWARDED_FOR;
 use hop::{HOP_BY_HOP, connection_named};
-pub use hop::{is_hop_by_hop, remove_hop_by_hop};
+pub use hop::{is_hop_by_hop_name, remove_hop_by_hop};
 pub use request_id::{X_REQUEST_ID, request_id};
 use signature::Signer;
 pub use signature::sign_v1;
