@@ -385,7 +385,8 @@ pub fn parse_head(
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name))
                 && !(switched && name.eq_ignore_ascii_case(b"upgrade"));
-            !listed && !(drop_length && name.eq_ignore_ascii_case(b"content-length"))
+            let framing = drop_length && name.eq_ignore_ascii_case(b"content-length");
+            !(listed || framing)
         });
     }
     drop(connection_named);
