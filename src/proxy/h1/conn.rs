@@ -66,6 +66,12 @@ pub async fn serve(
     let mut head_begun = false;
     let timer = tokio::time::sleep_until(wait_until);
     tokio::pin!(timer);
+    // One shutdown watch for the connection's life, not one registration per idle wait. It
+    // ends at the first change (keygate only ever starts closing), and is not polled again.
+    let mut watcher = closing.clone();
+    let shutdown = watcher.changed();
+    tokio::pin!(shutdown);
+    let mut shutdown_seen = false;
     loop {
         let (req, framing, mut close) = loop {
             if !src.buf.is_empty() {
@@ -102,7 +108,8 @@ pub async fn serve(
                     counter.fetch_add(1, Ordering::Relaxed);
                     return Ended::Closed;
                 }
-                changed = closing.changed(), if had == 0 => {
+                changed = &mut shutdown, if had == 0 && !shutdown_seen => {
+                    shutdown_seen = true;
                     if changed.is_err() || *closing.borrow() {
                         return Ended::Closed;
                     }
