@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+/// The longest duration any setting takes (10 years): "practically never" without deadlines
+/// that overflow the clock.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Collects problems while a configuration is validated.
 pub(super) struct Check<'a> {
     pub(super) problems: &'a mut Vec<String>,
@@ -111,6 +115,8 @@ impl Check<'_> {
         T::deserialize(toml::Value::Table(good)).unwrap_or_default()
     }
 
+    /// A duration setting (whole seconds or text such as "30s"): greater than zero, and at
+    /// most [`MAX_DURATION`], so every deadline computed from it stays representable.
     pub(super) fn duration(
         &mut self,
         field: &str,
@@ -128,6 +134,13 @@ impl Check<'_> {
             }),
         };
         match parsed {
+            Some(d) if d > MAX_DURATION => {
+                self.problems.push(format!(
+                    "{field}: at most 10 years ({} seconds)",
+                    MAX_DURATION.as_secs()
+                ));
+                default
+            }
             Some(d) if !d.is_zero() => d,
             Some(_) => {
                 self.problems

@@ -451,6 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn durations_beyond_ten_years_are_refused() {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:3000\"\nresponse_timeout = 9223372036854775807\n\
+                    [listen]\nidle_timeout = \"11years\"\n";
+        let err = load(text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("upstream.response_timeout: at most 10 years"),
+            "{all}"
+        );
+        assert!(
+            all.contains("listen.idle_timeout: at most 10 years"),
+            "{all}"
+        );
+        let ok = "[upstream]\nurl = \"http://127.0.0.1:3000\"\nresponse_timeout = \"3650days\"\n";
+        assert!(load(ok).is_ok());
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = r#"
             environment = "prod"

@@ -170,8 +170,14 @@ impl H1Pool {
         );
         let replayable =
             idempotent && (framing == Framing::None || matches!(body, Either::Right(_)));
-        for _ in 0..REUSE_ATTEMPTS {
-            let Some(conn) = self.checkout(sent_at) else {
+        for attempt in 0..REUSE_ATTEMPTS {
+            // A retry comes after a failed exchange, which may have taken a while.
+            let now = if attempt == 0 {
+                sent_at
+            } else {
+                Instant::now()
+            };
+            let Some(conn) = self.checkout(now) else {
                 break;
             };
             let replay = replayable.then(|| body_copy(&body));

@@ -125,7 +125,11 @@ impl Upstream {
             ),
             (_, req) => Either::Right(Box::pin(self.send_other(req, body_limit))),
         };
-        self.answered(sent, in_flight, sent_at + self.response_timeout)
+        // Settings are at most 10 years (config check); saturate anyway rather than panic.
+        let deadline = sent_at
+            .checked_add(self.response_timeout)
+            .unwrap_or(sent_at + std::time::Duration::from_secs(u64::from(u32::MAX)));
+        self.answered(sent, in_flight, deadline)
     }
 
     /// Everything but a written request on keygate's pool: upgrades through the pool, and

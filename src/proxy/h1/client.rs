@@ -94,7 +94,15 @@ pub fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Framing {
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    end_head(req.body(), req.headers(), out)
+    end_head(req.body(), declares_length(req.headers()), out)
+}
+
+/// Whether a client's fields declare a length (a parsable `Content-Length`).
+pub fn declares_length(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some()
 }
 
 /// Starts a request head in `out` (cleared first): `METHOD target HTTP/1.1`.
@@ -119,15 +127,12 @@ pub fn is_framing(name: &HeaderName) -> bool {
     name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH
 }
 
-/// Ends a request head with keygate's framing for `body` (`headers` are the client's, for
-/// whether it declared a length) and says how the body follows.
-pub fn end_head<B: Body>(body: &B, headers: &HeaderMap, out: &mut Vec<u8>) -> Framing {
+/// Ends a request head with keygate's framing for `body` (`declared`: the forwarded fields
+/// declare a length) and says how the body follows.
+pub fn end_head<B: Body>(body: &B, declared: bool, out: &mut Vec<u8>) -> Framing {
     let framing = if body.is_end_stream() {
         // As sent: a client's `Content-Length: 0` stays (hyper's client keeps it too).
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some() {
+        if declared {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         Framing::None

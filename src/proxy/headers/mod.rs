@@ -310,7 +310,8 @@ impl HeaderPlan {
     /// [`HeaderPlan::doomed`]; the names `Connection` lists are not checked here).
     fn never_forwarded(&self, name: &HeaderName, headers: &HeaderMap, keep_mo: bool) -> bool {
         match fixed(name.as_str()) {
-            Some(Fixed::MethodOverride) => !keep_mo,
+            // Honoured or not, one in the identity namespace (a prefix such as `x-`) goes.
+            Some(Fixed::MethodOverride) => !keep_mo || self.spoofed(name),
             Some(Fixed::Stripped) => true,
             None => {
                 name.as_str().contains('_')

@@ -12,7 +12,7 @@ use http_body::Body;
 use super::hop::connection_named;
 use super::{Forward, HeaderPlan, X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, forwarded_target};
 use super::{X_FORWARDED_HOST, X_FORWARDED_PROTO, host_of};
-use crate::proxy::h1::client::{Framing, end_head, field, is_framing, start_line};
+use crate::proxy::h1::client::{Framing, declares_length, end_head, field, is_framing, start_line};
 
 impl HeaderPlan {
     /// Writes the upstream request's head for `req` into `out` (cleared first) and says how its
@@ -93,7 +93,12 @@ impl HeaderPlan {
         if let Some((name, value)) = self.signature(fwd.identity, req.method(), target.as_str()) {
             field(out, name.as_ref(), value.as_bytes());
         }
-        end_head(req.body(), headers, out)
+        // The client's length counts only if the map-editing path would have kept it.
+        let length = &header::CONTENT_LENGTH;
+        let declared = declares_length(headers)
+            && !listed.contains(length)
+            && !self.never_forwarded(length, headers, fwd.keep_method_override);
+        end_head(req.body(), declared, out)
     }
 }
 
@@ -212,6 +217,21 @@ mod tests {
                 ],
                 "",
             ),
+            (
+                "GET",
+                "/",
+                &[("content-length", "0"), ("connection", "content-length")],
+                "",
+            ),
+            (
+                "GET",
+                "/",
+                &[
+                    ("x-http-method-override", "DELETE"),
+                    ("x-method-override", "PUT"),
+                ],
+                "",
+            ),
         ];
         cases
             .iter()
@@ -273,7 +293,34 @@ mod tests {
                 }
             }
         }
-        assert_eq!(compared, 30);
+        assert_eq!(compared, 42);
+    }
+
+    /// An honoured method override still goes when it is inside the identity namespace.
+    #[test]
+    fn an_honoured_override_in_the_identity_namespace_is_not_forwarded() {
+        let (ip, rid) = (value("203.0.113.9"), value("req-1"));
+        let fwd = Forward {
+            client_ip: &ip,
+            identity: None,
+            request_id: &rid,
+            normalized_path: None,
+            keep_method_override: true,
+            https: false,
+        };
+        let mut req = Request::new(Full::new(bytes::Bytes::new()));
+        req.headers_mut()
+            .insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        for (prefix, forwarded) in [("x-auth-", true), ("x-", false), ("x-http-", false)] {
+            let mut head = Vec::new();
+            plan(prefix, false, false).encode_request(&req, &fwd, &mut head);
+            let (_, fields) = fields(&head);
+            assert_eq!(
+                fields.contains_key("x-http-method-override"),
+                forwarded,
+                "{prefix}"
+            );
+        }
     }
 
     fn identity() -> crate::auth::Identity {
