@@ -62,6 +62,20 @@ pub struct App {
     pub(crate) authz_path_prefix: String,
 }
 
+/// A response for hyper to send: the upstream's fields (keygate's codec) and the stamp's put
+/// into the header map (keygate's own writer writes both itself).
+fn for_hyper(mut resp: Response<ProxyBody>, stamp: Stamp) -> Response<ProxyBody> {
+    let fields = match resp.body_mut() {
+        Either::Left(body) => body.take_fields(),
+        Either::Right(_) => None,
+    };
+    if let Some(fields) = fields {
+        fields.into_map(resp.headers_mut());
+    }
+    stamp.apply(resp.headers_mut());
+    resp
+}
+
 /// The route label of requests refused before routing (e.g. a malformed path).
 static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
 
@@ -72,12 +86,8 @@ impl App {
         req: Request<Inbound>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = Held::enter(&self.metrics.in_flight);
-        let mut cx = Context::new(&req);
-        let result = self.pipeline(req, &conn, &mut cx, false).await;
-        Ok(self.finish(result, &mut cx, &conn, started))
+        let (resp, stamp) = self.handle_h1(req, conn).await;
+        Ok(for_hyper(resp, stamp))
     }
 
     /// [`App::handle`] for keygate's own HTTP/1.1 writer: the response, and the fields it
@@ -300,17 +310,8 @@ impl App {
         conn: &ConnInfo,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let (mut resp, stamp) = self.finish_stamped(result, cx, conn, started);
-        // The upstream's fields go into the map for hyper (keygate's writer copies them).
-        let fields = match resp.body_mut() {
-            Either::Left(body) => body.take_fields(),
-            Either::Right(_) => None,
-        };
-        if let Some(fields) = fields {
-            fields.into_map(resp.headers_mut());
-        }
-        stamp.apply(resp.headers_mut());
-        resp
+        let (resp, stamp) = self.finish_stamped(result, cx, conn, started);
+        for_hyper(resp, stamp)
     }
 
     /// [`App::finish`], with the rate-limit headers and the request id left to the caller, and

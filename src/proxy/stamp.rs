@@ -6,6 +6,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::h1::field;
 use super::headers::X_REQUEST_ID;
 use crate::config::HeaderStyles;
 use crate::policy::ratelimit::{
@@ -34,7 +35,7 @@ impl Stamp {
 
     /// [`Stamp::replaces`] for a lower-case name.
     pub fn replaces_name(&self, name: &[u8]) -> bool {
-        name == b"x-request-id"
+        name == X_REQUEST_ID.as_str().as_bytes()
             || self
                 .rate
                 .is_some_and(|(_, styles)| is_rate_limit_field(name, styles))
@@ -43,12 +44,7 @@ impl Stamp {
     /// Appends the stamp's fields to a response head being written, one line each; `unix`:
     /// the current time (Unix seconds), for `X-RateLimit-Reset`.
     pub fn write(&self, out: &mut Vec<u8>, unix: u64) {
-        let mut line = |name: &HeaderName, value: &[u8]| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        };
+        let mut line = |name: &HeaderName, value: &[u8]| field(out, name.as_ref(), value);
         if let Some((d, styles)) = &self.rate {
             rate_limit_fields(d, *styles, || unix, &mut line);
         }

@@ -132,8 +132,8 @@ impl Upstream {
         self.answered(sent, in_flight, deadline)
     }
 
-    /// Everything but a written request on keygate's pool: upgrades through the pool, and
-    /// hyper-util's clients (their futures are large, and only these paths use them).
+    /// Everything but a written request: upgrades through the pool, and hyper-util's clients
+    /// (their futures are large, and only these paths use them).
     async fn send_other(
         &self,
         req: Outgoing,
@@ -145,10 +145,7 @@ impl Upstream {
             }
             (Clients::Plain(c), Outgoing::Prepared(req)) => through(c, req, body_limit).await,
             (Clients::Tls(c), Outgoing::Prepared(req)) => through(c, req, body_limit).await,
-            (Clients::Pooled(pool), Outgoing::Written(w)) => pool
-                .send_written(w)
-                .await
-                .map_err(|e| classify(&e, body_limit)),
+            // `send` takes written requests to the pool itself; only hyper's clients are left.
             (_, Outgoing::Written(_)) => {
                 tracing::error!("a written request reached a client that writes its own");
                 Err(Rejection::UpstreamUnavailable)
@@ -220,13 +217,14 @@ impl Upstream {
 /// The response with its hop-by-hop headers dropped (keygate's own codec drops them as it
 /// parses).
 fn without_hop_by_hop(mut resp: Response<PooledBody>) -> Response<PooledBody> {
+    if resp.body().hop_by_hop_dropped() {
+        return resp;
+    }
     // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
     let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
         .then(|| resp.headers().get(http::header::UPGRADE).cloned())
         .flatten();
-    if !resp.body().hop_by_hop_dropped() {
-        remove_hop_by_hop(resp.headers_mut());
-    }
+    remove_hop_by_hop(resp.headers_mut());
     if let Some(proto) = switched {
         resp.headers_mut().insert(http::header::UPGRADE, proto);
         resp.headers_mut().insert(

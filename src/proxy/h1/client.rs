@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{Decoder, Step};
+use super::field;
 use crate::proxy::headers::is_hop_by_hop_name;
 
 /// The largest response head read from the upstream, and its most headers.
@@ -112,14 +113,6 @@ pub fn start_line(method: &Method, target: &str, out: &mut Vec<u8>) {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-}
-
-/// One header line.
-pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The headers that frame a message: keygate writes its own, never the client's.
@@ -394,7 +387,6 @@ pub fn parse_head(
             !(listed || framing)
         });
     }
-    drop(connection_named);
     // The fields keep the head's allocation.
     let fields = Fields {
         head: buf.split_to(len).freeze(),

@@ -17,3 +17,12 @@ mod write;
 
 pub use body::FastBody;
 pub use conn::{Ended, Settings, serve};
+
+/// One header line, `name: value`, as every head keygate writes has them (requests upstream,
+/// responses, the stamp's fields).
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

@@ -14,16 +14,18 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame};
 
+use super::field;
 use super::io::Writer;
 use crate::proxy::{ProxyBody, Stamp};
 
 /// Body bytes at most copied next to the head (or a chunk header) rather than written alone.
 const COALESCE: usize = 16 << 10;
 
-/// Writes `resp` with `stamp`'s fields in its head. `close`: the connection closes after it (the request asked to, or keygate
-/// is shutting down); set too when the response itself says `Connection: close`. `stall`: how
-/// long the client may take none of the response. `Ok(false)`:
-/// the body did not end as framed (the upstream's failed): the connection must close.
+/// Writes `resp` with `stamp`'s fields in its head. `close`: the connection closes after it
+/// (the request asked to, or keygate is shutting down); set too when the response itself says
+/// `Connection: close`. `stall`: how long the client may take none of the response.
+/// `Ok(false)`: the body did not end as framed (the upstream's failed): the connection must
+/// close.
 pub async fn respond(
     w: &mut Writer,
     out: &mut Vec<u8>,
@@ -55,13 +57,12 @@ pub async fn respond(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // keygate writes its own length (a HEAD or 304 keeps the upstream's).
+    let own_length = !no_body || status == StatusCode::NO_CONTENT;
     let (mut has_date, mut says_close, mut has_length) = (false, false, false);
     for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING {
+        if name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH) {
             continue;
-        }
-        if name == header::CONTENT_LENGTH && (!no_body || status == StatusCode::NO_CONTENT) {
-            continue; // keygate writes its own (a HEAD or 304 keeps the upstream's)
         }
         if name == header::CONNECTION {
             says_close |= has_close(value);
@@ -71,20 +72,20 @@ pub async fn respond(
         }
         has_date |= name == header::DATE;
         has_length |= name == header::CONTENT_LENGTH;
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in fields.iter().flat_map(|f| f.iter()) {
         // Lower-cased as hyper writes them (HTTP/1 names are case-insensitive).
         let start = out.len();
         out.extend(name.iter().map(u8::to_ascii_lowercase));
         let lower = &out[start..];
-        let framing = lower == b"content-length" && (!no_body || status == StatusCode::NO_CONTENT);
-        if framing || stamp.replaces_name(lower) {
+        let length = lower == header::CONTENT_LENGTH.as_str().as_bytes();
+        if (own_length && length) || stamp.replaces_name(lower) {
             out.truncate(start);
             continue;
         }
-        has_date |= lower == b"date";
-        has_length |= lower == b"content-length";
+        has_date |= lower == header::DATE.as_str().as_bytes();
+        has_length |= length;
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
@@ -99,7 +100,7 @@ pub async fn respond(
         let unix = d.refresh();
         stamp.write(out, unix);
         if !has_date {
-            line(out, b"date", &d.text);
+            field(out, b"date", &d.text);
         }
     });
     let mut remaining = None;
@@ -215,13 +216,6 @@ async fn next_frame(body: &mut ProxyBody, stall: std::time::Duration) -> Polled 
         Ok(frame) => frame,
         Err(_) => Some(Err("the response body stalled".into())),
     }
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn has_close(v: &HeaderValue) -> bool {

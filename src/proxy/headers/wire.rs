@@ -12,7 +12,8 @@ use http_body::Body;
 use super::hop::connection_named;
 use super::{Forward, HeaderPlan, X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, forwarded_target};
 use super::{X_FORWARDED_HOST, X_FORWARDED_PROTO, host_of};
-use crate::proxy::h1::client::{Framing, declares_length, end_head, field, is_framing, start_line};
+use crate::proxy::h1::client::{Framing, declares_length, end_head, is_framing, start_line};
+use crate::proxy::h1::field;
 
 impl HeaderPlan {
     /// Writes the upstream request's head for `req` into `out` (cleared first) and says how its
@@ -48,11 +49,11 @@ impl HeaderPlan {
             }
             if name == header::HOST {
                 if !std::mem::replace(&mut host_sent, true) {
-                    field(out, b"host", host.as_bytes());
+                    field(out, header::HOST.as_ref(), host.as_bytes());
                 }
             } else if name == X_REQUEST_ID {
                 if !std::mem::replace(&mut id_sent, true) {
-                    field(out, b"x-request-id", fwd.request_id.as_bytes());
+                    field(out, X_REQUEST_ID.as_ref(), fwd.request_id.as_bytes());
                 }
             } else {
                 field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -73,7 +74,7 @@ impl HeaderPlan {
             field(out, X_FORWARDED_HOST.as_ref(), host.as_bytes());
         }
         if !id_sent {
-            field(out, b"x-request-id", fwd.request_id.as_bytes());
+            field(out, X_REQUEST_ID.as_ref(), fwd.request_id.as_bytes());
         }
         if let Some(identity) = fwd.identity {
             let v = identity.values();
@@ -88,7 +89,7 @@ impl HeaderPlan {
             }
         }
         if !host_sent {
-            field(out, b"host", host.as_bytes());
+            field(out, header::HOST.as_ref(), host.as_bytes());
         }
         if let Some((name, value)) = self.signature(fwd.identity, req.method(), target.as_str()) {
             field(out, name.as_ref(), value.as_bytes());
