@@ -5,6 +5,7 @@
 //! access log, audit). CONNECT and upgrades are handled beside this path, in `upgrade.rs`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -92,106 +93,116 @@ impl App {
 
     /// [`App::handle`] for keygate's own HTTP/1.1 writer: the response, and the fields it
     /// writes into the head itself.
-    pub async fn handle_h1(
+    /// An `async` block rather than an `async fn`, here and in [`App::pipeline`]: an `async fn`
+    /// moves its arguments into locals of its own, so its future holds each of them twice,
+    /// and every request's future is built and copied whole.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn handle_h1(
         self: Arc<Self>,
         req: Request<Inbound>,
         conn: ConnInfo,
-    ) -> (Response<ProxyBody>, Stamp) {
-        let started = Instant::now();
-        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = Held::enter(&self.metrics.in_flight);
-        let mut cx = Context::new(&req);
-        let result = self.pipeline(req, &conn, &mut cx, false).await;
-        self.finish_stamped(result, &mut cx, &conn, started)
+    ) -> impl Future<Output = (Response<ProxyBody>, Stamp)> {
+        async move {
+            let started = Instant::now();
+            self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = Held::enter(&self.metrics.in_flight);
+            let mut cx = Context::new(&req);
+            let result = self.pipeline(req, &conn, &mut cx, false).await;
+            self.finish_stamped(result, &mut cx, &conn, started)
+        }
     }
 
     /// The request path. Cheap, attacker-controlled checks first; nothing that costs a store
     /// round trip or an Argon2 run happens before the per-IP limits. `authz`: an authorization
     /// check (auth-only mode), answered instead of forwarded once permitted.
-    pub(super) async fn pipeline(
-        &self,
+    #[allow(clippy::manual_async_fn)] // on purpose: see `handle_h1`
+    pub(super) fn pipeline<'a>(
+        &'a self,
         req: Request<Inbound>,
-        conn: &ConnInfo,
-        cx: &mut Context,
+        conn: &'a ConnInfo,
+        cx: &'a mut Context,
         authz: bool,
-    ) -> Result<Response<ProxyBody>, Rejection> {
-        screen(&req, self.underscores)?; // 400 / 501
-        // One policy for the whole request, even if a reload swaps it meanwhile.
-        let policy = self.policy.load_full();
-        let connect = self.edge.screen_connect(req.method())?; // 405
-        if connect && authz {
-            return Err(Rejection::MethodNotAllowed("CONNECT")); // 405
-        }
-        // CONNECT names a host:port, not a path: it is routed as "/".
-        let path = if connect { "/" } else { req.uri().path() };
-        let admitted = policy
-            .admit(
-                conn.peer.ip(),
-                req.headers(),
-                req.method(),
-                path,
-                &mut cx.trace,
-            )
-            .await?; // 400 / 403 / 429
-        cx.hints.carriers = admitted.route().accepts;
-        // A CONNECT tunnel is never public: it always needs a key.
-        let (permit, req) = if admitted.route().public && !connect {
-            (policy.public(admitted), req.map(Either::Left))
-        } else {
-            let identity = self.authenticate(&req, &admitted, &policy, cx).await?; // 401 / 503
-            let method = effective_method(req.method(), req.headers(), self.honor_method_override);
-            // A restriction on a JSON field: the body is read (bounded) before the decision.
-            let (req, body) = match policy.body_needed(&admitted, &identity) {
-                None => (req.map(Either::Left), None),
-                // Boxed, like the other rare paths below: their state would otherwise make
-                // every request's future larger, and hyper moves that future per request.
-                Some(cap) => Box::pin(self.buffer(req, cap)).await?, // 400 / 413
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Rejection>> + 'a {
+        async move {
+            screen(&req, self.underscores)?; // 400 / 501
+            // One policy for the whole request, even if a reload swaps it meanwhile.
+            let policy = self.policy.load_full();
+            let connect = self.edge.screen_connect(req.method())?; // 405
+            if connect && authz {
+                return Err(Rejection::MethodNotAllowed("CONNECT")); // 405
+            }
+            // CONNECT names a host:port, not a path: it is routed as "/".
+            let path = if connect { "/" } else { req.uri().path() };
+            let admitted = policy
+                .admit(
+                    conn.peer.ip(),
+                    req.headers(),
+                    req.method(),
+                    path,
+                    &mut cx.trace,
+                )
+                .await?; // 400 / 403 / 429
+            cx.hints.carriers = admitted.route().accepts;
+            // A CONNECT tunnel is never public: it always needs a key.
+            let (permit, req) = if admitted.route().public && !connect {
+                (policy.public(admitted), req.map(Either::Left))
+            } else {
+                let identity = self.authenticate(&req, &admitted, &policy, cx).await?; // 401 / 503
+                let method =
+                    effective_method(req.method(), req.headers(), self.honor_method_override);
+                // A restriction on a JSON field: the body is read (bounded) before the decision.
+                let (req, body) = match policy.body_needed(&admitted, &identity) {
+                    None => (req.map(Either::Left), None),
+                    // Boxed, like the other rare paths below: their state would otherwise make
+                    // every request's future larger, and hyper moves that future per request.
+                    Some(cap) => Box::pin(self.buffer(req, cap)).await?, // 400 / 413
+                };
+                let view = RequestView {
+                    method: &method,
+                    path: req.uri().path(),
+                    query: req.uri().query(),
+                    headers: req.headers(),
+                    body: body.as_deref(),
+                };
+                let permit = policy
+                    .authorize(identity, admitted, &view, &mut cx.trace.rate)
+                    .await?; // 403 / 429
+                (permit, req)
             };
-            let view = RequestView {
-                method: &method,
-                path: req.uri().path(),
-                query: req.uri().query(),
-                headers: req.headers(),
-                body: body.as_deref(),
-            };
-            let permit = policy
-                .authorize(identity, admitted, &view, &mut cx.trace.rate)
-                .await?; // 403 / 429
-            (permit, req)
-        };
-        if authz {
-            return self.allow(&req, &permit, conn, cx);
+            if authz {
+                return self.allow(&req, &permit, conn, cx);
+            }
+            if connect {
+                let (forwarder, metrics) = (&self.forwarder, &self.metrics);
+                return Box::pin(self.edge.connect(
+                    forwarder,
+                    metrics,
+                    req,
+                    &permit,
+                    conn,
+                    &cx.request_id,
+                ))
+                .await
+                .map(|r| r.map(Either::Left));
+            }
+            // The self-service key API answers here; nothing reaches the upstream.
+            if permit.route().self_service {
+                let request_id = cx.request_id.to_str().unwrap_or_default().to_owned();
+                return Box::pin(self.self_service.handle(
+                    &permit,
+                    req,
+                    &policy,
+                    &mut cx.trace.rate,
+                    &self.errors,
+                    &request_id,
+                ))
+                .await
+                .map(|r| r.map(Either::Right));
+            }
+            self.forward(req, &permit, conn, cx)
+                .await
+                .map(|r| r.map(Either::Left)) // 413 / 502 / 504
         }
-        if connect {
-            let (forwarder, metrics) = (&self.forwarder, &self.metrics);
-            return Box::pin(self.edge.connect(
-                forwarder,
-                metrics,
-                req,
-                &permit,
-                conn,
-                &cx.request_id,
-            ))
-            .await
-            .map(|r| r.map(Either::Left));
-        }
-        // The self-service key API answers here; nothing reaches the upstream.
-        if permit.route().self_service {
-            let request_id = cx.request_id.to_str().unwrap_or_default().to_owned();
-            return Box::pin(self.self_service.handle(
-                &permit,
-                req,
-                &policy,
-                &mut cx.trace.rate,
-                &self.errors,
-                &request_id,
-            ))
-            .await
-            .map(|r| r.map(Either::Right));
-        }
-        self.forward(req, &permit, conn, cx)
-            .await
-            .map(|r| r.map(Either::Left)) // 413 / 502 / 504
     }
 
     /// The credential from the route's carriers, verified; a failure is remembered (audit

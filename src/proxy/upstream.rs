@@ -119,10 +119,9 @@ impl Upstream {
         sent_at: std::time::Instant,
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
         let sent = match (&self.client, req) {
-            (Clients::Pooled(pool), Outgoing::Written(w)) => Either::Left(
-                pool.send_written(w)
-                    .map_err(move |e| classify(&e, body_limit)),
-            ),
+            (Clients::Pooled(pool), Outgoing::Written(w)) => {
+                Either::Left(pool.fetch(w).map_err(move |e| classify(&e, body_limit)))
+            }
             (_, req) => Either::Right(Box::pin(self.send_other(req, body_limit))),
         };
         // Settings are at most 10 years (config check); saturate anyway rather than panic.

@@ -130,7 +130,7 @@ pub fn end_head<B: Body>(body: &B, declared: bool, out: &mut Vec<u8>) -> Framing
         }
         Framing::None
     } else if let Some(n) = body.size_hint().exact() {
-        let _ = write!(out, "content-length: {n}\r\n");
+        super::content_length(out, n);
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -263,6 +263,17 @@ pub async fn read_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<ResponseHead, ClientError> {
+    std::future::poll_fn(|cx| poll_head(Pin::new(&mut *r), cx, buf, method)).await
+}
+
+/// [`read_head`] as a poll, for futures written by hand: reads into `buf` until a final
+/// response head is there (a short read is taken as a drained socket, as everywhere).
+pub fn poll_head(
+    mut r: Pin<&mut impl AsyncRead>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Poll<Result<ResponseHead, ClientError>> {
     loop {
         if !buf.is_empty()
             && let Some(head) = parse_head(buf, method)?
@@ -272,14 +283,18 @@ pub async fn read_head(
             {
                 continue;
             }
-            return Ok(head);
+            return Poll::Ready(Ok(head));
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(ClientError::Malformed("the response head is too large"));
+            return Poll::Ready(Err(ClientError::Malformed(
+                "the response head is too large",
+            )));
         }
         buf.reserve(READ_SIZE);
-        if tokio::io::AsyncReadExt::read_buf(r, buf).await? == 0 {
-            return Err(ClientError::Closed);
+        match std::task::ready!(super::io::poll_read_buf(r.as_mut(), cx, buf)) {
+            Ok(0) => return Poll::Ready(Err(ClientError::Closed)),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(e.into())),
         }
     }
 }
@@ -450,6 +465,11 @@ impl Decoding {
 
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)
+    }
+
+    /// The read buffer, for another exchange (see [`super::spare`]).
+    pub fn take_buf(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
     }
 
     /// The connection, once the body is through and only if it is reusable.

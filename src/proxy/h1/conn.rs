@@ -136,9 +136,21 @@ pub async fn serve(
         let resp = Box::pin(Arc::clone(app).handle_h1(req, conn.clone())).await;
         served += 1;
         close |= *closing.borrow();
-        let stall = settings.idle;
-        let written = write::respond(&mut writer, &mut out, resp, head_only, &mut close, stall);
-        match Box::pin(written).await {
+        // Written without a future when the socket takes it all (the usual case); what is
+        // left, boxed like the request's state.
+        let written = match write::respond_now(&mut writer, &mut out, resp, head_only, &mut close) {
+            write::Now::Done(written) => written,
+            write::Now::Later(rest) => {
+                Box::pin(write::respond_rest(
+                    &mut writer,
+                    &mut out,
+                    rest,
+                    settings.idle,
+                ))
+                .await
+            }
+        };
+        match written {
             Ok(true) if !close => {}
             _ => return Ended::Closed,
         }
@@ -151,9 +163,10 @@ pub async fn serve(
                 _ => return Ended::Closed,
             }
         }
-        // An idle connection holds no read buffer, and only a small write buffer.
+        // An idle connection holds no read buffer (it goes back to the thread's spares),
+        // and only a small write buffer.
         if src.buf.is_empty() {
-            src.buf = BytesMut::new();
+            super::spare::give(std::mem::take(&mut src.buf));
         }
         if out.capacity() > KEEP_OUT {
             out = Vec::new();

@@ -111,8 +111,9 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     let Ok(uri) = Uri::from_maybe_shared(slice(path_at)) else {
         return undo(buf);
     };
-    // Room for what the forwarder adds (identity, forwarding headers).
-    let mut headers = HeaderMap::with_capacity(fields.len() + 12);
+    // Only the client's fields: the forwarder writes its own straight into the upstream head
+    // (the map grows on the rare paths that still edit it).
+    let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, span) in fields {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(span)) else {
             return undo(buf);

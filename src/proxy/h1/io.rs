@@ -64,11 +64,11 @@ impl Reader {
         match self {
             Reader::Plain(r) => {
                 r.readable().await?;
-                buf.reserve(READ_SIZE);
+                room(buf);
                 r.read_buf(buf).await
             }
             Reader::Tls(r) => {
-                buf.reserve(READ_SIZE);
+                room(buf);
                 r.read_buf(buf).await
             }
             Reader::Taken => Err(io::ErrorKind::NotConnected.into()),
@@ -88,23 +88,23 @@ impl Reader {
     }
 }
 
-/// `poll_read` onto the end of a `BytesMut` (into zeroed space, then cut to what was read).
+/// Room for a read: a spare buffer when `buf` has none yet.
+fn room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = super::spare::take();
+    }
+    buf.reserve(READ_SIZE);
+}
+
+/// `poll_read` onto the end of a `BytesMut`, into its spare room (not zeroed first); at least
+/// [`READ_SIZE`] of room is made.
 pub(super) fn poll_read_buf<R: AsyncRead>(
     r: Pin<&mut R>,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    let old = buf.len();
-    buf.resize(old + READ_SIZE, 0);
-    let mut rb = ReadBuf::new(&mut buf[old..]);
-    let polled = r.poll_read(cx, &mut rb);
-    let filled = rb.filled().len();
-    buf.truncate(old + filled);
-    match polled {
-        Poll::Ready(Ok(())) => Poll::Ready(Ok(filled)),
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    buf.reserve(READ_SIZE);
+    tokio_util::io::poll_read_buf(r, cx, buf)
 }
 
 impl Writer {
@@ -115,17 +115,9 @@ impl Writer {
         mut bytes: &[u8],
         stall: std::time::Duration,
     ) -> io::Result<()> {
-        if let Writer::Plain(w) = self {
-            while !bytes.is_empty() {
-                match w.try_write(bytes) {
-                    Ok(n) => bytes = &bytes[n..],
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            if bytes.is_empty() {
-                return Ok(());
-            }
+        bytes = &bytes[self.try_write_now(bytes)?..];
+        if bytes.is_empty() {
+            return Ok(());
         }
         let write = async {
             match self {
@@ -137,6 +129,27 @@ impl Writer {
             Ok(result) => result,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
+    }
+
+    /// Writes what the socket takes without waiting: how much (a TLS stream is not tried).
+    pub fn try_write_now(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let Writer::Plain(w) = self else {
+            return Ok(0);
+        };
+        let mut done = 0;
+        while done < bytes.len() {
+            match w.try_write(&bytes[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Whether what is written may sit in a buffer of the writer's own until flushed (TLS).
+    pub fn buffers(&self) -> bool {
+        matches!(self, Writer::Tls(_))
     }
 
     /// Flushes what TLS buffered; a client that takes none of it for `stall` is cut off.

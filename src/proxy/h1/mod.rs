@@ -13,6 +13,7 @@ pub mod client;
 mod conn;
 pub mod head;
 pub mod io;
+pub mod spare;
 mod write;
 
 pub use body::FastBody;
@@ -25,4 +26,13 @@ pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `content-length: n`, the line every head keygate frames by length carries.
+pub fn content_length(out: &mut Vec<u8>, n: u64) {
+    field(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
 }

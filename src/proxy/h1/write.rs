@@ -23,17 +23,17 @@ const COALESCE: usize = 16 << 10;
 
 /// Writes `resp` with `stamp`'s fields in its head. `close`: the connection closes after it
 /// (the request asked to, or keygate is shutting down); set too when the response itself says
-/// `Connection: close`. `stall`: how long the client may take none of the response.
-/// `Ok(false)`: the body did not end as framed (the upstream's failed): the connection must
-/// close.
-pub async fn respond(
+/// `Connection: close`. Whatever can be written without waiting is written here, without a
+/// future: the head and the body bytes already there (a typical response, in one `write`);
+/// [`Now::Later`] is the rest, for [`respond_rest`]. `Ok(false)`: the body did not end as
+/// framed (the upstream's failed): the connection must close.
+pub fn respond_now(
     w: &mut Writer,
     out: &mut Vec<u8>,
     (resp, stamp): (Response<ProxyBody>, Stamp),
     head_only: bool,
     close: &mut bool,
-    stall: std::time::Duration,
-) -> io::Result<bool> {
+) -> Now {
     let (parts, mut body) = resp.into_parts();
     // The upstream's fields as it sent them, when keygate's codec read the response.
     let fields = match &mut body {
@@ -90,6 +90,9 @@ pub async fn respond(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    // Let go of the upstream head's bytes now: the body's read buffer they share goes back to
+    // the spares when the body is done (see `super::spare`).
+    drop(fields);
     *close |= says_close;
     if *close && !says_close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -107,82 +110,197 @@ pub async fn respond(
     if head_only && !has_length {
         // A HEAD answered by keygate itself: the length its GET would have (as hyper sends).
         if let Some(n) = body.size_hint().exact().filter(|&n| n > 0) {
-            let _ = write!(out, "content-length: {n}\r\n");
+            super::content_length(out, n);
         }
     }
     if !no_body {
         match body.size_hint().exact() {
             Some(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
+                super::content_length(out, n);
                 remaining = Some(n);
             }
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
     }
     out.extend_from_slice(b"\r\n");
-    if no_body {
-        drop(body);
+    let mut rest = Rest {
+        body,
+        remaining,
+        no_body,
+        pending: None,
+        ended: no_body,
+        complete: true,
+    };
+    if !no_body {
+        rest.take_ready(out);
+    }
+    if !rest.ended {
+        return Now::Later(rest);
+    }
+    match w.try_write_now(out) {
+        Err(e) => Now::Done(Err(e)),
+        Ok(n) if n == out.len() && !w.buffers() => Now::Done(Ok(rest.complete)),
+        Ok(n) => {
+            out.drain(..n);
+            Now::Later(rest)
+        }
+    }
+}
+
+/// What [`respond_now`] did: all of it, or not yet.
+#[allow(clippy::large_enum_variant)] // returned by value once per response: boxing would allocate
+pub enum Now {
+    Done(io::Result<bool>),
+    Later(Rest),
+}
+
+/// A response [`respond_now`] could not finish: its body's rest, and where the framing stands.
+pub struct Rest {
+    body: ProxyBody,
+    /// Body bytes still to come, when framed by length (else chunked).
+    remaining: Option<u64>,
+    no_body: bool,
+    /// A frame taken but not yet in `out` (too large to copy next to it).
+    pending: Option<Bytes>,
+    /// The body is through (its end, its failure or no body), and `out` ends the response.
+    ended: bool,
+    complete: bool,
+}
+
+impl Rest {
+    /// Takes the body's frames that are already there into `out`, while they fit next to it.
+    fn take_ready(&mut self, out: &mut Vec<u8>) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while !self.ended {
+            let frame = match Pin::new(&mut self.body).poll_frame(&mut cx) {
+                std::task::Poll::Ready(f) => f,
+                std::task::Poll::Pending => return,
+            };
+            match self.data_of(frame) {
+                Some(data) if out.len() + data.len() + 32 > COALESCE => {
+                    self.pending = Some(data);
+                    return;
+                }
+                Some(data) => self.frame_into(out, &data),
+                None => {}
+            }
+            if self.ended {
+                self.end(out);
+            }
+        }
+    }
+
+    /// A frame's data; `None` for trailers (not sent, as hyper unless asked with TE), and at
+    /// the body's end or failure, which end the response.
+    fn data_of(&mut self, frame: Polled) -> Option<Bytes> {
+        match frame {
+            None => self.ended = true,
+            Some(Err(_)) => {
+                self.complete = false;
+                self.ended = true;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => return self.fits(d),
+                _ => {}
+            },
+        }
+        None
+    }
+
+    /// `data`, unless it is more than the length declared: then the body is cut there.
+    fn fits(&mut self, data: Bytes) -> Option<Bytes> {
+        if let Some(r) = &mut self.remaining {
+            if data.len() as u64 > *r {
+                self.complete = false;
+                self.ended = true;
+                return None;
+            }
+            *r -= data.len() as u64;
+        }
+        Some(data)
+    }
+
+    /// A frame's bytes into `out`, with its chunk header when chunked.
+    fn frame_into(&self, out: &mut Vec<u8>, data: &[u8]) {
+        if self.remaining.is_none() {
+            let _ = write!(out, "{:x}\r\n", data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+
+    /// The end of the body: the last chunk, or a length not reached (the body failed).
+    fn end(&mut self, out: &mut Vec<u8>) {
+        match self.remaining {
+            None if self.complete => out.extend_from_slice(b"0\r\n\r\n"),
+            Some(r) if r > 0 => self.complete = false,
+            _ => {}
+        }
+    }
+}
+
+/// The rest of a response [`respond_now`] began. `stall`: how long the client may take none
+/// of it (and the upstream send none of its body).
+pub async fn respond_rest(
+    w: &mut Writer,
+    out: &mut Vec<u8>,
+    mut rest: Rest,
+    stall: std::time::Duration,
+) -> io::Result<bool> {
+    if rest.no_body {
+        drop(rest.body);
         w.write_all(out, stall).await?;
         w.flush(stall).await?;
         return Ok(true);
     }
-    let mut complete = true;
-    loop {
+    if let Some(data) = rest.pending.take() {
+        if rest.remaining.is_none() {
+            let _ = write!(out, "{:x}\r\n", data.len());
+            put(w, out, &data, stall).await?;
+            out.extend_from_slice(b"\r\n");
+        } else {
+            put(w, out, &data, stall).await?;
+        }
+    }
+    while !rest.ended {
         // The head waits for the first body bytes only if they are already here.
         let frame = if out.is_empty() {
-            next_frame(&mut body, stall).await
+            next_frame(&mut rest.body, stall).await
         } else {
-            match super::io::frame_now(&mut body).await {
+            match super::io::frame_now(&mut rest.body).await {
                 Some(f) => f,
                 None => {
                     w.write_all(out, stall).await?;
                     out.clear();
-                    next_frame(&mut body, stall).await
+                    next_frame(&mut rest.body, stall).await
                 }
             }
         };
-        let data = match frame {
-            None => break,
-            Some(Err(_)) => {
-                complete = false;
-                break;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                _ => continue, // trailers are not sent (as hyper, unless asked with TE)
-            },
-        };
-        match &mut remaining {
-            Some(r) => {
-                if data.len() as u64 > *r {
-                    complete = false; // more than it declared: cut, and close
-                    break;
-                }
-                *r -= data.len() as u64;
-                put(w, out, &data, stall).await?;
-            }
-            None => {
+        if let Some(data) = rest.data_of(frame) {
+            if rest.remaining.is_none() {
                 let _ = write!(out, "{:x}\r\n", data.len());
                 put(w, out, &data, stall).await?;
                 out.extend_from_slice(b"\r\n");
+            } else {
+                put(w, out, &data, stall).await?;
             }
+        }
+        if rest.ended {
+            rest.end(out);
         }
         if out.len() >= COALESCE {
             w.write_all(out, stall).await?;
             out.clear();
         }
     }
-    match remaining {
-        None if complete => out.extend_from_slice(b"0\r\n\r\n"),
-        Some(r) if r > 0 => complete = false,
-        _ => {}
-    }
     if !out.is_empty() {
         w.write_all(out, stall).await?;
         out.clear();
     }
     w.flush(stall).await?;
-    Ok(complete)
+    Ok(rest.complete)
 }
 
 /// Appends `data` to `out`, or (when large) writes `out` and then `data` itself.

@@ -23,10 +23,19 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Whether a name, as sent (any case), is hop-by-hop by definition (the names a `Connection`
 /// header lists are too).
+/// By length first: every upstream response field passes here.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"http2-settings"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Removes hop-by-hop headers, first those the `Connection` header names.
@@ -69,6 +78,33 @@ static CLOSE: HeaderName = HeaderName::from_static("close");
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_name_match_is_the_list() {
+        for h in HOP_BY_HOP {
+            let name = h.as_str();
+            assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
+            assert!(!is_hop_by_hop_name(&name.as_bytes()[1..]), "{name}");
+            assert!(!is_hop_by_hop_name(format!("{name}x").as_bytes()), "{name}");
+        }
+        let named = HOP_BY_HOP.iter().map(|h| h.as_str().len());
+        let lengths: std::collections::BTreeSet<usize> = named.collect();
+        for len in 0..=24 {
+            // Names of other lengths, made of a listed name's letters, are never taken.
+            if !lengths.contains(&len) {
+                assert!(!is_hop_by_hop_name(
+                    "connection-keep-alive-te".as_bytes()[..len].as_ref()
+                ));
+            }
+        }
+        for other in ["content-length", "x-upgrade", "tes", "date", "server"] {
+            assert!(!is_hop_by_hop_name(other.as_bytes()), "{other}");
+        }
+    }
 
     #[test]
     fn connection_named_headers_go_first() {

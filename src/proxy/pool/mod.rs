@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -30,6 +30,9 @@ use super::body::UpstreamBody;
 use super::h1::client::{self, ClientError, Conn, Decoding, Framing};
 use crate::telemetry::PoolStats;
 use std::sync::atomic::Ordering;
+
+mod fetch;
+pub use fetch::Fetch;
 
 /// A request written as its HTTP/1.1 head (origin-form target, keygate's framing), with its
 /// method and the body that follows the head.
@@ -135,20 +138,28 @@ impl H1Pool {
         let mut head = Vec::with_capacity(1024);
         let framing = client::encode_head(&req, &mut head);
         let (parts, body) = req.into_parts();
-        self.send_written(Written {
+        let written = Written {
             head,
             framing,
             method: parts.method,
             body,
             sent_at: Instant::now(),
-        })
-        .await
+        };
+        self.send_written(written, 0).await
     }
 
-    /// Sends a request already written as a head (see [`Written`]).
-    pub async fn send_written(
+    /// Sends a request already written as a head (see [`Written`]): [`Fetch`] for the common
+    /// case, which takes the rest here.
+    pub fn fetch(self: &Arc<Self>, written: Written) -> Fetch<'_> {
+        Fetch::new(self, written)
+    }
+
+    /// Sends a request already written as a head (see [`Written`]), after `tried` pooled
+    /// connections failed it (`REUSE_ATTEMPTS` or more: straight to a new connection).
+    async fn send_written(
         self: &Arc<Self>,
         written: Written,
+        tried: usize,
     ) -> Result<Response<PooledBody>, SendError> {
         let Written {
             head,
@@ -159,18 +170,9 @@ impl H1Pool {
         } = written;
         // Sent again only if idempotent (RFC 9110 §9.2.2): the upstream may have acted on it
         // before the connection dropped, and only a body that can be replayed.
-        let idempotent = matches!(
-            method,
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::OPTIONS
-                | http::Method::PUT
-                | http::Method::DELETE
-                | http::Method::TRACE
-        );
         let replayable =
-            idempotent && (framing == Framing::None || matches!(body, Either::Right(_)));
-        for attempt in 0..REUSE_ATTEMPTS {
+            idempotent(&method) && (framing == Framing::None || matches!(body, Either::Right(_)));
+        for attempt in tried..REUSE_ATTEMPTS {
             // A retry comes after a failed exchange, which may have taken a while.
             let now = if attempt == 0 {
                 sent_at
@@ -208,7 +210,7 @@ impl H1Pool {
         framing: Framing,
         method: &http::Method,
     ) -> Result<Response<PooledBody>, ClientError> {
-        let mut buf = BytesMut::new();
+        let mut buf = crate::proxy::h1::spare::take();
         let (mut r, mut w) = conn.stream.split();
         let (parsed, body_sent) = if framing == Framing::None {
             tokio::io::AsyncWriteExt::write_all(&mut w, head).await?;
@@ -356,6 +358,20 @@ impl H1Pool {
     }
 }
 
+/// Whether a request may be sent again after its connection dropped (RFC 9110 §9.2.2): the
+/// upstream may have acted on it already.
+fn idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
+}
+
 /// A copy of a body that can be sent again (none, or buffered).
 fn body_copy(body: &UpstreamBody) -> Option<UpstreamBody> {
     match body {
@@ -455,5 +471,10 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // An empty body (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
         self.release();
+        // The read buffer serves another exchange, unless the fields still share it.
+        self.fields = None;
+        if let Inner::Own { decoding, .. } = &mut self.inner {
+            crate::proxy::h1::spare::give(decoding.take_buf());
+        }
     }
 }
