@@ -131,9 +131,9 @@ pub async fn serve(
             let body = FastBody::new(taken, framing, tx);
             (req.map(|()| Inbound::Fast(body)), Some(rx))
         };
-        // Boxed, like the response: their state exists only while a request does, so an idle
-        // connection's task stays small.
-        let resp = Box::pin(Arc::clone(app).handle_h1(req, conn.clone())).await;
+        // Inline: at 2.6 KiB the request's state costs an idle connection less than an
+        // allocation (of that size, off the allocator's fast path) costs every request.
+        let resp = Arc::clone(app).handle_h1(req, conn.clone()).await;
         served += 1;
         close |= *closing.borrow();
         // Written without a future when the socket takes it all (the usual case); what is
