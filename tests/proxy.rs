@@ -623,6 +623,70 @@ async fn upstream_connections_are_reused_but_never_shared_mid_response() {
     }
 }
 
+/// A pooled connection the upstream drops without answering: an idempotent request is sent
+/// again on another connection (the client never sees the drop); one that is not idempotent
+/// is never sent twice (RFC 9110 §9.2.2) and is answered 502.
+#[tokio::test]
+async fn a_dropped_pooled_connection_resends_only_idempotent_requests() {
+    use std::sync::{Arc, Mutex};
+    // Answers the first request on each connection; reads the second, then drops the
+    // connection without a byte of answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for answer in [true, false] {
+                    let head = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break buf.drain(..end + 4).collect::<Vec<u8>>();
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let line = String::from_utf8_lossy(&head);
+                    log.lock()
+                        .unwrap()
+                        .push(line.lines().next().unwrap_or("").to_owned());
+                    if answer {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        s.write_all(ok).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let kg = Keygate::start(&format!("http://{addr}"), "").await;
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let headers = [("authorization", auth.as_str())];
+    let r = get(&kg.url("/first"), &headers).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
+    // On the pooled connection, which drops it: sent again, on a new one.
+    let r = get(&kg.url("/again"), &headers).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
+    // The same for a POST: sent once, and the client told.
+    let r = send(Method::POST, &kg.url("/once"), &headers, empty()).await;
+    assert_eq!(r.status.as_u16(), 502);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "GET /first HTTP/1.1",
+            "GET /again HTTP/1.1",
+            "GET /again HTTP/1.1",
+            "POST /once HTTP/1.1"
+        ]
+    );
+}
+
 /// Idle upstream connections are closed after `upstream.pool_idle_timeout` even when no request
 /// comes along to notice.
 #[tokio::test]
