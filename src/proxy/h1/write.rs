@@ -256,13 +256,7 @@ pub async fn respond_rest(
         return Ok(true);
     }
     if let Some(data) = rest.pending.take() {
-        if rest.remaining.is_none() {
-            let _ = write!(out, "{:x}\r\n", data.len());
-            put(w, out, &data, stall).await?;
-            out.extend_from_slice(b"\r\n");
-        } else {
-            put(w, out, &data, stall).await?;
-        }
+        put_frame(w, out, &data, rest.remaining.is_none(), stall).await?;
     }
     while !rest.ended {
         // The head waits for the first body bytes only if they are already here.
@@ -279,13 +273,7 @@ pub async fn respond_rest(
             }
         };
         if let Some(data) = rest.data_of(frame) {
-            if rest.remaining.is_none() {
-                let _ = write!(out, "{:x}\r\n", data.len());
-                put(w, out, &data, stall).await?;
-                out.extend_from_slice(b"\r\n");
-            } else {
-                put(w, out, &data, stall).await?;
-            }
+            put_frame(w, out, &data, rest.remaining.is_none(), stall).await?;
         }
         if rest.ended {
             rest.end(out);
@@ -301,6 +289,24 @@ pub async fn respond_rest(
     }
     w.flush(stall).await?;
     Ok(rest.complete)
+}
+
+/// A body frame after `out`, with its chunk header when `chunked`.
+async fn put_frame(
+    w: &mut Writer,
+    out: &mut Vec<u8>,
+    data: &Bytes,
+    chunked: bool,
+    stall: std::time::Duration,
+) -> io::Result<()> {
+    if chunked {
+        let _ = write!(out, "{:x}\r\n", data.len());
+    }
+    put(w, out, data, stall).await?;
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(())
 }
 
 /// Appends `data` to `out`, or (when large) writes `out` and then `data` itself.
