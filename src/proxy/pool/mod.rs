@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -233,20 +233,32 @@ impl H1Pool {
             }
         };
         drop(body);
+        Ok(self.answered(conn, buf, parsed, body_sent))
+    }
+
+    /// The response whose head `conn` answered (read into `buf`): its body is read from
+    /// `conn`, which comes back here at the body's end if `body_sent` and the head allow it.
+    fn answered(
+        self: &Arc<Self>,
+        conn: Conn,
+        buf: BytesMut,
+        head: client::ResponseHead,
+        body_sent: bool,
+    ) -> Response<PooledBody> {
         let client::ResponseHead {
             response,
             fields,
             framing,
             reusable,
-        } = parsed;
+        } = head;
         let decoding = Decoding::new(conn, buf, framing, reusable && body_sent);
-        Ok(response.map(|()| PooledBody {
+        response.map(|()| PooledBody {
             inner: Inner::Own {
                 decoding,
                 home: Arc::clone(self),
             },
             fields: Some(fields),
-        }))
+        })
     }
 
     /// An upgrade: a connection of its own through hyper, which hands it to the tunnel.
