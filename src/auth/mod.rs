@@ -8,4 +8,4 @@ mod verifier;
 
 pub use extract::{Credential, X_API_KEY, extract};
 pub use failure::{AuthFailure, InvalidKey};
-pub use verifier::{Identity, IdentityValues, Verifier, VerifierSettings};
+pub use verifier::{Identity, IdentityValues, Probe, Verifier, VerifierSettings};

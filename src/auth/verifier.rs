@@ -71,6 +71,23 @@ struct Lookup {
     store: LookupHash,
 }
 
+/// What [`Verifier::probe`] found.
+pub enum Probe<'k> {
+    /// Answered from memory: the identity, or why not.
+    Answered(Result<Identity, AuthFailure>),
+    /// The store must be asked: [`Verifier::fill_probe`].
+    Fill(Pending<'k>),
+}
+
+/// A credential on its way to the store: its hashes, and the stale entry that may stand in
+/// while the store is down.
+pub struct Pending<'k> {
+    key: &'k str,
+    lookup: Lookup,
+    presented: Option<(Environment, KeyType)>,
+    stale: Option<Arc<Verified>>,
+}
+
 /// Proof that a request carries a genuine key that is neither revoked nor expired.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -272,6 +289,30 @@ impl Verifier {
 
     /// Verifies a credential and applies the record-only checks.
     pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthFailure> {
+        match self.probe(cred) {
+            Probe::Answered(result) => result,
+            Probe::Fill(fill) => self.fill_probe(fill).await,
+        }
+    }
+
+    /// What memory alone says of a credential: a fresh cached entry, a malformed key or a
+    /// negative-cache hit is answered now, without a future; anything else needs the store
+    /// ([`Verifier::fill_probe`]). The common request is answered here.
+    pub fn probe<'k>(&self, cred: &'k Credential<'_>) -> Probe<'k> {
+        // Found by the whole key (the default shape), a cached key is known by its hash
+        // alone: it parsed when it was verified, and parsing is deterministic. The cache is
+        // asked before the parse (the common request), and the hash is not computed twice.
+        let whole = self
+            .format
+            .looks_up_whole_key()
+            .then(|| self.hasher.lookup_hash(&cred.key));
+        if let Some(full) = whole
+            && let Some(entry) = self.positive.get(&full).filter(|e| e.presented == full)
+            && self.fresh(&entry)
+        {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Probe::Answered(self.admit_entry(entry));
+        }
         let (key, material, presented) = match self.format.parse(&cred.key) {
             Ok(parsed) => (
                 parsed.as_str(),
@@ -281,9 +322,10 @@ impl Verifier {
             Err(_) if self.settings.accept_legacy && is_legacy_shaped(&cred.key) => {
                 (&*cred.key, &*cred.key, None)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Probe::Answered(Err(e.into())),
         };
-        let full = self.hasher.lookup_hash(key);
+        // `key` is what was presented, parsed: its hash is the one computed above, if any.
+        let full = whole.unwrap_or_else(|| self.hasher.lookup_hash(key));
         // The default shape looks records up by the key itself: one hash.
         let store = if material.len() == key.len() {
             full
@@ -292,46 +334,70 @@ impl Verifier {
         };
         let lookup = Lookup { full, store };
         let cached = self.positive.get(&store).filter(|e| e.presented == full);
-        let entry = match cached {
-            // Fresh, and no change can have been missed (the invalidation feed is live).
-            Some(entry)
-                if entry.fetched_at.elapsed() < self.settings.cache_ttl
-                    && self.store.invalidations_live() =>
-            {
+        let stale = match cached {
+            Some(entry) if self.fresh(&entry) => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                entry
+                return Probe::Answered(self.admit_entry(entry));
             }
-            // Boxed: a cache miss is the cold path, and inline its future would make every
-            // request's future (moved on each call) several kilobytes larger.
-            Some(stale) => match Box::pin(self.fill(lookup, key, presented)).await {
-                Ok(fresh) => fresh,
-                // The store is down: a recently verified key keeps working up to the stale limit.
-                // Only the entry we read, and only if no invalidation removed it meanwhile.
-                Err(FillError::Unavailable)
-                    if stale.fetched_at.elapsed() < self.settings.stale_limit
-                        && self
-                            .positive
-                            .get(&store)
-                            .is_some_and(|e| Arc::ptr_eq(&e, &stale)) =>
-                {
-                    self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
-                    stale
-                }
-                Err(e) => return Err(self.fill_error(e)),
-            },
+            Some(stale) => Some(stale),
             None => {
                 if self.negative.contains_key(&full) {
                     self.metrics
                         .negative_cache_hits
                         .fetch_add(1, Ordering::Relaxed);
-                    return Err(InvalidKey::Unknown.into());
+                    return Probe::Answered(Err(InvalidKey::Unknown.into()));
                 }
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                Box::pin(self.fill(lookup, key, presented))
-                    .await
-                    .map_err(|e| self.fill_error(e))?
+                None
             }
         };
+        Probe::Fill(Pending {
+            key,
+            lookup,
+            presented,
+            stale,
+        })
+    }
+
+    /// The store's answer for a credential memory could not answer ([`Verifier::probe`]).
+    pub async fn fill_probe(self: &Arc<Self>, pending: Pending<'_>) -> Result<Identity, AuthFailure> {
+        let Pending {
+            key,
+            lookup,
+            presented,
+            stale,
+        } = pending;
+        let entry = match self.fill(lookup, key, presented).await {
+            Ok(fresh) => fresh,
+            // The store is down: a recently verified key keeps working up to the stale limit.
+            // Only the entry we read, and only if no invalidation removed it meanwhile.
+            Err(FillError::Unavailable)
+                if stale.as_ref().is_some_and(|stale| {
+                    stale.fetched_at.elapsed() < self.settings.stale_limit
+                        && self
+                            .positive
+                            .get(&lookup.store)
+                            .is_some_and(|e| Arc::ptr_eq(&e, stale))
+                }) =>
+            {
+                self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+                match stale {
+                    Some(stale) => stale,
+                    None => return Err(self.fill_error(FillError::Unavailable)),
+                }
+            }
+            Err(e) => return Err(self.fill_error(e)),
+        };
+        self.admit_entry(entry)
+    }
+
+    /// Fresh, and no change can have been missed (the invalidation feed is live).
+    fn fresh(&self, entry: &Verified) -> bool {
+        entry.fetched_at.elapsed() < self.settings.cache_ttl && self.store.invalidations_live()
+    }
+
+    /// The record-only checks on a verified entry: revoked or expired keys fail.
+    fn admit_entry(&self, entry: Arc<Verified>) -> Result<Identity, AuthFailure> {
         let now = Timestamp::now();
         match entry.record.state(now) {
             KeyState::Active => {}

@@ -342,6 +342,12 @@ pub struct KeyFormat {
 }
 
 impl KeyFormat {
+    /// Records are found by the whole key (not by an id embedded in it): a key's lookup hash
+    /// is the hash of exactly what was presented.
+    pub fn looks_up_whole_key(&self) -> bool {
+        matches!(self.shape, Shape::Checksummed { .. })
+    }
+
     /// The default shape; the labels must have passed [`Labels::problems`].
     pub fn new(labels: &Labels) -> Result<Self, String> {
         KeyFormat::with_shape(labels, Shape::default())

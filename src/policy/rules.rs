@@ -85,7 +85,11 @@ impl Policy {
     /// The key's own limit and its route category's, each counted per key or per owner.
     /// The key's own: its explicit limit, else its environment's, else its tier's, else the
     /// default.
-    fn key_limits(&self, identity: &Identity, category: Option<&str>) -> Vec<(Counter, Limit)> {
+    fn key_limits(
+        &self,
+        identity: &Identity,
+        category: Option<&str>,
+    ) -> smallvec::SmallVec<[(Counter, Limit); 2]> {
         let rec = identity.record();
         let rl = &self.config.rate_limits;
         let env_limit = || {
@@ -113,7 +117,7 @@ impl Policy {
             },
             Per::Owner => Subject::Owner(Arc::clone(identity.owner())),
         };
-        let mut out = Vec::with_capacity(2);
+        let mut out = smallvec::SmallVec::new();
         if let Some(limit) = own {
             out.push((
                 Counter {

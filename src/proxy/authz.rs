@@ -63,7 +63,7 @@ impl App {
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let original = self.original_request(&mut req, &conn);
         // After the rewrite: logs and the audit trail show the request asked about.
-        let mut cx = Context::new(&req);
+        let mut cx = Context::new(&req, self.access_log);
         let result = match original {
             Ok(()) => {
                 self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true)
@@ -107,7 +107,7 @@ impl App {
         }
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let mut cx = Context::new(&req);
+        let mut cx = Context::new(&req, self.access_log);
         let result = match rewritten {
             Err(e) => Err(e),
             Ok(()) => {

@@ -41,7 +41,8 @@ pub(super) struct Context {
 }
 
 impl Context {
-    pub fn new<B: http_body::Body>(req: &Request<B>) -> Context {
+    /// `access_log`: the request will be logged (only then is its `User-Agent` kept).
+    pub fn new<B: http_body::Body>(req: &Request<B>, access_log: bool) -> Context {
         Context {
             request_id: request_id(req.headers()),
             unread_body: req.version() <= Version::HTTP_11 && !req.body().is_end_stream(),
@@ -49,9 +50,9 @@ impl Context {
             uri: req.uri().clone(),
             owner: None,
             version: req.version(),
-            user_agent: req
-                .headers()
-                .get(http::header::USER_AGENT)
+            user_agent: access_log
+                .then(|| req.headers().get(http::header::USER_AGENT))
+                .flatten()
                 .filter(|v| v.len() <= 256)
                 .cloned(),
             request_bytes: req.body().size_hint().exact(),

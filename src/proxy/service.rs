@@ -77,6 +77,33 @@ fn for_hyper(mut resp: Response<ProxyBody>, stamp: Stamp) -> Response<ProxyBody>
     resp
 }
 
+/// A policy stage: run in place when `in_memory` (see [`ready_now`]), else boxed and awaited.
+/// Either way its state is never part of every request's future.
+macro_rules! stage {
+    ($in_memory:expr, $stage:expr) => {
+        if $in_memory {
+            ready_now($stage)?
+        } else {
+            Box::pin($stage).await
+        }
+    };
+}
+
+/// A stage that cannot wait (its limiter is in process), run to its end now. It waiting
+/// anyway would be a bug: the request then fails closed, as if the key store were down.
+fn ready_now<F: Future>(stage: F) -> Result<F::Output, Rejection> {
+    let stage = std::pin::pin!(stage);
+    match stage.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => {
+            tracing::error!("an in-process policy stage waited; request refused");
+            Err(Rejection::Auth(AuthFailure::Unavailable {
+                retry_after: std::time::Duration::from_secs(1),
+            }))
+        }
+    }
+}
+
 /// The route label of requests refused before routing (e.g. a malformed path).
 static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
 
@@ -106,7 +133,7 @@ impl App {
             let started = Instant::now();
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let _in_flight = Held::enter(&self.metrics.in_flight);
-            let mut cx = Context::new(&req);
+            let mut cx = Context::new(&req, self.access_log);
             let result = self.pipeline(req, &conn, &mut cx, false).await;
             self.finish_stamped(result, &mut cx, &conn, started)
         }
@@ -133,15 +160,19 @@ impl App {
             }
             // CONNECT names a host:port, not a path: it is routed as "/".
             let path = if connect { "/" } else { req.uri().path() };
-            let admitted = policy
-                .admit(
+            // An in-process limiter answers without waiting: its stages run in place, and
+            // only a Redis one's (boxed) are awaited. Either way, the same stage.
+            let in_memory = policy.limiter().in_memory();
+            let admitted = stage!(
+                in_memory,
+                policy.admit(
                     conn.peer.ip(),
                     req.headers(),
                     req.method(),
                     path,
-                    &mut cx.trace,
+                    &mut cx.trace
                 )
-                .await?; // 400 / 403 / 429
+            )?; // 400 / 403 / 429
             cx.hints.carriers = admitted.route().accepts;
             // A CONNECT tunnel is never public: it always needs a key.
             let (permit, req) = if admitted.route().public && !connect {
@@ -164,9 +195,10 @@ impl App {
                     headers: req.headers(),
                     body: body.as_deref(),
                 };
-                let permit = policy
-                    .authorize(identity, admitted, &view, &mut cx.trace.rate)
-                    .await?; // 403 / 429
+                let permit = stage!(
+                    in_memory,
+                    policy.authorize(identity, admitted, &view, &mut cx.trace.rate)
+                )?; // 403 / 429
                 (permit, req)
             };
             if authz {
@@ -221,7 +253,13 @@ impl App {
             &route.carriers
         };
         let cred = auth::extract(req.headers(), &self.carriers, carriers, self.max_key_length)?;
-        match self.verifier.verify(&cred).await {
+        // A cached key is answered without a future; the store's answer, boxed (the rare
+        // path), keeps its state out of every request's.
+        let verified = match self.verifier.probe(&cred) {
+            auth::Probe::Answered(result) => result,
+            auth::Probe::Fill(pending) => Box::pin(self.verifier.fill_probe(pending)).await,
+        };
+        match verified {
             Ok(identity) => {
                 cx.key_id = Some(Arc::clone(identity.key_id()));
                 cx.owner = Some(Arc::clone(identity.owner()));
@@ -231,7 +269,10 @@ impl App {
                 cx.key_id = self.verifier.cached_key_id(&cred.key);
                 cx.key_prefix = self.verifier.display_prefix(&cred.key).map(str::to_owned);
                 if matches!(err, AuthFailure::Invalid(_)) {
-                    policy.record_failed_auth(admitted.client_ip()).await;
+                    stage!(
+                        policy.limiter().in_memory(),
+                        policy.record_failed_auth(admitted.client_ip())
+                    );
                 }
                 Err(err.into())
             }
@@ -367,10 +408,6 @@ impl App {
                 resp
             }
         };
-        let stamp = Stamp {
-            request_id: cx.request_id.clone(),
-            rate: (cx.trace.rate.decision()).map(|d| (*d, self.policy.load().header_styles())),
-        };
         let status = resp.status().as_u16();
         self.audit_request(cx, status, conn.peer.ip());
         let now = Instant::now();
@@ -402,6 +439,11 @@ impl App {
                 "access"
             );
         }
+        // The request is done with its id: the stamp takes it (a clone would allocate).
+        let stamp = Stamp {
+            request_id: std::mem::replace(&mut cx.request_id, HeaderValue::from_static("")),
+            rate: (cx.trace.rate.decision()).map(|d| (*d, self.policy.load().header_styles())),
+        };
         (resp, stamp)
     }
 

@@ -54,9 +54,9 @@ impl LocalLimiter {
     }
 
     /// Checks all `limits` and consumes one unit of each only if every one allows.
-    pub fn acquire(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
+    pub fn acquire(&self, limits: &[(Counter, Limit)]) -> super::Decisions {
         let now = self.now_ms();
-        let mut decisions = Vec::with_capacity(limits.len());
+        let mut decisions = super::Decisions::new();
         for (counter, limit) in limits {
             let slot = self.slot(counter);
             let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());

@@ -20,6 +20,9 @@ pub use headers::{is_rate_limit_field, rate_limit_fields, set_rate_limit_headers
 pub use local::LocalLimiter;
 pub use redis::RedisLimiter;
 
+/// The decisions of one check, in the order of its limits (one or two: no allocation).
+pub type Decisions = smallvec::SmallVec<[Decision; 2]>;
+
 /// The outcome of checking one limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -121,12 +124,17 @@ pub enum Limiter {
 }
 
 impl Limiter {
+    /// In process: every check is answered without waiting.
+    pub fn in_memory(&self) -> bool {
+        matches!(self, Limiter::Local(_))
+    }
+
     /// Checks every limit (all of one subject) and consumes them only if all allow.
-    pub async fn acquire(&self, limits: &[(Counter, Limit)]) -> Vec<Decision> {
+    pub async fn acquire(&self, limits: &[(Counter, Limit)]) -> Decisions {
         match self {
             Limiter::Local(l) => l.acquire(limits),
             // Boxed: a network round trip anyway, and it keeps the local path's futures small.
-            Limiter::Redis(r) => Box::pin(r.check(limits, true)).await,
+            Limiter::Redis(r) => Box::pin(r.check(limits, true)).await.into(),
         }
     }
 

@@ -221,7 +221,7 @@ impl RedisLimiter {
                     .map(|(c, l)| (c.clone(), l.scaled(self.replicas)))
                     .collect();
                 if consume {
-                    self.fallback.acquire(&scaled)
+                    self.fallback.acquire(&scaled).into_vec()
                 } else {
                     scaled
                         .iter()
