@@ -10,7 +10,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::body::UpstreamBody;
+use super::body::{ClientBody, UpstreamBody, upstream_body};
 use super::conn::ConnInfo;
 use super::headers::{AuthzAnswer, Forward, HeaderPlan};
 use super::pool::{PooledBody, Written};
@@ -78,20 +78,22 @@ impl Forwarder {
 
     /// Prepares and sends a permitted request; `upgrade` is the protocol it asks to switch to.
     /// The preparation happens now; the returned future is the upstream round trip (no extra
-    /// layer of future on the hot path).
+    /// layer of future on the hot path). The body is limited (size, idle time) on its way.
     pub fn send<'a>(
         &'a self,
-        mut req: Request<UpstreamBody>,
+        req: Request<ClientBody>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
         upgrade: Option<HeaderValue>,
         sent_at: std::time::Instant,
-    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + 'a {
+    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + use<'a> {
         let client_ip = conn.ip_value(permit.client_ip());
         let fwd = self.forward_of(permit, conn, request_id, &client_ip);
+        let (limit, idle) = (self.body_limit(), self.body_read_timeout);
         let outgoing = match upgrade {
-            // The common case: the head written straight from the client's, no map edits.
+            // The common case: the head written straight from the client's, no map edits, and
+            // the request taken apart once (it is not moved whole again).
             None if self.upstream.takes_written() => {
                 let mut head = Vec::with_capacity(1024);
                 let framing = self.plan.encode_request(&req, &fwd, &mut head);
@@ -100,11 +102,12 @@ impl Forwarder {
                     head,
                     framing,
                     method: parts.method,
-                    body,
+                    body: upstream_body(body, limit, idle),
                     sent_at,
                 })
             }
             upgrade => {
+                let mut req = req.map(|body| upstream_body(body, limit, idle));
                 self.plan.prepare_request(&mut req, &fwd);
                 if let Some(proto) = upgrade {
                     req.headers_mut().insert(UPGRADE, proto);

@@ -15,7 +15,7 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 
-use super::body::{BodyError, ClientBody, ClientStream, Inbound, upstream_body};
+use super::body::{BodyError, ClientBody, ClientStream, Inbound};
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::forward::Forwarder;
@@ -231,9 +231,19 @@ impl App {
                 .await
                 .map(|r| r.map(Either::Right));
             }
-            self.forward(req, &permit, conn, cx)
-                .await
-                .map(|r| r.map(Either::Left)) // 413 / 502 / 504
+            // Forwarded: the round trip is this future's one wait on the common path.
+            self.forwarder.check_declared_length(&req)?; // 413
+            let sent_at = Instant::now();
+            let (sent, client_upgrade) =
+                self.prepare(req, &permit, conn, &cx.request_id, sent_at);
+            // Nothing of the decision is needed while the upstream answers.
+            drop(permit);
+            drop(policy);
+            let result = sent.await;
+            // The round trip is read off the clock once, in `finish`, right after this returns.
+            cx.sent_at = Some(sent_at);
+            self.received(result, client_upgrade)
+                .map(|r| r.map(Either::Left)) // 502 / 504
         }
     }
 
@@ -303,40 +313,38 @@ impl App {
         Ok((req, Some(bytes)))
     }
 
-    /// Sends a permitted request upstream; an upgrade the upstream accepts becomes a tunnel.
-    async fn forward(
-        &self,
-        req: Request<ClientBody>,
+    /// A permitted request, ready for the upstream: the round trip to await (the request is
+    /// taken apart here, never moved into a future's state), and the client's side of an
+    /// upgrade it asks for.
+    fn prepare<'a>(
+        &'a self,
+        mut req: Request<ClientBody>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
-        cx: &mut Context,
+        request_id: &HeaderValue,
+        sent_at: Instant,
+    ) -> (
+        impl Future<Output = Result<Response<PooledBody>, Rejection>> + use<'a>,
+        Option<hyper::upgrade::OnUpgrade>,
+    ) {
+        let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let sent = self
+            .forwarder
+            .send(req, permit, conn, request_id, upgrade, sent_at);
+        (sent, client_upgrade)
+    }
+
+    /// The upstream's answer to a forwarded request; an upgrade it accepts becomes a tunnel.
+    fn received(
+        &self,
+        result: Result<Response<PooledBody>, Rejection>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<PooledBody>, Rejection> {
-        self.forwarder.check_declared_length(&req)?; // 413
-        let (limit, idle) = (
-            self.forwarder.body_limit(),
-            self.forwarder.body_read_timeout(),
-        );
-        let sent_at = Instant::now();
-        // In a block: the request is borrowed for the upgrade, and a borrowed local would
-        // otherwise keep a slot in this future for as long as it waits.
-        let (sent, client_upgrade) = {
-            let mut req = req.map(|body| upstream_body(body, limit, idle));
-            let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
-            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-            let sent = self
-                .forwarder
-                .send(req, permit, conn, &cx.request_id, upgrade, sent_at);
-            (sent, client_upgrade)
-        };
-        let result = sent.await;
-        // The round trip is read off the clock once, in `finish`, right after this returns.
-        cx.sent_at = Some(sent_at);
         match result {
             Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
-                    tracing::warn!(
-                        "the upstream switched protocols on a request that did not ask to"
-                    );
+                    tracing::warn!("the upstream switched protocols on a request that did not ask to");
                     return Err(Rejection::UpstreamUnavailable);
                 };
                 self.edge
