@@ -234,8 +234,7 @@ impl App {
             // Forwarded: the round trip is this future's one wait on the common path.
             self.forwarder.check_declared_length(&req)?; // 413
             let sent_at = Instant::now();
-            let (sent, client_upgrade) =
-                self.prepare(req, &permit, conn, &cx.request_id, sent_at);
+            let (sent, client_upgrade) = self.prepare(req, &permit, conn, &cx.request_id, sent_at);
             // Nothing of the decision is needed while the upstream answers.
             drop(permit);
             drop(policy);
@@ -344,7 +343,9 @@ impl App {
         match result {
             Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
-                    tracing::warn!("the upstream switched protocols on a request that did not ask to");
+                    tracing::warn!(
+                        "the upstream switched protocols on a request that did not ask to"
+                    );
                     return Err(Rejection::UpstreamUnavailable);
                 };
                 self.edge
