@@ -25,6 +25,7 @@ use crate::time::Timestamp;
 use flight::{FillError, Flight};
 
 mod flight;
+mod front;
 
 /// The caches' hash: seeded foldhash. Lookup hashes are SHA-256 outputs, so a fast hash loses
 /// nothing, and SipHash was a visible share of the request path.
@@ -157,6 +158,8 @@ pub struct Verifier {
     verified_phc: Cache<LookupHash, Arc<str>>,
     /// Fills in progress. Invalidations take this lock too; see the module docs.
     flights: Mutex<HashMap<LookupHash, Arc<Flight>>>,
+    /// Each thread's last verified keys, in front of `positive`.
+    front: front::Front,
     argon2: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -192,6 +195,7 @@ impl Verifier {
             positive,
             negative,
             flights: Mutex::new(HashMap::new()),
+            front: front::Front::new(),
             metrics,
         });
         // Every change — made through this process or heard from other writers — is applied
@@ -259,12 +263,22 @@ impl Verifier {
             .format
             .looks_up_whole_key()
             .then(|| self.hasher.lookup_hash(&cred.key));
-        if let Some(full) = whole
-            && let Some(entry) = self.positive.get(&full).filter(|e| e.presented == full)
-            && self.fresh(&entry)
-        {
-            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Probe::Answered(self.admit_entry(entry));
+        if let Some(full) = whole {
+            // This thread's front first, then the shared cache (see `front`).
+            if let Some(entry) = self.front.get(&full)
+                && self.fresh(&entry)
+            {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Probe::Answered(self.admit_entry(entry));
+            }
+            let generation = self.front.generation();
+            if let Some(entry) = self.positive.get(&full).filter(|e| e.presented == full)
+                && self.fresh(&entry)
+            {
+                self.front.put(full, &entry, generation);
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Probe::Answered(self.admit_entry(entry));
+            }
         }
         let (key, material, presented) = match self.format.parse(&cred.key) {
             Ok(parsed) => (
@@ -395,6 +409,8 @@ impl Verifier {
                 self.negative.invalidate_all();
             }
         }
+        // After the shared cache dropped the record: see `front` for why not before.
+        self.front.invalidate();
         self.metrics.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
