@@ -323,6 +323,36 @@ async fn upstream_down_is_502_and_slow_is_504() {
     );
 }
 
+/// The response deadline on a reused upstream connection: its timer was set for the previous
+/// request (an earlier deadline) and fires first; the slow request is still given its full
+/// `response_timeout`, then answered 504, and the next request is served.
+#[tokio::test]
+async fn a_slow_answer_on_a_reused_upstream_connection_is_504_at_its_own_deadline() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "").await; // response_timeout = 2s in the harness
+    let (key, _) = kg.live_key().await;
+    let auth = bearer(&key);
+    let headers = [("authorization", auth.as_str())];
+    // The first request opens the upstream connection; the second, on it, arms its timer.
+    for _ in 0..2 {
+        assert_eq!(get(&kg.url("/"), &headers).await.status.as_u16(), 200);
+    }
+    // The idle pooled connection's timer is due 2s after that request: 1s after this one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = std::time::Instant::now();
+    let r = get(&kg.url("/slow/10000"), &headers).await;
+    let took = asked.elapsed();
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (504, "upstream_timeout")
+    );
+    assert!(
+        took >= Duration::from_millis(1900),
+        "504 after {took:?}, before its deadline"
+    );
+    assert_eq!(get(&kg.url("/"), &headers).await.status.as_u16(), 200);
+}
+
 #[tokio::test]
 async fn concurrent_first_requests_share_one_argon2_run() {
     let up = Upstream::start().await;

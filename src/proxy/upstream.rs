@@ -118,17 +118,28 @@ impl Upstream {
         in_flight: &'a AtomicU64,
         sent_at: std::time::Instant,
     ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
-        let sent = match (&self.client, req) {
-            (Clients::Pooled(pool), Outgoing::Written(w)) => {
-                Either::Left(pool.fetch(w).map_err(move |e| classify(&e, body_limit)))
-            }
-            (_, req) => Either::Right(Box::pin(self.send_other(req, body_limit))),
-        };
         // Settings are at most 10 years (config check); saturate anyway rather than panic.
         let deadline = sent_at
             .checked_add(self.response_timeout)
             .unwrap_or(sent_at + std::time::Duration::from_secs(u64::from(u32::MAX)));
-        self.answered(sent, in_flight, deadline)
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let forwarding = Held::enter(in_flight);
+        let sent = match (&self.client, req) {
+            // The pool's exchange keeps the deadline itself, on the connection's timer.
+            (Clients::Pooled(pool), Outgoing::Written(w)) => Either::Left(
+                pool.fetch(w, deadline)
+                    .map_err(move |e| classify(&e, body_limit)),
+            ),
+            (_, req) => Either::Right(
+                tokio::time::timeout_at(deadline, Box::pin(self.send_other(req, body_limit)))
+                    .map(|timed| timed.unwrap_or(Err(Rejection::UpstreamTimeout))),
+            ),
+        };
+        // The response head, its hop-by-hop headers dropped.
+        sent.map(move |result| {
+            drop(forwarding);
+            result.map(without_hop_by_hop)
+        })
     }
 
     /// Everything but a written request: upgrades through the pool, and hyper-util's clients
@@ -150,26 +161,6 @@ impl Upstream {
                 Err(Rejection::UpstreamUnavailable)
             }
         }
-    }
-
-    /// The response head by `deadline`, its hop-by-hop headers dropped. A
-    /// combinator rather than an `async fn`: that would hold `sent` twice (as its argument and
-    /// inside the timeout it awaits).
-    fn answered<'a>(
-        &self,
-        sent: impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a,
-        in_flight: &'a AtomicU64,
-        deadline: std::time::Instant,
-    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
-        let forwarding = Held::enter(in_flight);
-        let deadline = tokio::time::Instant::from_std(deadline);
-        tokio::time::timeout_at(deadline, sent).map(move |timed| {
-            drop(forwarding);
-            match timed {
-                Err(_) => Err(Rejection::UpstreamTimeout),
-                Ok(result) => result.map(without_hop_by_hop),
-            }
-        })
     }
 
     /// Sends a `CONNECT` over a new HTTP/1.1 connection to the upstream (not pooled: it becomes

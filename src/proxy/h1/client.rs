@@ -7,7 +7,7 @@
 use std::io;
 use std::io::Write as _;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -43,6 +43,9 @@ pub enum ClientError {
 pub struct Conn {
     pub stream: TcpStream,
     stats: std::sync::Arc<crate::telemetry::PoolStats>,
+    /// The response deadline of the request on it, made once per connection and re-armed
+    /// lazily (see [`Conn::poll_deadline`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -50,7 +53,35 @@ impl Conn {
         stats
             .open
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Conn { stream, stats }
+        Conn {
+            stream,
+            stats,
+            timer: None,
+        }
+    }
+
+    /// Ready once `deadline` has passed; until then the task is woken when it does. The
+    /// connection's one timer is moved earlier when needed, and a timer set for an earlier
+    /// request's (earlier) deadline is moved on when it fires: a keep-alive connection does not
+    /// register a timer for every request.
+    pub fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// Whether an idle connection still looks open: no end of stream or stray bytes arrived

@@ -91,7 +91,11 @@ pub async fn serve(
             if std::mem::take(&mut head_begun) {
                 wait_until = Instant::now() + settings.header_read_timeout;
             }
-            timer.as_mut().reset(wait_until);
+            // Re-armed lazily: a deadline that moved later (the next request's idle timeout)
+            // is noticed when the timer fires, not registered anew for every request.
+            if wait_until < timer.deadline() {
+                timer.as_mut().reset(wait_until);
+            }
             let had = src.buf.len();
             tokio::select! {
                 read = src.reader.read(&mut src.buf) => match read {
@@ -100,6 +104,10 @@ pub async fn serve(
                     Ok(_) => {}
                 },
                 () = &mut timer => {
+                    if Instant::now() < wait_until {
+                        timer.as_mut().reset(wait_until);
+                        continue;
+                    }
                     let counter = if served == 0 || had > 0 {
                         &counters.timed_out_head
                     } else {

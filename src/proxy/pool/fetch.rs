@@ -36,11 +36,14 @@ pub struct Fetch<'a> {
     tried: usize,
     /// Everything but the common case, through the `async fn`s.
     rest: Option<Rest<'a>>,
+    /// The response head is due by then (`upstream.response_timeout` from `sent_at`).
+    deadline: tokio::time::Instant,
 }
 
 impl<'a> Fetch<'a> {
-    pub fn new(pool: &'a Arc<H1Pool>, written: Written) -> Self {
+    pub fn new(pool: &'a Arc<H1Pool>, written: Written, deadline: tokio::time::Instant) -> Self {
         Fetch {
+            deadline,
             pool,
             written: Some(written),
             conn: None,
@@ -85,6 +88,11 @@ impl<'a> Fetch<'a> {
     }
 }
 
+/// No response head by the deadline (the client is answered 504).
+fn timed_out() -> SendError {
+    SendError::Exchange(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
+}
+
 impl Future for Fetch<'_> {
     type Output = Result<Response<PooledBody>, SendError>;
 
@@ -120,14 +128,31 @@ impl Future for Fetch<'_> {
                             _ => 0,
                         };
                         let written = this.written.take();
-                        this.rest = written
-                            .map(|w| -> Rest<'_> { Box::pin(this.pool.send_written(w, tried)) });
+                        let (pool, deadline) = (this.pool, this.deadline);
+                        this.rest = written.map(|w| -> Rest<'_> {
+                            Box::pin(async move {
+                                tokio::time::timeout_at(deadline, pool.send_written(w, tried))
+                                    .await
+                                    .unwrap_or_else(|_| Err(timed_out()))
+                            })
+                        });
                         continue;
                     }
                 }
             }
             let retry = idempotent(&written.method);
-            match ready!(this.exchange(cx)) {
+            let exchanged = match this.exchange(cx) {
+                Poll::Ready(exchanged) => exchanged,
+                // Waiting on the upstream: by the deadline, on the connection's own timer.
+                Poll::Pending => {
+                    let Some(conn) = &mut this.conn else {
+                        return Poll::Pending;
+                    };
+                    ready!(conn.poll_deadline(cx, this.deadline));
+                    return Poll::Ready(Err(timed_out()));
+                }
+            };
+            match exchanged {
                 Ok(resp) => return Poll::Ready(Ok(resp)),
                 // Closed while idle, before any answer: another connection may take it, if
                 // the request may be sent twice (RFC 9110 §9.2.2; it has no body to replay).

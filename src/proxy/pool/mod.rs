@@ -150,8 +150,8 @@ impl H1Pool {
 
     /// Sends a request already written as a head (see [`Written`]): [`Fetch`] for the common
     /// case, which takes the rest here.
-    pub fn fetch(self: &Arc<Self>, written: Written) -> Fetch<'_> {
-        Fetch::new(self, written)
+    pub fn fetch(self: &Arc<Self>, written: Written, deadline: tokio::time::Instant) -> Fetch<'_> {
+        Fetch::new(self, written, deadline)
     }
 
     /// Sends a request already written as a head (see [`Written`]), after `tried` pooled
