@@ -12,7 +12,7 @@ use http_body::Body;
 use super::hop::connection_named;
 use super::{Forward, HeaderPlan, X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, forwarded_target};
 use super::{X_FORWARDED_HOST, X_FORWARDED_PROTO, host_of};
-use crate::proxy::h1::client::{Framing, declares_length, end_head, is_framing, start_line};
+use crate::proxy::h1::client::{Framing, end_head, is_framing, start_line};
 use crate::proxy::h1::field;
 
 impl HeaderPlan {
@@ -32,15 +32,20 @@ impl HeaderPlan {
         };
         let target = forwarded_target(req.uri(), fwd.normalized_path);
         start_line(req.method(), target.as_str(), out);
-        let client_host = host_of(req);
-        let host = match (&client_host, self.preserve_host) {
-            (Some(host), true) => host,
-            _ => &self.upstream_host,
-        };
+        // What the map would be asked for (the first `Host`, `TE` and `Content-Length`) is
+        // noted on the one pass over the fields instead.
+        let (mut client_host, mut te, mut length) = (None, None, None);
         // `Host` and `X-Request-Id` replace the client's in place, once; everything else keygate
         // sets is in a namespace it strips first, so it follows the client's lines.
         let (mut host_sent, mut id_sent) = (false, false);
         for (name, value) in headers {
+            if *name == header::HOST {
+                client_host.get_or_insert(value);
+            } else if *name == header::TE {
+                te.get_or_insert(value);
+            } else if *name == header::CONTENT_LENGTH {
+                length.get_or_insert(value);
+            }
             if is_framing(name)
                 || listed.contains(name)
                 || self.never_forwarded(name, headers, fwd.keep_method_override)
@@ -49,6 +54,10 @@ impl HeaderPlan {
             }
             if name == header::HOST {
                 if !std::mem::replace(&mut host_sent, true) {
+                    let host = match (client_host, self.preserve_host) {
+                        (Some(host), true) => host,
+                        _ => &self.upstream_host,
+                    };
                     field(out, header::HOST.as_ref(), host.as_bytes());
                 }
             } else if name == X_REQUEST_ID {
@@ -59,11 +68,18 @@ impl HeaderPlan {
                 field(out, name.as_str().as_bytes(), value.as_bytes());
             }
         }
+        // Without a `Host` field, the target's authority (as `host_of` reads it).
+        let client_host = match client_host {
+            Some(host) => Some(host.clone()),
+            None if req.uri().authority().is_some() => host_of(req),
+            None => None,
+        };
+        let host = match (&client_host, self.preserve_host) {
+            (Some(host), true) => host,
+            _ => &self.upstream_host,
+        };
         // `TE: trailers` is the one TE value worth keeping: gRPC servers require it.
-        if headers
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
+        if te.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
             field(out, b"te", b"trailers");
         }
         let proto: &[u8] = if fwd.https { b"https" } else { b"http" };
@@ -95,8 +111,13 @@ impl HeaderPlan {
             field(out, name.as_ref(), value.as_bytes());
         }
         // The client's length counts only if the map-editing path would have kept it.
+        let length_declared = |v: Option<&http::HeaderValue>| {
+            v.and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some()
+        };
+        let declared_value = length;
         let length = &header::CONTENT_LENGTH;
-        let declared = declares_length(headers)
+        let declared = length_declared(declared_value)
             && !listed.contains(length)
             && !self.never_forwarded(length, headers, fwd.keep_method_override);
         end_head(req.body(), declared, out)
@@ -224,6 +245,20 @@ mod tests {
                 &[("content-length", "0"), ("connection", "content-length")],
                 "",
             ),
+            // `Host` listed in `Connection`; an authority in the target with and without `Host`.
+            (
+                "GET",
+                "/",
+                &[("connection", "host"), ("host", "h"), ("te", "trailers")],
+                "",
+            ),
+            ("GET", "http://example.com/x", &[("te", "trailers")], ""),
+            (
+                "GET",
+                "http://example.com/x",
+                &[("host", "h"), ("content-length", "x")],
+                "",
+            ),
             (
                 "GET",
                 "/",
@@ -294,7 +329,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(compared, 42);
+        assert_eq!(compared, 60);
     }
 
     /// An honoured method override still goes when it is inside the identity namespace.
