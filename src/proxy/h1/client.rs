@@ -330,6 +330,17 @@ pub fn poll_head(
     }
 }
 
+/// A non-empty run of ASCII digits as a u64 (`None`: anything else, or too large).
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
@@ -366,11 +377,7 @@ pub fn parse_head(
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(ClientError::Malformed("bad Content-Length"))?;
+            let n = decimal(h.value).ok_or(ClientError::Malformed("bad Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ClientError::Malformed("conflicting Content-Length"));
             }
@@ -607,6 +614,33 @@ mod tests {
 
     fn parsed(head: &str) -> ResponseHead {
         parsed_as(head, Method::GET)
+    }
+
+    #[test]
+    fn a_response_length_is_digits_only_and_fits_a_u64() {
+        for (value, want) in [
+            ("5", Some(5)),
+            ("0005", Some(5)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("+5", None),
+            ("-1", None),
+            ("5 ", Some(5)), // trailing whitespace is not part of a field value
+            ("0x10", None),
+            ("", None),
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\n");
+            let got = parse_head(&mut BytesMut::from(head.as_bytes()), &Method::GET);
+            let got = match got {
+                Ok(Some(h)) => match h.framing {
+                    Framing::Length(n) => Some(n),
+                    Framing::None => Some(0),
+                    _ => None,
+                },
+                _ => None,
+            };
+            assert_eq!(got, want, "{value:?}");
+        }
     }
 
     #[test]

@@ -310,7 +310,14 @@ impl H1Pool {
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        self.evict_expired(&mut idle, now);
+        // By age only, here on every request: whether a connection is still open is asked
+        // where it matters (the one a checkout takes) and by the reaper.
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) > self.idle_timeout)
+        {
+            idle.pop_front();
+        }
         // Full: the oldest goes, never the connection that just proved itself.
         if idle.len() >= self.max_idle {
             idle.pop_front();
