@@ -263,6 +263,8 @@ impl Verifier {
             .format
             .looks_up_whole_key()
             .then(|| self.hasher.lookup_hash(&cred.key));
+        // The shared cache's answer for the whole key, once asked (not asked twice on a miss).
+        let mut asked = None;
         if let Some(full) = whole {
             // This thread's front first, then the shared cache (see `front`).
             if let Some(entry) = self.front.get(&full)
@@ -272,13 +274,15 @@ impl Verifier {
                 return Probe::Answered(self.admit_entry(entry));
             }
             let generation = self.front.generation();
-            if let Some(entry) = self.positive.get(&full).filter(|e| e.presented == full)
-                && self.fresh(&entry)
+            let cached = self.positive.get(&full).filter(|e| e.presented == full);
+            if let Some(entry) = &cached
+                && self.fresh(entry)
             {
-                self.front.put(full, &entry, generation);
+                self.front.put(full, entry, generation);
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Probe::Answered(self.admit_entry(entry));
+                return Probe::Answered(self.admit_entry(Arc::clone(entry)));
             }
+            asked = Some(cached);
         }
         let (key, material, presented) = match self.format.parse(&cred.key) {
             Ok(parsed) => (
@@ -300,7 +304,11 @@ impl Verifier {
             self.hasher.lookup_hash(material)
         };
         let lookup = Lookup { full, store };
-        let cached = self.positive.get(&store).filter(|e| e.presented == full);
+        // Looked up by the whole key, `store` is `full`: the answer above stands.
+        let cached = match asked {
+            Some(cached) if store == full => cached,
+            _ => self.positive.get(&store).filter(|e| e.presented == full),
+        };
         let stale = match cached {
             Some(entry) if self.fresh(&entry) => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
