@@ -25,7 +25,7 @@ struct Slot {
 }
 
 thread_local! {
-    static REMEMBERED: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+    static REMEMBERED: RefCell<[Option<Slot>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
 }
 
 /// One verifier's view of the front (a thread's slots are shared by every verifier it serves:
@@ -59,7 +59,7 @@ impl Front {
     pub fn get(&self, key: &LookupHash) -> Option<Arc<Verified>> {
         let generation = self.generation();
         REMEMBERED.with_borrow(|slots| {
-            let slot = slots.get(index(key))?.as_ref()?;
+            let slot = slots[index(key)].as_ref()?;
             (slot.verifier == self.id && slot.generation == generation && slot.key == *key)
                 .then(|| Arc::clone(&slot.entry))
         })
@@ -68,21 +68,17 @@ impl Front {
     /// Remembers `entry`, read from the shared cache under `generation`.
     pub fn put(&self, key: LookupHash, entry: &Arc<Verified>, generation: u64) {
         REMEMBERED.with_borrow_mut(|slots| {
-            if slots.is_empty() {
-                slots.resize_with(SLOTS, || None);
-            }
-            if let Some(slot) = slots.get_mut(index(&key)) {
-                *slot = Some(Slot {
-                    verifier: self.id,
-                    generation,
-                    key,
-                    entry: Arc::clone(entry),
-                });
-            }
+            slots[index(&key)] = Some(Slot {
+                verifier: self.id,
+                generation,
+                key,
+                entry: Arc::clone(entry),
+            });
         });
     }
 }
 
+/// Always below `SLOTS`.
 fn index(key: &LookupHash) -> usize {
     usize::from(key.as_bytes()[0]) % SLOTS
 }

@@ -126,13 +126,13 @@ pub fn encode_head<B: Body>(req: &Request<B>, out: &mut Vec<u8>) -> Framing {
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    end_head(req.body(), declares_length(req.headers()), out)
+    let declared = is_length(req.headers().get(header::CONTENT_LENGTH));
+    end_head(req.body(), declared, out)
 }
 
-/// Whether a client's fields declare a length (a parsable `Content-Length`).
-pub fn declares_length(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
+/// Whether the first `Content-Length` value (`None`: there is none) declares a length.
+pub fn is_length(first: Option<&HeaderValue>) -> bool {
+    first
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some()
 }

@@ -135,6 +135,14 @@ pub struct HeaderPlan {
 }
 
 impl HeaderPlan {
+    /// The `Host` the upstream receives: the client's (`preserve_host`) or the upstream's own.
+    fn host_for<'a>(&'a self, client: Option<&'a HeaderValue>) -> &'a HeaderValue {
+        match client {
+            Some(host) if self.preserve_host => host,
+            _ => &self.upstream_host,
+        }
+    }
+
     pub fn new(auth: &AuthConfig, upstream: &Uri, preserve_host: bool) -> Result<Self, String> {
         let name = |suffix: &str| {
             HeaderName::from_bytes(format!("{}{suffix}", auth.identity_prefix).as_bytes())
@@ -210,10 +218,7 @@ impl HeaderPlan {
             headers.insert(self.scopes.clone(), v.scopes.clone());
         }
 
-        match (&client_host, self.preserve_host) {
-            (Some(host), true) => headers.insert(header::HOST, host.clone()),
-            _ => headers.insert(header::HOST, self.upstream_host.clone()),
-        };
+        headers.insert(header::HOST, self.host_for(client_host.as_ref()).clone());
 
         let target = forwarded_target(req.uri(), fwd.normalized_path);
         let mut parts = std::mem::take(req.uri_mut()).into_parts();

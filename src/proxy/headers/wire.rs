@@ -12,7 +12,7 @@ use http_body::Body;
 use super::hop::connection_named;
 use super::{Forward, HeaderPlan, X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, forwarded_target};
 use super::{X_FORWARDED_HOST, X_FORWARDED_PROTO, host_of};
-use crate::proxy::h1::client::{Framing, end_head, is_framing, start_line};
+use crate::proxy::h1::client::{Framing, end_head, is_framing, is_length, start_line};
 use crate::proxy::h1::field;
 
 impl HeaderPlan {
@@ -34,7 +34,7 @@ impl HeaderPlan {
         start_line(req.method(), target.as_str(), out);
         // What the map would be asked for (the first `Host`, `TE` and `Content-Length`) is
         // noted on the one pass over the fields instead.
-        let (mut client_host, mut te, mut length) = (None, None, None);
+        let (mut client_host, mut te, mut client_length) = (None, None, None);
         // `Host` and `X-Request-Id` replace the client's in place, once; everything else keygate
         // sets is in a namespace it strips first, so it follows the client's lines.
         let (mut host_sent, mut id_sent) = (false, false);
@@ -44,7 +44,7 @@ impl HeaderPlan {
             } else if *name == header::TE {
                 te.get_or_insert(value);
             } else if *name == header::CONTENT_LENGTH {
-                length.get_or_insert(value);
+                client_length.get_or_insert(value);
             }
             if is_framing(name)
                 || listed.contains(name)
@@ -54,11 +54,11 @@ impl HeaderPlan {
             }
             if name == header::HOST {
                 if !std::mem::replace(&mut host_sent, true) {
-                    let host = match (client_host, self.preserve_host) {
-                        (Some(host), true) => host,
-                        _ => &self.upstream_host,
-                    };
-                    field(out, header::HOST.as_ref(), host.as_bytes());
+                    field(
+                        out,
+                        header::HOST.as_ref(),
+                        self.host_for(client_host).as_bytes(),
+                    );
                 }
             } else if name == X_REQUEST_ID {
                 if !std::mem::replace(&mut id_sent, true) {
@@ -73,10 +73,6 @@ impl HeaderPlan {
             Some(host) => Some(host.clone()),
             None if req.uri().authority().is_some() => host_of(req),
             None => None,
-        };
-        let host = match (&client_host, self.preserve_host) {
-            (Some(host), true) => host,
-            _ => &self.upstream_host,
         };
         // `TE: trailers` is the one TE value worth keeping: gRPC servers require it.
         if te.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
@@ -105,19 +101,18 @@ impl HeaderPlan {
             }
         }
         if !host_sent {
-            field(out, header::HOST.as_ref(), host.as_bytes());
+            field(
+                out,
+                header::HOST.as_ref(),
+                self.host_for(client_host.as_ref()).as_bytes(),
+            );
         }
         if let Some((name, value)) = self.signature(fwd.identity, req.method(), target.as_str()) {
             field(out, name.as_ref(), value.as_bytes());
         }
         // The client's length counts only if the map-editing path would have kept it.
-        let length_declared = |v: Option<&http::HeaderValue>| {
-            v.and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some()
-        };
-        let declared_value = length;
         let length = &header::CONTENT_LENGTH;
-        let declared = length_declared(declared_value)
+        let declared = is_length(client_length)
             && !listed.contains(length)
             && !self.never_forwarded(length, headers, fwd.keep_method_override);
         end_head(req.body(), declared, out)

@@ -1,6 +1,6 @@
 //! The hot path's exchange as one future written by hand ([`Fetch`]): a request without a
 //! body on an idle pooled connection — its head written, the response head read and parsed —
-//! in a future of 320 bytes. The `async fn`s it replaces for this case were a stack
+//! in a future of a few hundred bytes. The `async fn`s it replaces for this case were a stack
 //! of futures (~1.8 KiB), each built and then copied whole by the one above it, and into every
 //! request's own future. Anything else — a body to send, no idle connection, retries beyond
 //! the pooled attempts — goes on through [`H1Pool::send_written`], boxed: the same exchange

@@ -288,7 +288,7 @@ impl H1Pool {
         let mut looked = 0;
         while let Some(c) = idle.pop_back() {
             looked += 1;
-            if now.saturating_duration_since(c.since) <= self.idle_timeout && c.conn.looks_alive() {
+            if !self.expired(&c, now) {
                 self.count_idle(&idle);
                 return Some(c.conn);
             }
@@ -312,10 +312,7 @@ impl H1Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // By age only, here on every request: whether a connection is still open is asked
         // where it matters (the one a checkout takes) and by the reaper.
-        while idle
-            .front()
-            .is_some_and(|c| now.saturating_duration_since(c.since) > self.idle_timeout)
-        {
+        while idle.front().is_some_and(|c| self.aged(c, now)) {
             idle.pop_front();
         }
         // Full: the oldest goes, never the connection that just proved itself.
@@ -335,7 +332,12 @@ impl H1Pool {
 
     /// Idle too long, or closed by the upstream.
     fn expired(&self, c: &Idle, now: Instant) -> bool {
-        now.saturating_duration_since(c.since) > self.idle_timeout || !c.conn.looks_alive()
+        self.aged(c, now) || !c.conn.looks_alive()
+    }
+
+    /// Idle longer than `idle_timeout`.
+    fn aged(&self, c: &Idle, now: Instant) -> bool {
+        now.saturating_duration_since(c.since) > self.idle_timeout
     }
 
     /// Closes expired idle connections even when no request comes to do it, until the pool
