@@ -171,11 +171,15 @@ async fn redis_limiter() {
 }
 
 fn redis_store(redis: &Redis) -> keygate::store::RedisStore {
+    store_at(&redis.url(), None, Duration::from_secs(2))
+}
+
+fn store_at(url: &str, password: Option<&str>, timeout: Duration) -> keygate::store::RedisStore {
     let Store::Redis(store) = Store::open(&StoreConfig::Redis(RedisConfig {
-        topology: RedisTopology::Standalone { url: redis.url() },
-        password: None,
+        topology: RedisTopology::Standalone { url: url.into() },
+        password: password.map(|p| keygate::config::Secret::new(p.as_bytes().to_vec())),
         key_prefix: "kglimit".into(),
-        timeout: Duration::from_secs(2),
+        timeout,
         shards: keygate::config::DEFAULT_SHARDS,
         write_replicas: 0,
     }))
@@ -272,4 +276,150 @@ async fn three_leasing_replicas_admit_exactly_the_limit_with_few_round_trips() {
     // The shared counter holds what was leased, never more than the limit.
     let used = redis.cmd("HGET {kglimit:rl:o:acct}:k:k:tight c");
     assert_eq!(used.lines().last().map(str::trim), Some("50"), "{used}");
+}
+
+/// Admitted of `attempts` one-by-one checks of a fresh counter `name` (limit `n` per hour).
+async fn admitted(limiter: &Limiter, name: &str, n: u64, attempts: usize) -> usize {
+    let l = limit(n, Duration::from_secs(3600), Algorithm::FixedWindow);
+    let mut admitted = 0;
+    for _ in 0..attempts {
+        if limiter.acquire(&[(counter("k", name), l)]).await[0].allowed {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_each_get_their_own_counters_answer() {
+    // Checks of 40 counters with 40 different limits, all in flight at once on one connection:
+    // a reply handed to the wrong check would show as a count or a `remaining` of another limit.
+    let redis = Redis::start();
+    let limiter = Arc::new(Limiter::Redis(RedisLimiter::new(
+        redis_store(&redis),
+        "kglimit",
+        1,
+        0,
+    )));
+    let hour = Duration::from_secs(3600);
+    let mut tasks = Vec::new();
+    for i in 1..=40u64 {
+        for _ in 0..3 {
+            let limiter = Arc::clone(&limiter);
+            tasks.push(tokio::spawn(async move {
+                let l = limit(i, hour, Algorithm::FixedWindow);
+                let mut seen = Vec::new();
+                for _ in 0..20 {
+                    let d = limiter
+                        .acquire(&[(counter("k", &format!("c{i}")), l)])
+                        .await;
+                    assert!(
+                        d[0].remaining < i,
+                        "counter {i}: remaining {}",
+                        d[0].remaining
+                    );
+                    seen.push(d[0].allowed);
+                }
+                (i, seen.into_iter().filter(|&a| a).count() as u64)
+            }));
+        }
+    }
+    let mut per_counter = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (i, n) = t.await.unwrap();
+        *per_counter.entry(i).or_insert(0) += n;
+    }
+    for (i, n) in per_counter {
+        assert_eq!(n, i.min(60), "counter {i} admitted {n} of 60 attempts");
+    }
+    assert!(script_calls(&redis) >= 2400, "every check went to Redis");
+}
+
+#[tokio::test]
+async fn a_redis_that_forgets_its_scripts_or_restarts_is_used_again_at_once() {
+    let mut redis = Redis::start();
+    let limiter = Limiter::Redis(RedisLimiter::new(redis_store(&redis), "kglimit", 1, 0));
+    assert_eq!(admitted(&limiter, "flush", 10, 4).await, 4);
+    // The script cache emptied (as by `SCRIPT FLUSH` or a failover): the next check loads it
+    // again and the shared count goes on where it was.
+    assert!(redis.cmd("SCRIPT FLUSH").contains("OK"));
+    assert_eq!(admitted(&limiter, "flush", 10, 10).await, 6);
+    let used = redis.cmd("HGET {kglimit:rl:o:acct}:k:k:flush c");
+    assert_eq!(used.lines().last().map(str::trim), Some("10"), "{used}");
+
+    // A restart (counters gone with it): a check sent on the dead connection falls back; the
+    // next one connects again, at once, and Redis counts anew.
+    redis.restart();
+    admitted(&limiter, "poke", 10, 1).await;
+    let calls = script_calls(&redis);
+    let first = admitted(&limiter, "after", 3, 5).await;
+    let used = redis.cmd("HGET {kglimit:rl:o:acct}:k:k:after c");
+    assert_eq!(
+        (first, used.lines().last().map(str::trim)),
+        (3, Some("3")),
+        "the checks after the restart went to the new server"
+    );
+    assert!(script_calls(&redis) > calls);
+}
+
+#[tokio::test]
+async fn a_silent_redis_costs_a_timeout_then_the_fallback_and_is_used_again_when_it_answers() {
+    let redis = Redis::start();
+    // Two replicas configured: the fallback admits half the limit, which tells the paths apart.
+    let store = store_at(&redis.url(), None, Duration::from_millis(300));
+    let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 2, 0));
+    assert_eq!(admitted(&limiter, "warm", 10, 1).await, 1);
+    redis.pause();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        admitted(&limiter, "hung", 10, 10).await,
+        5,
+        "the fallback's share"
+    );
+    let waited = started.elapsed();
+    redis.resume();
+    assert!(
+        waited < Duration::from_secs(8),
+        "ten checks against a hung Redis took {waited:?}"
+    );
+    // Redis answers again: the next checks are shared (the full limit, counted in Redis).
+    let mut shared = 0;
+    for _ in 0..50 {
+        shared = admitted(&limiter, "back", 4, 6).await;
+        if shared == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let used = redis.cmd("HGET {kglimit:rl:o:acct}:k:k:back c");
+    assert_eq!(
+        (shared, used.lines().last().map(str::trim)),
+        (4, Some("4")),
+        "shared limits are back once Redis answers"
+    );
+}
+
+#[tokio::test]
+async fn the_password_and_database_in_the_settings_are_used() {
+    let redis = Redis::start();
+    assert!(redis.cmd("CONFIG SET requirepass s3cret-pw").contains("OK"));
+    let url = format!("{}/3", redis.url());
+    // Right password: the full limit, counted in Redis. Wrong one: the fallback's half.
+    let right = Limiter::Redis(RedisLimiter::new(
+        store_at(&url, Some("s3cret-pw"), Duration::from_secs(2)),
+        "kglimit",
+        2,
+        0,
+    ));
+    assert_eq!(admitted(&right, "auth", 6, 8).await, 6);
+    let wrong = Limiter::Redis(RedisLimiter::new(
+        store_at(&url, Some("not-it"), Duration::from_secs(2)),
+        "kglimit",
+        2,
+        0,
+    ));
+    assert_eq!(admitted(&wrong, "auth-wrong", 6, 8).await, 3);
+    let keys = common::redis::raw_command_in(redis.port, "s3cret-pw", 3, "KEYS *auth*");
+    assert!(keys.contains("k:auth"), "{keys}");
+    assert!(!keys.contains("auth-wrong"), "{keys}");
 }

@@ -20,6 +20,7 @@ pub use record::{KeyPatch, KeyRateLimit, KeyRecord, KeyState, KeyView, MintError
 pub use redis::{
     AUDIT_STREAMS, Layout, Migration, RedisStore, Steer, run_migrate, shard_of_hash, shard_of_id,
 };
+pub(crate) use redis::{Lua, ScriptCall};
 
 use crate::key::LookupHash;
 use crate::time::Timestamp;

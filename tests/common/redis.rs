@@ -38,6 +38,23 @@ pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// `cmd` after `AUTH <password>` and `SELECT <db>` on one connection: everything answered.
+pub fn raw_command_in(port: u16, password: &str, db: u32, cmd: &str) -> String {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s.write_all(format!("AUTH {password}\r\nSELECT {db}\r\n{cmd}\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Until the server has nothing more to say.
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {

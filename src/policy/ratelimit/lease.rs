@@ -14,12 +14,11 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use redis::Script;
-
 use super::{Counter, Decision, Limit};
+use crate::store::Lua;
 
-pub(super) static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(super) static LEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"-- KEYS: fixed-window counters; ARGV: replicas, then per key: limit, window ms, batch
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

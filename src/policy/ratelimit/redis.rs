@@ -10,14 +10,12 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::Script;
-
 use super::lease::{LEASE, Leases};
 use super::{Algorithm, Counter, Decision, Limit, LocalLimiter};
-use crate::store::RedisStore;
+use crate::store::{Lua, RedisStore, ScriptCall};
 
-static CHECK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static CHECK: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"-- KEYS: one counter per limit, one hash tag
         -- ARGV: consume (1/0), then per limit: algorithm (f|g), limit, window ms
         local t = redis.call('TIME')
@@ -115,20 +113,18 @@ impl RedisLimiter {
                 Ok(decisions) => return decisions,
                 Err(wanted) => wanted,
             };
-            let mut inv = LEASE.prepare_invoke();
-            inv.arg(self.replicas.max(1));
+            let mut call = ScriptCall::new(&LEASE);
+            for &i in &wanted.indices {
+                call.key(&self.key(&limits[i].0));
+            }
+            call.arg(self.replicas.max(1));
             for (&i, batch) in wanted.indices.iter().zip(&wanted.batches) {
-                inv.key(self.key(&limits[i].0));
-                inv.arg(limits[i].1.limit)
+                call.arg(limits[i].1.limit)
                     .arg(limits[i].1.window_ms())
                     .arg(*batch);
             }
-            let rows = match self.store.eval::<Vec<Vec<u64>>>(inv).await {
-                Ok(rows)
-                    if rows.len() == wanted.indices.len() && rows.iter().all(|r| r.len() == 3) =>
-                {
-                    rows
-                }
+            let rows = match self.store.call(&call).await.map(|r| r.rows(3)) {
+                Ok(Some(rows)) if rows.len() == wanted.indices.len() => rows,
                 // Unreachable or odd: the per-request path handles (and logs) the fallback.
                 _ => return self.check_each(limits, true).await,
             };
@@ -180,19 +176,21 @@ impl RedisLimiter {
 
     /// One script per check: the exact path.
     async fn check_each(&self, limits: &[(Counter, Limit)], consume: bool) -> Vec<Decision> {
-        let mut inv = CHECK.prepare_invoke();
-        inv.arg(u8::from(consume));
-        for (counter, limit) in limits {
-            inv.key(self.key(counter));
-            inv.arg(match limit.algorithm {
+        let mut call = ScriptCall::new(&CHECK);
+        for (counter, _) in limits {
+            call.key(&self.key(counter));
+        }
+        call.arg(u8::from(consume));
+        for (_, limit) in limits {
+            call.arg(match limit.algorithm {
                 Algorithm::FixedWindow => "f",
                 Algorithm::Gcra => "g",
             })
             .arg(limit.limit)
             .arg(limit.window_ms());
         }
-        match self.store.eval::<Vec<Vec<u64>>>(inv).await {
-            Ok(rows) if rows.len() == limits.len() && rows.iter().all(|r| r.len() == 4) => {
+        match self.store.call(&call).await.map(|r| r.rows(4)) {
+            Ok(Some(rows)) if rows.len() == limits.len() => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis rate limiter reachable again; shared limits restored");
                 }

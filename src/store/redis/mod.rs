@@ -31,7 +31,9 @@ mod conn;
 mod keystore;
 mod layout;
 mod migrate;
+mod pipe;
 mod replica;
+mod resp;
 mod scripts;
 mod sharded;
 mod subscriber;
@@ -53,6 +55,7 @@ use crate::config::{RedisConfig, RedisTopology};
 use conn::{Conn, LazyCluster, PubSubSource, SentinelConn, with_password};
 pub use layout::{AUDIT_STREAMS, Layout, Steer, shard_of_hash, shard_of_id};
 pub use migrate::{Migration, run_migrate};
+pub(crate) use resp::{Lua, Reply, ScriptCall};
 
 /// Compare-and-set retries before giving up on a contended record.
 const CAS_RETRIES: usize = 8;
@@ -144,6 +147,8 @@ struct Inner {
     /// True while subscribed to the invalidation channel.
     subscribed: AtomicBool,
     conn: Conn,
+    /// Standalone over TCP: the request path's scripts go through this lean connection.
+    pipe: Option<pipe::Pipe>,
     keys: Keys,
     timeout: Duration,
     changes: Changes,
@@ -202,9 +207,12 @@ impl RedisStore {
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(Some(cfg.timeout));
+        let mut pipe = None;
         let (conn, source) = match &cfg.topology {
             RedisTopology::Standalone { url } => {
-                let client = redis::Client::open(with_password(url, pw)?).map_err(unavailable)?;
+                let info = with_password(url, pw)?;
+                pipe = pipe::Pipe::new(&info, cfg.timeout);
+                let client = redis::Client::open(info).map_err(unavailable)?;
                 let manager_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(cfg.timeout))
                     .set_response_timeout(Some(cfg.timeout))
@@ -262,6 +270,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 subscribed: AtomicBool::new(false),
                 conn,
+                pipe,
                 keys: Keys::new(&cfg.key_prefix),
                 prefix: cfg.key_prefix.clone(),
                 timeout: cfg.timeout,
@@ -467,6 +476,33 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         self.run(|mut c| async move { invocation.invoke_async::<T>(&mut c).await })
             .await
+    }
+
+    /// Runs one of keygate's scripts on the request path: over the lean connection where the
+    /// topology has one (see [`pipe`]), else the `redis` crate's. An error reply is an error.
+    pub(crate) async fn call(&self, call: &ScriptCall) -> Result<Reply, StoreError> {
+        let Some(pipe) = &self.inner.pipe else {
+            let inv = call.invocation();
+            let value = self
+                .run(|mut c| async move { inv.invoke_async::<redis::Value>(&mut c).await })
+                .await?;
+            return Reply::from_value(value).ok_or_else(|| unavailable("unexpected reply type"));
+        };
+        let mut reply = pipe
+            .call(|out| call.write(out, false))
+            .await
+            .map_err(unavailable)?;
+        if matches!(&reply, Reply::Error(e) if e.starts_with("NOSCRIPT")) {
+            // Redis lost its script cache (a restart, `SCRIPT FLUSH`): the text loads it again.
+            reply = pipe
+                .call(|out| call.write(out, true))
+                .await
+                .map_err(unavailable)?;
+        }
+        match reply {
+            Reply::Error(e) => Err(unavailable(e)),
+            reply => Ok(reply),
+        }
     }
 
     /// Runs a pipeline of writes (on the current master).
