@@ -49,15 +49,18 @@ struct State {
     /// Commands queued and not yet written.
     out: Vec<u8>,
     /// One reply slot per command queued or written, in order.
-    waiting: VecDeque<oneshot::Sender<Reply>>,
+    waiting: VecDeque<oneshot::Sender<Result<Reply, Arc<str>>>>,
     /// Bumped whenever a connection ends, so a task of an ended one touches nothing.
     epoch: u64,
     link: Link,
 }
 
 enum Link {
+    /// No connection: the next command makes one (not before `retry_at`). `why` the last
+    /// one ended.
     Down {
         retry_at: Option<Instant>,
+        why: Option<Arc<str>>,
     },
     Running {
         wake: Arc<Notify>,
@@ -69,11 +72,11 @@ enum Link {
 /// Why a command got no reply (the caller's fallback logs it).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PipeError {
-    #[error("not connected (the last attempt failed; retrying shortly)")]
-    Down,
-    #[error("connection lost")]
-    Lost,
-    #[error("timed out")]
+    #[error("not connected ({0}); retrying shortly")]
+    Down(Arc<str>),
+    #[error("connection lost: {0}")]
+    Lost(Arc<str>),
+    #[error("no reply within twice the store timeout")]
     TimedOut,
 }
 
@@ -110,7 +113,10 @@ impl Pipe {
                     out: Vec::new(),
                     waiting: VecDeque::new(),
                     epoch: 0,
-                    link: Link::Down { retry_at: None },
+                    link: Link::Down {
+                        retry_at: None,
+                        why: None,
+                    },
                 }),
             }),
         })
@@ -123,9 +129,12 @@ impl Pipe {
             let epoch = s.epoch;
             match &s.link {
                 Link::Running { .. } => {}
-                Link::Down { retry_at } => {
-                    if retry_at.is_some_and(|t| Instant::now() < t) {
-                        return Err(PipeError::Down);
+                Link::Down { retry_at, why } => {
+                    if let Some(t) = retry_at
+                        && Instant::now() < *t
+                    {
+                        let why = why.clone().unwrap_or_else(|| Arc::from("connecting"));
+                        return Err(PipeError::Down(why));
                     }
                     let wake = Arc::new(Notify::new());
                     let task = tokio::spawn(Arc::clone(&self.shared).run(epoch, Arc::clone(&wake)));
@@ -134,7 +143,7 @@ impl Pipe {
                         task: task.abort_handle(),
                     };
                 }
-                Link::Closed => return Err(PipeError::Lost),
+                Link::Closed => return Err(PipeError::Lost(Arc::from("shut down"))),
             }
             write(&mut s.out);
             let (tx, rx) = oneshot::channel();
@@ -145,10 +154,12 @@ impl Pipe {
             (rx, epoch)
         };
         match tokio::time::timeout(self.shared.timeout * 2, reply).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(PipeError::Lost),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(why))) => Err(PipeError::Lost(why)),
+            Ok(Err(_)) => Err(PipeError::Lost(Arc::from("shut down"))),
             Err(_) => {
-                self.shared.end(epoch, None);
+                let why = Arc::from("a reply took longer than twice the store timeout");
+                self.shared.end(epoch, None, why);
                 Err(PipeError::TimedOut)
             }
         }
@@ -172,9 +183,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ends connection `epoch` (if it is still the current one): its commands fail, the next
-    /// command reconnects (not before `retry_at`).
-    fn end(&self, epoch: u64, retry_at: Option<Instant>) {
+    /// Ends connection `epoch` (if it is still the current one): its commands fail with `why`,
+    /// the next command reconnects (not before `retry_at`).
+    fn end(&self, epoch: u64, retry_at: Option<Instant>, why: Arc<str>) {
         let mut s = self.lock();
         if s.epoch != epoch || matches!(s.link, Link::Closed) {
             return;
@@ -182,20 +193,22 @@ impl Shared {
         if let Link::Running { task, .. } = &s.link {
             task.abort();
         }
-        s.link = Link::Down { retry_at };
         s.epoch += 1;
-        // Dropping the reply slots fails their waiters.
-        s.waiting.clear();
+        for slot in s.waiting.drain(..) {
+            drop(slot.send(Err(Arc::clone(&why))));
+        }
         s.out.clear();
+        s.link = Link::Down {
+            retry_at,
+            why: Some(why),
+        };
     }
 
     async fn run(self: Arc<Self>, epoch: u64, wake: Arc<Notify>) {
         let (error, connected) = self.serve(epoch, &wake).await;
-        tracing::debug!(error = %error, "redis limiter connection ended");
-        self.end(
-            epoch,
-            (!connected).then(|| Instant::now() + RETRY.min(self.timeout)),
-        );
+        tracing::debug!(error = %error, connected, "redis limiter connection ended");
+        let retry_at = (!connected).then(|| Instant::now() + RETRY.min(self.timeout));
+        self.end(epoch, retry_at, Arc::from(error.to_string()));
     }
 
     /// Connects and serves until the connection fails: the error, and whether it was made.
@@ -292,7 +305,7 @@ impl Shared {
                 };
                 match slot {
                     // A caller that gave up has dropped its receiver; the reply is discarded.
-                    Some(slot) => drop(slot.send(reply)),
+                    Some(slot) => drop(slot.send(Ok(reply))),
                     None => return Err(std::io::Error::other("a reply nobody asked for")),
                 }
             }
