@@ -6,10 +6,11 @@
 //! which is most of what a round trip costs keygate (the Cluster and Sentinel topologies, TLS
 //! and Unix sockets keep the crate's connection).
 //!
-//! Failure: a broken connection fails every command in flight (the caller falls back) and the
-//! next command reconnects, at once after a connection that worked, no sooner than [`RETRY`]
-//! after one that could not be made. A command unanswered after twice the store timeout ends
-//! the connection: a peer that silent is gone.
+//! Failure: a broken connection fails every command in flight (the caller falls back). The next
+//! command reconnects at once after a connection that answered; after one that never did, or
+//! one left hanging (a command unanswered for the store timeout, twice that on a new
+//! connection), not before [`RETRY`], doubling up to [`MAX_RETRY`] while failures go on, and
+//! meanwhile commands fail fast. The connection names itself `keygate-limiter`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,10 +26,16 @@ use tokio::time::Instant;
 
 use super::resp::{self, Reply};
 
-/// The wait after a connection attempt failed, before the next one (meanwhile calls fail fast).
+/// The wait after a connection that never answered, before the next attempt (meanwhile calls
+/// fail fast and fall back); it doubles with each such connection in a row, up to [`MAX_RETRY`].
 const RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(2);
 /// A write buffer grown past this by a burst is given back.
 const KEEP_CAPACITY: usize = 64 << 10;
+/// Unparsed reply bytes held at most: the scripts' replies are a few dozen bytes.
+const MAX_PENDING: usize = 1 << 20;
+/// How the connection shows in `CLIENT LIST`.
+const CLIENT_NAME: &[u8] = b"keygate-limiter";
 
 /// The connection handle (see the module doc). Dropping it ends the connection.
 pub(crate) struct Pipe {
@@ -38,9 +45,9 @@ pub(crate) struct Pipe {
 struct Shared {
     host: String,
     port: u16,
-    /// `AUTH` and `SELECT`, written first on every connection, and how many replies they get.
-    hello: Vec<u8>,
-    hello_replies: usize,
+    user: Option<String>,
+    password: Option<String>,
+    db: i64,
     timeout: Duration,
     state: Mutex<State>,
 }
@@ -52,6 +59,10 @@ struct State {
     waiting: VecDeque<oneshot::Sender<Result<Reply, Arc<str>>>>,
     /// Bumped whenever a connection ends, so a task of an ended one touches nothing.
     epoch: u64,
+    /// The current connection has answered a command.
+    answered: bool,
+    /// Connections in a row that ended without answering anything.
+    failures: u32,
     link: Link,
 }
 
@@ -76,7 +87,7 @@ pub(crate) enum PipeError {
     Down(Arc<str>),
     #[error("connection lost: {0}")]
     Lost(Arc<str>),
-    #[error("no reply within twice the store timeout")]
+    #[error("no reply within the store timeout")]
     TimedOut,
 }
 
@@ -87,32 +98,20 @@ impl Pipe {
             return None;
         };
         let settings = info.redis_settings();
-        let (mut hello, mut hello_replies) = (Vec::new(), 0);
-        if let Some(password) = settings.password() {
-            match settings.username() {
-                Some(user) => {
-                    resp::command(&mut hello, &[b"AUTH", user.as_bytes(), password.as_bytes()])
-                }
-                None => resp::command(&mut hello, &[b"AUTH", password.as_bytes()]),
-            }
-            hello_replies += 1;
-        }
-        if settings.db() != 0 {
-            let db = settings.db().to_string();
-            resp::command(&mut hello, &[b"SELECT", db.as_bytes()]);
-            hello_replies += 1;
-        }
         Some(Pipe {
             shared: Arc::new(Shared {
                 host: host.clone(),
                 port: *port,
-                hello,
-                hello_replies,
+                user: settings.username().map(str::to_owned),
+                password: settings.password().map(str::to_owned),
+                db: settings.db(),
                 timeout,
                 state: Mutex::new(State {
                     out: Vec::new(),
                     waiting: VecDeque::new(),
                     epoch: 0,
+                    answered: false,
+                    failures: 0,
                     link: Link::Down {
                         retry_at: None,
                         why: None,
@@ -122,9 +121,11 @@ impl Pipe {
         })
     }
 
-    /// Sends the command `write` appends and waits for its reply (an error reply is a reply).
+    /// Sends the command `write` appends and waits for its reply (an error reply is a reply):
+    /// at most the store timeout on a connection that answers, twice that on a new one (the
+    /// connection, then the command).
     pub(crate) async fn call(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<Reply, PipeError> {
-        let (reply, epoch) = {
+        let (reply, epoch, wait) = {
             let mut s = self.shared.lock();
             let epoch = s.epoch;
             match &s.link {
@@ -151,15 +152,20 @@ impl Pipe {
             if let Link::Running { wake, .. } = &s.link {
                 wake.notify_one();
             }
-            (rx, epoch)
+            let wait = match s.answered {
+                true => self.shared.timeout,
+                false => self.shared.timeout * 2,
+            };
+            (rx, epoch, wait)
         };
-        match tokio::time::timeout(self.shared.timeout * 2, reply).await {
+        match tokio::time::timeout(wait, reply).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(why))) => Err(PipeError::Lost(why)),
             Ok(Err(_)) => Err(PipeError::Lost(Arc::from("shut down"))),
             Err(_) => {
-                let why = Arc::from("a reply took longer than twice the store timeout");
-                self.shared.end(epoch, None, why);
+                // A server that silent is hung (or the network is): no reconnecting at once.
+                let why = Arc::from("no reply within the store timeout");
+                self.shared.end(epoch, why, true);
                 Err(PipeError::TimedOut)
             }
         }
@@ -175,6 +181,7 @@ impl Drop for Pipe {
         s.link = Link::Closed;
         s.epoch += 1;
         s.waiting.clear();
+        s.out.clear();
     }
 }
 
@@ -183,9 +190,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ends connection `epoch` (if it is still the current one): its commands fail with `why`,
-    /// the next command reconnects (not before `retry_at`).
-    fn end(&self, epoch: u64, retry_at: Option<Instant>, why: Arc<str>) {
+    /// Ends connection `epoch` (if it is still the current one): its commands fail with `why`.
+    /// The next command reconnects at once after a connection that answered and did not hang,
+    /// else after a wait that grows with each failure in a row.
+    fn end(&self, epoch: u64, why: Arc<str>, hung: bool) {
         let mut s = self.lock();
         if s.epoch != epoch || matches!(s.link, Link::Closed) {
             return;
@@ -193,7 +201,16 @@ impl Shared {
         if let Link::Running { task, .. } = &s.link {
             task.abort();
         }
+        let retry_at = if s.answered && !hung {
+            s.failures = 0;
+            None
+        } else {
+            s.failures = s.failures.saturating_add(1);
+            let backoff = RETRY.saturating_mul(1 << (s.failures - 1).min(4));
+            Some(Instant::now() + backoff.min(MAX_RETRY))
+        };
         s.epoch += 1;
+        s.answered = false;
         for slot in s.waiting.drain(..) {
             drop(slot.send(Err(Arc::clone(&why))));
         }
@@ -205,19 +222,20 @@ impl Shared {
     }
 
     async fn run(self: Arc<Self>, epoch: u64, wake: Arc<Notify>) {
-        let (error, connected) = self.serve(epoch, &wake).await;
-        tracing::debug!(error = %error, connected, "redis limiter connection ended");
-        let retry_at = (!connected).then(|| Instant::now() + RETRY.min(self.timeout));
-        self.end(epoch, retry_at, Arc::from(error.to_string()));
+        let error = self.serve(epoch, &wake).await;
+        tracing::debug!(error = %error, "redis limiter connection ended");
+        self.end(epoch, Arc::from(error.to_string()), false);
     }
 
-    /// Connects and serves until the connection fails: the error, and whether it was made.
-    async fn serve(&self, epoch: u64, wake: &Notify) -> (std::io::Error, bool) {
+    /// Connects and serves until the connection fails: why it did.
+    async fn serve(&self, epoch: u64, wake: &Notify) -> std::io::Error {
         let mut buf = Vec::with_capacity(4096);
         let stream = match tokio::time::timeout(self.timeout, self.connect(&mut buf)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return (e, false),
-            Err(_) => return (std::io::ErrorKind::TimedOut.into(), false),
+            Ok(Err(e)) => return e,
+            Err(_) => {
+                return std::io::Error::other("connecting took longer than the store timeout");
+            }
         };
         let (mut rd, mut wr) = stream.into_split();
         let ended = tokio::select! {
@@ -225,34 +243,45 @@ impl Shared {
             r = self.read_loop(&mut rd, buf, epoch) => r,
         };
         let Err(error) = ended;
-        (error, true)
+        error
     }
 
-    /// A connection that passed the `AUTH` / `SELECT` preamble; `buf` keeps what came after.
+    /// A connection past its preamble (`AUTH`, `SELECT`, a name); `buf` keeps what came after.
     async fn connect(&self, buf: &mut Vec<u8>) -> std::io::Result<TcpStream> {
         let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
         stream.set_nodelay(true)?;
-        if self.hello_replies == 0 {
-            return Ok(stream);
-        }
-        stream.write_all(&self.hello).await?;
-        for _ in 0..self.hello_replies {
-            let reply = loop {
-                if let Some((reply, used)) = resp::parse(buf).map_err(std::io::Error::other)? {
-                    buf.drain(..used);
-                    break reply;
+        if let Some(password) = &self.password {
+            let mut reply = match &self.user {
+                Some(user) => {
+                    let auth: &[&[u8]] = &[b"AUTH", user.as_bytes(), password.as_bytes()];
+                    ask(&mut stream, buf, auth).await?
                 }
-                if stream.read_buf(buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
+                None => Reply::Simple(Vec::new()),
             };
+            // Before Redis 6 `AUTH` takes no user name (as the `redis` crate retries too).
+            let no_users =
+                matches!(&reply, Reply::Error(e) if e.contains("wrong number of arguments"));
+            if self.user.is_none() || no_users {
+                reply = ask(&mut stream, buf, &[b"AUTH", password.as_bytes()]).await?;
+            }
             if let Reply::Error(e) = reply {
-                // The server's words (e.g. WRONGPASS); they never repeat the password.
+                // Only the error's code: some servers quote the arguments, the password with them.
+                let code = e.split_whitespace().next().unwrap_or_default();
                 return Err(std::io::Error::other(format!(
-                    "redis refused the preamble: {e}"
+                    "redis refused the password ({code})"
                 )));
             }
         }
+        if self.db != 0 {
+            let db = self.db.to_string();
+            if let Reply::Error(e) = ask(&mut stream, buf, &[b"SELECT", db.as_bytes()]).await? {
+                return Err(std::io::Error::other(format!(
+                    "redis refused SELECT {db}: {e}"
+                )));
+            }
+        }
+        // For operators reading `CLIENT LIST`; a server that forbids it is served all the same.
+        ask(&mut stream, buf, &[b"CLIENT", b"SETNAME", CLIENT_NAME]).await?;
         Ok(stream)
     }
 
@@ -301,6 +330,7 @@ impl Shared {
                     if s.epoch != epoch {
                         return Err(std::io::ErrorKind::ConnectionAborted.into());
                     }
+                    s.answered = true;
                     s.waiting.pop_front()
                 };
                 match slot {
@@ -310,12 +340,33 @@ impl Shared {
                 }
             }
             buf.drain(..start);
+            if buf.len() > MAX_PENDING {
+                return Err(std::io::Error::other(
+                    "a reply far larger than any script's",
+                ));
+            }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             if rd.read_buf(&mut buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
+        }
+    }
+}
+
+/// One command of the preamble and its reply.
+async fn ask(stream: &mut TcpStream, buf: &mut Vec<u8>, parts: &[&[u8]]) -> std::io::Result<Reply> {
+    let mut cmd = Vec::new();
+    resp::command(&mut cmd, parts);
+    stream.write_all(&cmd).await?;
+    loop {
+        if let Some((reply, used)) = resp::parse(buf).map_err(std::io::Error::other)? {
+            buf.drain(..used);
+            return Ok(reply);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
 }
