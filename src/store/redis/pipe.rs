@@ -174,14 +174,26 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        let mut s = self.shared.lock();
-        if let Link::Running { task, .. } = &s.link {
+        self.shared
+            .lock()
+            .retire(Arc::from("shut down"), Link::Closed);
+    }
+}
+
+impl State {
+    /// Ends the current connection: its task stops, its commands fail with `why`, and `next`
+    /// says what the next command finds.
+    fn retire(&mut self, why: Arc<str>, next: Link) {
+        if let Link::Running { task, .. } = &self.link {
             task.abort();
         }
-        s.link = Link::Closed;
-        s.epoch += 1;
-        s.waiting.clear();
-        s.out.clear();
+        self.epoch += 1;
+        self.answered = false;
+        for slot in self.waiting.drain(..) {
+            drop(slot.send(Err(Arc::clone(&why))));
+        }
+        self.out.clear();
+        self.link = next;
     }
 }
 
@@ -198,9 +210,6 @@ impl Shared {
         if s.epoch != epoch || matches!(s.link, Link::Closed) {
             return;
         }
-        if let Link::Running { task, .. } = &s.link {
-            task.abort();
-        }
         let retry_at = if s.answered && !hung {
             s.failures = 0;
             None
@@ -209,16 +218,14 @@ impl Shared {
             let backoff = RETRY.saturating_mul(1 << (s.failures - 1).min(4));
             Some(Instant::now() + backoff.min(MAX_RETRY))
         };
-        s.epoch += 1;
-        s.answered = false;
-        for slot in s.waiting.drain(..) {
-            drop(slot.send(Err(Arc::clone(&why))));
-        }
-        s.out.clear();
-        s.link = Link::Down {
-            retry_at,
-            why: Some(why),
-        };
+        let why_now = Some(Arc::clone(&why));
+        s.retire(
+            why,
+            Link::Down {
+                retry_at,
+                why: why_now,
+            },
+        );
     }
 
     async fn run(self: Arc<Self>, epoch: u64, wake: Arc<Notify>) {
@@ -251,19 +258,25 @@ impl Shared {
         let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
         stream.set_nodelay(true)?;
         if let Some(password) = &self.password {
-            let mut reply = match &self.user {
-                Some(user) => {
-                    let auth: &[&[u8]] = &[b"AUTH", user.as_bytes(), password.as_bytes()];
-                    ask(&mut stream, buf, auth).await?
-                }
-                None => Reply::Simple(Vec::new()),
+            let with_user = match &self.user {
+                Some(user) => Some(
+                    ask(
+                        &mut stream,
+                        buf,
+                        &[b"AUTH", user.as_bytes(), password.as_bytes()],
+                    )
+                    .await?,
+                ),
+                None => None,
             };
-            // Before Redis 6 `AUTH` takes no user name (as the `redis` crate retries too).
-            let no_users =
-                matches!(&reply, Reply::Error(e) if e.contains("wrong number of arguments"));
-            if self.user.is_none() || no_users {
-                reply = ask(&mut stream, buf, &[b"AUTH", password.as_bytes()]).await?;
-            }
+            let reply = match with_user {
+                // Before Redis 6 `AUTH` takes no user name (the `redis` crate retries so too).
+                Some(Reply::Error(e)) if e.contains("wrong number of arguments") => {
+                    ask(&mut stream, buf, &[b"AUTH", password.as_bytes()]).await?
+                }
+                Some(reply) => reply,
+                None => ask(&mut stream, buf, &[b"AUTH", password.as_bytes()]).await?,
+            };
             if let Reply::Error(e) = reply {
                 // Only the error's code: some servers quote the arguments, the password with them.
                 let code = e.split_whitespace().next().unwrap_or_default();

@@ -165,13 +165,13 @@ pub(crate) fn command(out: &mut Vec<u8>, parts: &[&[u8]]) {
     }
 }
 
-pub(crate) fn array(out: &mut Vec<u8>, n: usize) {
+fn array(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
-pub(crate) fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     out.push(b'$');
     out.extend_from_slice(itoa::Buffer::new().format(b.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -218,17 +218,11 @@ impl ScriptCall {
     pub(crate) fn key(&mut self, key: &str) -> &mut Self {
         debug_assert_eq!(self.keys, self.ends.len(), "a key after an argument");
         self.keys += 1;
-        self.part(key.as_bytes())
+        self.arg(key)
     }
 
     pub(crate) fn arg(&mut self, arg: impl Arg) -> &mut Self {
         arg.write(&mut self.data);
-        self.ends.push(self.data.len());
-        self
-    }
-
-    fn part(&mut self, b: &[u8]) -> &mut Self {
-        self.data.extend_from_slice(b);
         self.ends.push(self.data.len());
         self
     }
