@@ -394,6 +394,52 @@ async fn concurrent_first_requests_share_one_argon2_run() {
     assert!(!text.contains(&key));
 }
 
+/// With more verified keys than `auth.cache_max_entries`, the shared cache lets keys go while a
+/// thread's front may still hold them: their `last_used_at` is kept all the same, both the usage
+/// before a key was let go of and the usage after it.
+#[tokio::test]
+async fn usage_of_keys_the_cache_let_go_of_is_still_recorded() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&up.url(), "[auth]\ncache_max_entries = 1\n").await;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(kg.live_key().await);
+    }
+    let (churn, _) = kg.live_key().await;
+    // The second request for a key is a cache hit, which this thread's front then remembers.
+    let use_key = |key: &str| {
+        let (url, auth) = (kg.url("/"), bearer(key));
+        async move {
+            for _ in 0..2 {
+                assert_eq!(get(&url, &[("authorization", &auth)]).await.status, 200);
+            }
+        }
+    };
+    let use_all = || async {
+        for (key, _) in &keys {
+            use_key(key).await;
+        }
+    };
+    let used = |usage: Vec<(String, Timestamp)>| -> std::collections::BTreeMap<String, u64> {
+        usage.into_iter().map(|(id, at)| (id, at.unix())).collect()
+    };
+    use_all().await;
+    let first = used(kg.verifier.take_usage());
+    // A later second: the usage below is newer than what was taken above.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Another key's fill: the shared cache makes room for it, letting the others go, which
+    // this thread's front still holds.
+    use_key(&churn).await;
+    use_all().await;
+    let second = used(kg.verifier.take_usage());
+    for (_, id) in &keys {
+        let (Some(before), Some(after)) = (first.get(id), second.get(id)) else {
+            panic!("usage of {id} lost: first {first:?}, then {second:?}");
+        };
+        assert!(after > before, "{id}: {before} then {after}");
+    }
+}
+
 #[tokio::test]
 async fn bogus_keys_are_answered_from_the_negative_cache() {
     let up = Upstream::start().await;

@@ -158,8 +158,12 @@ pub struct Verifier {
     verified_phc: Cache<LookupHash, Arc<str>>,
     /// Fills in progress. Invalidations take this lock too; see the module docs.
     flights: Mutex<HashMap<LookupHash, Arc<Flight>>>,
-    /// Each thread's last verified keys, in front of `positive`.
-    front: front::Front,
+    /// Each thread's last verified keys, in front of `positive`. Shared with `positive`'s
+    /// eviction listener: nothing the shared cache let go of is served from a front.
+    front: Arc<front::Front>,
+    /// Usage not yet written of entries the shared cache let go of (evicted under size
+    /// pressure, expired, replaced or invalidated), by key id: written by the next flush.
+    let_go: Arc<Mutex<HashMap<Arc<str>, u64>>>,
     argon2: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -172,10 +176,16 @@ impl Verifier {
         settings: VerifierSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let front = Arc::new(front::Front::new());
+        let let_go = Arc::<Mutex<HashMap<Arc<str>, u64>>>::default();
         let positive = moka::sync::Cache::builder()
             .max_capacity(settings.cache_max_entries)
             // Entries stay past `cache_ttl` so they can be served while the store is down.
             .time_to_live(settings.stale_limit.max(settings.cache_ttl))
+            .eviction_listener({
+                let (front, let_go) = (Arc::clone(&front), Arc::clone(&let_go));
+                move |_, entry: Arc<Verified>, _| let_go_of(&front, &let_go, &entry)
+            })
             .build_with_hasher(Hasher::default());
         let negative = moka::sync::Cache::builder()
             .max_capacity(settings.negative_cache_max_entries)
@@ -195,7 +205,8 @@ impl Verifier {
             positive,
             negative,
             flights: Mutex::new(HashMap::new()),
-            front: front::Front::new(),
+            front,
+            let_go,
             metrics,
         });
         // Every change — made through this process or heard from other writers — is applied
@@ -422,16 +433,23 @@ impl Verifier {
         self.metrics.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Usage seen since the last call, as `(key id, last used)`; marks it as taken.
+    /// Usage seen since the last call, as `(key id, last used)`; marks it as taken. Entries
+    /// the shared cache let go of since count too.
     pub fn take_usage(&self) -> Vec<(String, Timestamp)> {
-        let mut out = Vec::new();
+        // Evictions due now happen first, so their usage is among what is taken below.
+        self.positive.run_pending_tasks();
+        let mut usage = std::mem::take(&mut *self.let_go.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, entry) in self.positive.iter() {
             let used = entry.last_used.load(Ordering::Relaxed);
             if used > entry.flushed.swap(used, Ordering::Relaxed) {
-                out.push((entry.record.id.clone(), Timestamp::from_unix(used)));
+                let seen = usage.entry(Arc::clone(&entry.key_id)).or_default();
+                *seen = (*seen).max(used);
             }
         }
-        out
+        usage
+            .into_iter()
+            .map(|(id, used)| (id.to_string(), Timestamp::from_unix(used)))
+            .collect()
     }
 
     /// Writes `last_used_at` for keys used since the last flush.
@@ -459,6 +477,20 @@ impl Verifier {
 
     pub fn cached_entries(&self) -> u64 {
         self.positive.entry_count()
+    }
+}
+
+/// The shared cache let go of `entry`. A thread's front may still hold it: its usage there
+/// would be recorded on an entry no flush sees (the flush walks the shared cache), so every
+/// front forgets what it holds (after the removal: see `front`), and the usage not yet written
+/// is kept for the next flush.
+fn let_go_of(front: &front::Front, let_go: &Mutex<HashMap<Arc<str>, u64>>, entry: &Verified) {
+    front.invalidate();
+    let used = entry.last_used.load(Ordering::Relaxed);
+    if used > entry.flushed.swap(used, Ordering::Relaxed) {
+        let mut let_go = let_go.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = let_go.entry(Arc::clone(&entry.key_id)).or_default();
+        *seen = (*seen).max(used);
     }
 }
 
