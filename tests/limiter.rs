@@ -457,6 +457,37 @@ async fn a_silent_redis_costs_a_timeout_then_the_fallback_and_is_used_again_when
     );
 }
 
+/// Callers that all give up before the store timeout (clients that went away) never time out
+/// on a hung connection themselves: a later check finds it hung and falls back at once, rather
+/// than every check queueing behind it for as long as the server hangs.
+#[tokio::test]
+async fn a_hung_redis_whose_callers_all_gave_up_is_found_hung_by_a_later_check() {
+    let redis = Redis::start();
+    let store = store_at(&redis.url(), None, Duration::from_millis(300));
+    let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 2, 0));
+    assert_eq!(admitted(&limiter, "warm", 10, 1).await, 1);
+    redis.pause();
+    let l = limit(10, Duration::from_secs(3600), Algorithm::FixedWindow);
+    let paused = std::time::Instant::now();
+    let mut answered_at = None;
+    while paused.elapsed() < Duration::from_secs(2) {
+        // Each caller gives up after 50 ms, well before the store timeout.
+        let counters = [(counter("k", "gone"), l)];
+        let check = limiter.acquire(&counters);
+        if let Ok(d) = tokio::time::timeout(Duration::from_millis(50), check).await {
+            assert!(d[0].allowed, "the fallback admits");
+            answered_at = Some(paused.elapsed());
+            break;
+        }
+    }
+    redis.resume();
+    let at = answered_at.expect("every check queued behind the hung connection for 2 s");
+    assert!(
+        at >= Duration::from_millis(250),
+        "answered by the fallback {at:?} after Redis stopped: before the store timeout"
+    );
+}
+
 #[tokio::test]
 async fn the_password_and_database_in_the_settings_are_used() {
     let redis = Redis::start();

@@ -10,7 +10,9 @@
 //! command reconnects at once after a connection that answered; after one that never did, or
 //! one left hanging (a command unanswered for the store timeout, twice that on a new
 //! connection), not before [`RETRY`], doubling up to [`MAX_RETRY`] while failures go on, and
-//! meanwhile commands fail fast. The connection names itself `keygate-limiter`.
+//! meanwhile commands fail fast. A connection is found hung by the next command too when its
+//! callers all gave up before their timeout (clients that went away): nothing keeps queueing
+//! behind it. The connection names itself `keygate-limiter`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -61,6 +63,9 @@ struct State {
     epoch: u64,
     /// The current connection has answered a command.
     answered: bool,
+    /// When the current connection last made progress: a reply, or a command queued while
+    /// none was waiting. Commands waiting longer than a caller's wait since then: it hung.
+    progress: Instant,
     /// Connections in a row that ended without answering anything.
     failures: u32,
     link: Link,
@@ -111,6 +116,7 @@ impl Pipe {
                     waiting: VecDeque::new(),
                     epoch: 0,
                     answered: false,
+                    progress: Instant::now(),
                     failures: 0,
                     link: Link::Down {
                         retry_at: None,
@@ -128,8 +134,23 @@ impl Pipe {
         let (reply, epoch, wait) = {
             let mut s = self.shared.lock();
             let epoch = s.epoch;
+            let wait = match s.answered {
+                true => self.shared.timeout,
+                false => self.shared.timeout * 2,
+            };
             match &s.link {
-                Link::Running { .. } => {}
+                Link::Running { .. } => {
+                    let now = Instant::now();
+                    if s.waiting.is_empty() {
+                        s.progress = now;
+                    } else if now.saturating_duration_since(s.progress) > wait {
+                        // Hung, and every caller that waited on it gave up before its own
+                        // timeout (else it would have ended the connection).
+                        let why: Arc<str> = Arc::from("no reply within the store timeout");
+                        s.end(epoch, Arc::clone(&why), true);
+                        return Err(PipeError::Down(why));
+                    }
+                }
                 Link::Down { retry_at, why } => {
                     if let Some(t) = retry_at
                         && Instant::now() < *t
@@ -143,6 +164,7 @@ impl Pipe {
                         wake,
                         task: task.abort_handle(),
                     };
+                    s.progress = Instant::now();
                 }
                 Link::Closed => return Err(PipeError::Lost(Arc::from("shut down"))),
             }
@@ -152,10 +174,6 @@ impl Pipe {
             if let Link::Running { wake, .. } = &s.link {
                 wake.notify_one();
             }
-            let wait = match s.answered {
-                true => self.shared.timeout,
-                false => self.shared.timeout * 2,
-            };
             (rx, epoch, wait)
         };
         match tokio::time::timeout(wait, reply).await {
@@ -195,6 +213,31 @@ impl State {
         self.out.clear();
         self.link = next;
     }
+
+    /// Ends connection `epoch` (if it is still the current one): its commands fail with `why`.
+    /// The next command reconnects at once after a connection that answered and did not hang,
+    /// else after a wait that grows with each failure in a row.
+    fn end(&mut self, epoch: u64, why: Arc<str>, hung: bool) {
+        if self.epoch != epoch || matches!(self.link, Link::Closed) {
+            return;
+        }
+        let retry_at = if self.answered && !hung {
+            self.failures = 0;
+            None
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            let backoff = RETRY.saturating_mul(1 << (self.failures - 1).min(4));
+            Some(Instant::now() + backoff.min(MAX_RETRY))
+        };
+        let why_now = Some(Arc::clone(&why));
+        self.retire(
+            why,
+            Link::Down {
+                retry_at,
+                why: why_now,
+            },
+        );
+    }
 }
 
 impl Shared {
@@ -202,30 +245,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ends connection `epoch` (if it is still the current one): its commands fail with `why`.
-    /// The next command reconnects at once after a connection that answered and did not hang,
-    /// else after a wait that grows with each failure in a row.
+    /// [`State::end`], under the lock.
     fn end(&self, epoch: u64, why: Arc<str>, hung: bool) {
-        let mut s = self.lock();
-        if s.epoch != epoch || matches!(s.link, Link::Closed) {
-            return;
-        }
-        let retry_at = if s.answered && !hung {
-            s.failures = 0;
-            None
-        } else {
-            s.failures = s.failures.saturating_add(1);
-            let backoff = RETRY.saturating_mul(1 << (s.failures - 1).min(4));
-            Some(Instant::now() + backoff.min(MAX_RETRY))
-        };
-        let why_now = Some(Arc::clone(&why));
-        s.retire(
-            why,
-            Link::Down {
-                retry_at,
-                why: why_now,
-            },
-        );
+        self.lock().end(epoch, why, hung);
     }
 
     async fn run(self: Arc<Self>, epoch: u64, wake: Arc<Notify>) {
@@ -334,6 +356,7 @@ impl Shared {
     ) -> std::io::Result<Infallible> {
         loop {
             let mut start = 0;
+            let now = Instant::now();
             while let Some((reply, used)) =
                 resp::parse(&buf[start..]).map_err(std::io::Error::other)?
             {
@@ -344,6 +367,7 @@ impl Shared {
                         return Err(std::io::ErrorKind::ConnectionAborted.into());
                     }
                     s.answered = true;
+                    s.progress = now;
                     s.waiting.pop_front()
                 };
                 match slot {
