@@ -20,7 +20,6 @@ valgrind with apt-get when missing.
 """
 
 import bisect
-import json
 import os
 import re
 import socket
@@ -32,7 +31,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import instructions  # noqa: E402  (ensure_tools)
+import instructions  # noqa: E402  (ensure_tools, upstream, configured)
 import load  # noqa: E402  (free_port, wait_port, nginx, start, stop_all)
 
 ROOT = load.ROOT
@@ -131,18 +130,9 @@ def sha_ranges(binary):
 
 
 def keygate(binary, work, up_port, tag):
-    port = load.free_port()
-    cfg = os.path.join(work, f"{tag}.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[listen]\naddress = "127.0.0.1:{port}"\n[ops]\naddress = "127.0.0.1:0"\n'
-                f'[store]\npath = "{work}/{tag}-keys.json"\n[upstream]\nurl = "http://127.0.0.1:{up_port}"\n'
-                '[log]\nfilter = "error"\n[rate_limits]\nkey = { limit = 1000000000, window = "1m" }\n'
-                # A cheap Argon2id for the key's one verification, traced line by line.
-                '[keys]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n')
-    env = {**os.environ, "RUST_LOG": "error", "KEYGATE_RUNTIME": "current_thread"}
-    out = subprocess.run([binary, "keys", "--config", cfg, "create", "--owner", "acct_load", "--scopes", "all",
-                          "--json"], capture_output=True, text=True, check=True, env=env).stdout
-    key = json.loads(out)["key"]
+    # A cheap Argon2id for the key's one verification, traced line by line.
+    port, cfg, env, key = instructions.configured(binary, work, up_port, tag,
+                                                  "[keys]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n")
     return per_request(traced([binary, "serve", "--config", cfg], port, f"Authorization: Bearer {key}\r\n", env,
                               sha_ranges(binary)))
 
@@ -169,11 +159,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="keygate-footprint-")
     try:
-        up_port = load.free_port()
-        body = '{"id":"item_123","object":"item","amount":1000,"currency":"eur","status":"succeeded"}'
-        load.nginx(f"server {{ listen 127.0.0.1:{up_port}; location / {{ default_type application/json; "
-                   f"return 200 '{body}'; }} }}", work, "upstream")
-        load.wait_port(up_port)
+        up_port = instructions.upstream(work)
         rows = [("nginx", nginx_proxy(work, up_port)),
                 ("keygate", keygate(os.path.join(ROOT, "target", "release", "keygate"), work, up_port, "new"))]
         if BASELINE:

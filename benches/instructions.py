@@ -37,17 +37,34 @@ def ensure_tools():
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True, stdout=subprocess.DEVNULL)
 
 
-def measure(binary, work, up_port, tag):
+def upstream(work):
+    """The nginx upstream every bench proxies to (a fixed JSON), listening; its port."""
+    port = load.free_port()
+    body = '{"id":"item_123","object":"item","amount":1000,"currency":"eur","status":"succeeded"}'
+    load.nginx(f"server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; "
+               f"return 200 '{body}'; }} }}", work, "upstream")
+    load.wait_port(port)
+    return port
+
+
+def configured(binary, work, up_port, tag, extra=""):
+    """A keygate config for `binary` (file store, the in-process limiter; `extra` TOML added) in
+    front of the upstream at `up_port`, and a key minted in it: (port, config, env, key)."""
     port = load.free_port()
     cfg = os.path.join(work, f"{tag}.toml")
     with open(cfg, "w") as f:
         f.write(f'[listen]\naddress = "127.0.0.1:{port}"\n[ops]\naddress = "127.0.0.1:0"\n'
                 f'[store]\npath = "{work}/{tag}-keys.json"\n[upstream]\nurl = "http://127.0.0.1:{up_port}"\n'
-                '[log]\nfilter = "error"\n[rate_limits]\nkey = { limit = 1000000000, window = "1m" }\n')
+                '[log]\nfilter = "error"\n[rate_limits]\nkey = { limit = 1000000000, window = "1m" }\n' + extra)
     env = {**os.environ, "RUST_LOG": "error", "KEYGATE_RUNTIME": "current_thread"}
     out = subprocess.run([binary, "keys", "--config", cfg, "create", "--owner", "acct_load", "--scopes", "all",
                           "--json"], capture_output=True, text=True, check=True, env=env).stdout
     key = re.search(r'"key":\s*"([^"]+)"', out).group(1)
+    return port, cfg, env, key
+
+
+def measure(binary, work, up_port, tag):
+    port, cfg, env, key = configured(binary, work, up_port, tag)
     dump = os.path.join(work, f"{tag}.callgrind")
     kg = load.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}.%p", binary, "serve",
                      "--config", cfg], env=env, stderr=subprocess.DEVNULL)
@@ -85,11 +102,7 @@ def main():
     binary = os.path.join(ROOT, "target", "release", "keygate")
     with tempfile.TemporaryDirectory(prefix="keygate-ir-") as work:
         try:
-            up_port = load.free_port()
-            body = '{"id":"item_123","object":"item","amount":1000,"currency":"eur","status":"succeeded"}'
-            load.nginx(f"server {{ listen 127.0.0.1:{up_port}; location / {{ default_type application/json; "
-                       f"return 200 '{body}'; }} }}", work, "upstream")
-            load.wait_port(up_port)
+            up_port = upstream(work)
             rows = [("keygate", *measure(binary, work, up_port, "keygate"))]
             if BASELINE:
                 rows.append(("keygate-base", *measure(BASELINE, work, up_port, "base")))

@@ -413,14 +413,20 @@ async fn a_redis_that_forgets_its_scripts_or_restarts_is_used_again_at_once() {
     assert!(script_calls(&redis) > calls);
 }
 
-#[tokio::test]
-async fn a_silent_redis_costs_a_timeout_then_the_fallback_and_is_used_again_when_it_answers() {
-    let redis = Redis::start();
-    // Two replicas configured: the fallback admits half the limit, which tells the paths apart.
+/// A Redis limiter (store timeout 300 ms) that has answered one check, then `redis` paused.
+/// Two replicas are configured: the fallback admits half the limit, which tells the paths apart.
+async fn paused_after_one_check(redis: &Redis) -> Limiter {
     let store = store_at(&redis.url(), None, Duration::from_millis(300));
     let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 2, 0));
     assert_eq!(admitted(&limiter, "warm", 10, 1).await, 1);
     redis.pause();
+    limiter
+}
+
+#[tokio::test]
+async fn a_silent_redis_costs_a_timeout_then_the_fallback_and_is_used_again_when_it_answers() {
+    let redis = Redis::start();
+    let limiter = paused_after_one_check(&redis).await;
     // One check waits out the timeout (300 ms); the next ones fall back at once: no
     // reconnecting to a server that just hung, no waiting again on a new connection.
     let hung = limit(10, Duration::from_secs(3600), Algorithm::FixedWindow);
@@ -463,10 +469,7 @@ async fn a_silent_redis_costs_a_timeout_then_the_fallback_and_is_used_again_when
 #[tokio::test]
 async fn a_hung_redis_whose_callers_all_gave_up_is_found_hung_by_a_later_check() {
     let redis = Redis::start();
-    let store = store_at(&redis.url(), None, Duration::from_millis(300));
-    let limiter = Limiter::Redis(RedisLimiter::new(store, "kglimit", 2, 0));
-    assert_eq!(admitted(&limiter, "warm", 10, 1).await, 1);
-    redis.pause();
+    let limiter = paused_after_one_check(&redis).await;
     let l = limit(10, Duration::from_secs(3600), Algorithm::FixedWindow);
     let paused = std::time::Instant::now();
     let mut answered_at = None;
