@@ -184,7 +184,8 @@ impl Verifier {
             .time_to_live(settings.stale_limit.max(settings.cache_ttl))
             .eviction_listener({
                 let (front, let_go) = (Arc::clone(&front), Arc::clone(&let_go));
-                move |_, entry: Arc<Verified>, _| let_go_of(&front, &let_go, &entry)
+                let ttl = settings.cache_ttl;
+                move |_, entry: Arc<Verified>, _| let_go_of(&front, &let_go, &entry, ttl)
             })
             .build_with_hasher(Hasher::default());
         let negative = moka::sync::Cache::builder()
@@ -482,10 +483,18 @@ impl Verifier {
 
 /// The shared cache let go of `entry`. A thread's front may still hold it: its usage there
 /// would be recorded on an entry no flush sees (the flush walks the shared cache), so every
-/// front forgets what it holds (after the removal: see `front`), and the usage not yet written
-/// is kept for the next flush.
-fn let_go_of(front: &front::Front, let_go: &Mutex<HashMap<Arc<str>, u64>>, entry: &Verified) {
-    front.invalidate();
+/// front forgets what it holds (after the removal: see `front`) — unless the entry is past
+/// `cache_ttl`, which no front serves (refreshes and expiries, the common removals, leave the
+/// fronts alone). The usage not yet written is kept for the next flush.
+fn let_go_of(
+    front: &front::Front,
+    let_go: &Mutex<HashMap<Arc<str>, u64>>,
+    entry: &Verified,
+    cache_ttl: Duration,
+) {
+    if entry.fetched_at.elapsed() < cache_ttl {
+        front.invalidate();
+    }
     let used = entry.last_used.load(Ordering::Relaxed);
     if used > entry.flushed.swap(used, Ordering::Relaxed) {
         let mut let_go = let_go.lock().unwrap_or_else(|e| e.into_inner());

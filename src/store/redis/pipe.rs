@@ -146,9 +146,8 @@ impl Pipe {
                     } else if now.saturating_duration_since(s.progress) > wait {
                         // Hung, and every caller that waited on it gave up before its own
                         // timeout (else it would have ended the connection).
-                        let why: Arc<str> = Arc::from("no reply within the store timeout");
-                        s.end(epoch, Arc::clone(&why), true);
-                        return Err(PipeError::Down(why));
+                        s.end(epoch, Arc::from("no reply within the store timeout"), true);
+                        return Err(PipeError::TimedOut);
                     }
                 }
                 Link::Down { retry_at, why } => {
