@@ -441,11 +441,7 @@ impl Verifier {
         self.positive.run_pending_tasks();
         let mut usage = std::mem::take(&mut *self.let_go.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, entry) in self.positive.iter() {
-            let used = entry.last_used.load(Ordering::Relaxed);
-            if used > entry.flushed.swap(used, Ordering::Relaxed) {
-                let seen = usage.entry(Arc::clone(&entry.key_id)).or_default();
-                *seen = (*seen).max(used);
-            }
+            claim_usage(&entry, &mut usage);
         }
         usage
             .into_iter()
@@ -495,10 +491,15 @@ fn let_go_of(
     if entry.fetched_at.elapsed() < cache_ttl {
         front.invalidate();
     }
+    claim_usage(entry, &mut let_go.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// Moves `entry`'s usage not yet taken into `usage` (by key id, the latest kept), marking it
+/// as taken.
+fn claim_usage(entry: &Verified, usage: &mut HashMap<Arc<str>, u64>) {
     let used = entry.last_used.load(Ordering::Relaxed);
     if used > entry.flushed.swap(used, Ordering::Relaxed) {
-        let mut let_go = let_go.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = let_go.entry(Arc::clone(&entry.key_id)).or_default();
+        let seen = usage.entry(Arc::clone(&entry.key_id)).or_default();
         *seen = (*seen).max(used);
     }
 }

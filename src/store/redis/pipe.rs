@@ -36,6 +36,8 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 const KEEP_CAPACITY: usize = 64 << 10;
 /// Unparsed reply bytes held at most: the scripts' replies are a few dozen bytes.
 const MAX_PENDING: usize = 1 << 20;
+/// Why a connection that stopped answering was ended.
+const HUNG: &str = "no reply within the store timeout";
 /// How the connection shows in `CLIENT LIST`.
 const CLIENT_NAME: &[u8] = b"keygate-limiter";
 
@@ -146,7 +148,7 @@ impl Pipe {
                     } else if now.saturating_duration_since(s.progress) > wait {
                         // Hung, and every caller that waited on it gave up before its own
                         // timeout (else it would have ended the connection).
-                        s.end(epoch, Arc::from("no reply within the store timeout"), true);
+                        s.end(epoch, Arc::from(HUNG), true);
                         return Err(PipeError::TimedOut);
                     }
                 }
@@ -181,8 +183,7 @@ impl Pipe {
             Ok(Err(_)) => Err(PipeError::Lost(Arc::from("shut down"))),
             Err(_) => {
                 // A server that silent is hung (or the network is): no reconnecting at once.
-                let why = Arc::from("no reply within the store timeout");
-                self.shared.end(epoch, why, true);
+                self.shared.end(epoch, Arc::from(HUNG), true);
                 Err(PipeError::TimedOut)
             }
         }
