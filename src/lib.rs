@@ -50,6 +50,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod fields;
 pub mod key;
 pub mod manage;
 pub mod net;

@@ -64,7 +64,7 @@ pub fn extract<'a>(
             Carrier::Bearer | Carrier::Basic => &AUTHORIZATION,
             Carrier::ApiKeyHeader => &X_API_KEY,
         };
-        let mut values = headers.get_all(name).iter();
+        let mut values = crate::fields::values(headers, name);
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
             return Err(InvalidKey::Ambiguous.into());

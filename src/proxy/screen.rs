@@ -9,10 +9,11 @@ use http::{Request, Version};
 
 use crate::config::UnderscoreHeaders;
 use crate::error::Rejection;
+use crate::fields;
 
 pub fn screen<B>(req: &Request<B>, underscores: UnderscoreHeaders) -> Result<(), Rejection> {
     let headers = req.headers();
-    let mut hosts = headers.get_all(HOST).iter();
+    let mut hosts = fields::values(headers, &HOST);
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Rejection::BadRequest(
@@ -32,7 +33,7 @@ pub fn screen<B>(req: &Request<B>, underscores: UnderscoreHeaders) -> Result<(),
         }
         _ => {}
     }
-    for te in headers.get_all(TRANSFER_ENCODING) {
+    for te in fields::values(headers, &TRANSFER_ENCODING) {
         // hyper has framed the body by the last coding, which it requires to be `chunked`;
         // any other coding before it would be lost in the re-framing.
         let only_chunked = te.to_str().is_ok_and(|v| {

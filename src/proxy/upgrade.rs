@@ -12,6 +12,7 @@ use super::forward::Forwarder;
 use super::pool::PooledBody;
 use super::tunnel;
 use crate::error::Rejection;
+use crate::fields;
 use crate::policy::Permit;
 use crate::telemetry::Metrics;
 
@@ -40,16 +41,13 @@ impl Edge {
         if req.version() != Version::HTTP_11 || upstream_http2 {
             return None;
         }
-        let asks = req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
+        let asks = fields::values(req.headers(), &CONNECTION)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
         // Only listed protocols: `h2c` in particular would turn the tunnel into an HTTP/2
         // connection to the upstream that keygate never sees into.
-        let proto = req.headers().get(UPGRADE)?;
+        let proto = fields::first(req.headers(), &UPGRADE)?;
         let allowed = proto.to_str().is_ok_and(|p| {
             self.upgrades
                 .iter()

@@ -40,6 +40,28 @@ pub struct IdentityValues {
     pub environment: HeaderValue,
     pub key_type: HeaderValue,
     pub scopes: HeaderValue,
+    /// The lines these values make in an upstream request head, written once (see
+    /// [`IdentityValues::append_lines`]).
+    lines: std::sync::OnceLock<(u64, Box<[u8]>)>,
+}
+
+impl IdentityValues {
+    /// Appends these values' header lines as one header plan writes them (`plan`: that plan's
+    /// id): `write` runs once per cache fill and its lines are copied whole after, so a request
+    /// makes one copy instead of five. A plan other than the first to ask gets them written
+    /// afresh.
+    pub fn append_lines(&self, plan: u64, out: &mut Vec<u8>, write: impl Fn(&Self, &mut Vec<u8>)) {
+        let (first, lines) = self.lines.get_or_init(|| {
+            let mut lines = Vec::new();
+            write(self, &mut lines);
+            (plan, lines.into_boxed_slice())
+        });
+        if *first == plan {
+            out.extend_from_slice(lines);
+        } else {
+            write(self, out);
+        }
+    }
 }
 
 /// A cache entry: a record whose key passed Argon2id verification.
@@ -517,6 +539,7 @@ fn identity_values(rec: &KeyRecord) -> Option<IdentityValues> {
         environment: HeaderValue::from_static(rec.environment.as_str()),
         key_type: HeaderValue::from_static(rec.key_type.as_str()),
         scopes: HeaderValue::from_str(&rec.scopes.join(",")).ok()?,
+        lines: std::sync::OnceLock::new(),
     })
 }
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -72,6 +73,7 @@ pub async fn serve(
     let shutdown = watcher.changed();
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
+    let mut armed = Armed::default();
     loop {
         let (req, framing, mut close) = loop {
             if !src.buf.is_empty() {
@@ -95,15 +97,53 @@ pub async fn serve(
             // is noticed when the timer fires, not registered anew for every request.
             if wait_until < timer.deadline() {
                 timer.as_mut().reset(wait_until);
+                armed.timer = false;
             }
             let had = src.buf.len();
-            tokio::select! {
-                read = src.reader.read(&mut src.buf) => match read {
-                    Ok(0) | Err(_) => return Ended::Closed,
-                    Ok(_) if had == 0 && served > 0 => head_begun = true,
-                    Ok(_) => {}
-                },
-                () = &mut timer => {
+            let watch_shutdown = had == 0 && !shutdown_seen;
+            let woke = std::future::poll_fn(|cx| {
+                // The client's bytes first: when they are here, nothing else is looked at.
+                if let Poll::Ready(read) = src.reader.poll_next(cx, &mut src.buf) {
+                    return Poll::Ready(Woke::Read(read));
+                }
+                // The timer and the shutdown watch keep the waker they were last polled with
+                // (the task's): each is polled again only when the waker changed or when it has
+                // something to say, not on every request.
+                if !armed
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    armed = Armed {
+                        waker: Some(cx.waker().clone()),
+                        ..Armed::default()
+                    };
+                }
+                if !armed.timer || timer.is_elapsed() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        armed.timer = false;
+                        return Poll::Ready(Woke::Timer);
+                    }
+                    armed.timer = true;
+                }
+                if watch_shutdown
+                    && (!armed.shutdown || !matches!(closing.has_changed(), Ok(false)))
+                {
+                    if let Poll::Ready(changed) = shutdown.as_mut().poll(cx) {
+                        return Poll::Ready(Woke::Shutdown {
+                            gone: changed.is_err(),
+                        });
+                    }
+                    armed.shutdown = true;
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Read(Ok(0) | Err(_)) => return Ended::Closed,
+                Woke::Read(Ok(_)) if had == 0 && served > 0 => head_begun = true,
+                Woke::Read(Ok(_)) => {}
+                Woke::Timer => {
                     if Instant::now() < wait_until {
                         timer.as_mut().reset(wait_until);
                         continue;
@@ -116,9 +156,9 @@ pub async fn serve(
                     counter.fetch_add(1, Ordering::Relaxed);
                     return Ended::Closed;
                 }
-                changed = &mut shutdown, if had == 0 && !shutdown_seen => {
+                Woke::Shutdown { gone } => {
                     shutdown_seen = true;
-                    if changed.is_err() || *closing.borrow() {
+                    if gone || *closing.borrow() {
                         return Ended::Closed;
                     }
                 }
@@ -188,6 +228,24 @@ pub async fn serve(
                 settings.header_read_timeout
             };
     }
+}
+
+/// What ended a wait for a head's bytes.
+enum Woke {
+    Read(std::io::Result<usize>),
+    Timer,
+    /// keygate began closing; `gone`: the watch's sender is gone (the server with it).
+    Shutdown {
+        gone: bool,
+    },
+}
+
+/// Which of the wait's timer and shutdown watch hold `waker` (were polled with it, pending).
+#[derive(Default)]
+struct Armed {
+    waker: Option<Waker>,
+    timer: bool,
+    shutdown: bool,
 }
 
 fn hand_off(src: Source, writer: Writer, served: u64) -> Ended {

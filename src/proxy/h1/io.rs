@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -59,19 +59,25 @@ impl Reader {
     /// readiness before it reserves any buffer, so an idle keep-alive connection holds none.
     /// The read itself goes through `poll_read`, which takes a short read as proof the socket
     /// is drained: the next wait goes straight to epoll instead of trying a read that would
-    /// only answer `EAGAIN` (one `recvfrom` fewer per request).
-    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// only answer `EAGAIN` (one `recvfrom` fewer per request). A poll, not a future: the
+    /// connection's wait polls it beside its timer (see `conn::serve`), and readiness is kept in
+    /// the socket's one reader slot, not in a waiter list entry made and removed per wait.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
             Reader::Plain(r) => {
-                r.readable().await?;
+                std::task::ready!(r.as_ref().poll_read_ready(cx))?;
                 room(buf);
-                r.read_buf(buf).await
+                poll_read_buf(Pin::new(r), cx, buf)
             }
             Reader::Tls(r) => {
                 room(buf);
-                r.read_buf(buf).await
+                poll_read_buf(Pin::new(r), cx, buf)
             }
-            Reader::Taken => Err(io::ErrorKind::NotConnected.into()),
+            Reader::Taken => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 

@@ -54,9 +54,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The headers a message's `Connection` header names (hop-by-hop by declaration).
 pub(super) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
+    crate::fields::values(headers, &header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| {

@@ -119,6 +119,8 @@ pub struct AuthzAnswer {
 /// The identity header names and forwarding choices, resolved from config once.
 #[derive(Clone, Debug)]
 pub struct HeaderPlan {
+    /// Unique to this plan: the identity lines it writes are kept per cache entry under it.
+    id: u64,
     identity_prefix: String,
     key_id: HeaderName,
     owner: HeaderName,
@@ -158,7 +160,9 @@ impl HeaderPlan {
             bearer: stripped(Carrier::Bearer),
             basic: stripped(Carrier::Basic),
         };
+        static PLANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(HeaderPlan {
+            id: PLANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             identity_prefix: auth.identity_prefix.clone(),
             key_id: name("key-id")?,
             owner: name("owner")?,
@@ -418,7 +422,7 @@ impl Credentials {
                 && v[..s.len()].eq_ignore_ascii_case(s)
                 && matches!(v[s.len()], b' ' | b'\t')
         };
-        headers.get_all(header::AUTHORIZATION).iter().any(|v| {
+        crate::fields::values(headers, &header::AUTHORIZATION).any(|v| {
             let v = v.as_bytes();
             (self.bearer && scheme_is(v, b"bearer")) || (self.basic && scheme_is(v, b"basic"))
         })

@@ -12,7 +12,7 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The client's `X-Request-Id` when it is sane, or a fresh one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID)
+    if let Some(v) = crate::fields::first(headers, &X_REQUEST_ID)
         && !v.is_empty()
         && v.len() <= MAX_REQUEST_ID
         && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))

@@ -12,6 +12,8 @@ use http_body::Body;
 use super::hop::connection_named;
 use super::{Forward, HeaderPlan, X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, forwarded_target};
 use super::{X_FORWARDED_HOST, X_FORWARDED_PROTO, host_of};
+use crate::auth::IdentityValues;
+use crate::fields;
 use crate::proxy::h1::client::{Framing, end_head, is_framing, is_length, start_line};
 use crate::proxy::h1::field;
 
@@ -25,7 +27,7 @@ impl HeaderPlan {
         out: &mut Vec<u8>,
     ) -> Framing {
         let headers = req.headers();
-        let listed = if headers.contains_key(header::CONNECTION) {
+        let listed = if fields::first(headers, &header::CONNECTION).is_some() {
             connection_named(headers)
         } else {
             Vec::new()
@@ -89,16 +91,18 @@ impl HeaderPlan {
             field(out, X_REQUEST_ID.as_ref(), fwd.request_id.as_bytes());
         }
         if let Some(identity) = fwd.identity {
-            let v = identity.values();
-            for (name, value) in [
-                (&self.key_id, &v.key_id),
-                (&self.owner, &v.owner),
-                (&self.environment, &v.environment),
-                (&self.key_type, &v.key_type),
-                (&self.scopes, &v.scopes),
-            ] {
-                field(out, name.as_ref(), value.as_bytes());
-            }
+            let lines = |v: &IdentityValues, out: &mut Vec<u8>| {
+                for (name, value) in [
+                    (&self.key_id, &v.key_id),
+                    (&self.owner, &v.owner),
+                    (&self.environment, &v.environment),
+                    (&self.key_type, &v.key_type),
+                    (&self.scopes, &v.scopes),
+                ] {
+                    field(out, name.as_ref(), value.as_bytes());
+                }
+            };
+            identity.values().append_lines(self.id, out, lines);
         }
         if !host_sent {
             field(
