@@ -319,6 +319,65 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     );
 }
 
+/// A keep-alive connection idle between requests is closed as soon as keygate begins to shut
+/// down, not at its idle timeout nor at the drain's end.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "drain_timeout = \"5s\"\n",
+        "drain_timeout = \"5s\"\nidle_timeout = \"300s\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = keygate(&[
+        "keys", "--config", &cfg, "create", "--owner", "acct_7", "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let mut served = Served::start(&cfg);
+    let mut s = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let req = format!("GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The answer's body, then nothing: the connection waits for its next request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    served.signal("-TERM");
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was still open {:?} after SIGTERM",
+        started.elapsed()
+    );
+    let status = tokio::task::spawn_blocking(move || served.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn keys_commands_work_against_redis() {
     let redis = common::redis::Redis::start();

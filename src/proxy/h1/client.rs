@@ -7,7 +7,7 @@
 use std::io;
 use std::io::Write as _;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -46,6 +46,8 @@ pub struct Conn {
     /// The response deadline of the request on it, made once per connection and re-armed
     /// lazily (see [`Conn::poll_deadline`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The waker the timer holds: it was polled with it, pending, since its last reset.
+    armed: Option<std::task::Waker>,
 }
 
 impl Conn {
@@ -57,13 +59,15 @@ impl Conn {
             stream,
             stats,
             timer: None,
+            armed: None,
         }
     }
 
     /// Ready once `deadline` has passed; until then the task is woken when it does. The
     /// connection's one timer is moved earlier when needed, and a timer set for an earlier
     /// request's (earlier) deadline is moved on when it fires: a keep-alive connection does not
-    /// register a timer for every request.
+    /// register a timer for every request. Nor is the timer polled again while it holds this
+    /// task's waker and has not fired.
     pub fn poll_deadline(
         &mut self,
         cx: &mut Context<'_>,
@@ -74,9 +78,17 @@ impl Conn {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
+            self.armed = None;
+        }
+        if !timer.is_elapsed() && self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
         }
         loop {
-            ready!(timer.as_mut().poll(cx));
+            if timer.as_mut().poll(cx).is_pending() {
+                self.armed = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.armed = None;
             if tokio::time::Instant::now() >= deadline {
                 return Poll::Ready(());
             }

@@ -65,7 +65,8 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     // Offsets into the buffer, so the values share the head's allocation once split off.
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let mut fields = Vec::with_capacity(parsed.headers.len());
+    // On the stack for a usual request (an allocation and its release saved).
+    let mut fields: smallvec::SmallVec<[_; 16]> = smallvec::SmallVec::new();
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Head::Other;
@@ -114,7 +115,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     // Only the client's fields: the forwarder writes its own straight into the upstream head
     // (the map grows on the rare paths that still edit it).
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, span) in fields {
+    for (name, span) in fields.drain(..) {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(span)) else {
             return undo(buf);
         };
