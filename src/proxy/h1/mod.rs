@@ -14,6 +14,7 @@ mod conn;
 pub mod head;
 pub mod io;
 pub mod spare;
+mod upconn;
 mod write;
 
 pub use body::FastBody;
