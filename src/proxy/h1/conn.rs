@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,6 +12,7 @@ use http::Method;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::Armed;
 use super::body::{FastBody, Returned, Source};
 use super::head::{self, Framing, Head};
 use super::io::{Reader, Whole, Writer, reunite};
@@ -73,7 +74,7 @@ pub async fn serve(
     let shutdown = watcher.changed();
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
-    let mut armed = Armed::default();
+    let (mut timer_armed, mut shutdown_armed) = (Armed::default(), Armed::default());
     loop {
         let (req, framing, mut close) = loop {
             if !src.buf.is_empty() {
@@ -97,7 +98,7 @@ pub async fn serve(
             // is noticed when the timer fires, not registered anew for every request.
             if wait_until < timer.deadline() {
                 timer.as_mut().reset(wait_until);
-                armed.timer = false;
+                timer_armed.reset();
             }
             let had = src.buf.len();
             let watch_shutdown = had == 0 && !shutdown_seen;
@@ -106,35 +107,20 @@ pub async fn serve(
                 if let Poll::Ready(read) = src.reader.poll_next(cx, &mut src.buf) {
                     return Poll::Ready(Woke::Read(read));
                 }
-                // The timer and the shutdown watch keep the waker they were last polled with
-                // (the task's): each is polled again only when the waker changed or when it has
-                // something to say, not on every request.
-                if !armed
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
+                // The timer and the shutdown watch are polled again only when the waker changed
+                // or when they have something to say (see `Armed`), not on every request.
+                if (timer.is_elapsed() || !timer_armed.holds(cx))
+                    && timer_armed.poll(timer.as_mut(), cx).is_ready()
                 {
-                    armed = Armed {
-                        waker: Some(cx.waker().clone()),
-                        ..Armed::default()
-                    };
-                }
-                if !armed.timer || timer.is_elapsed() {
-                    if timer.as_mut().poll(cx).is_ready() {
-                        armed.timer = false;
-                        return Poll::Ready(Woke::Timer);
-                    }
-                    armed.timer = true;
+                    return Poll::Ready(Woke::Timer);
                 }
                 if watch_shutdown
-                    && (!armed.shutdown || !matches!(closing.has_changed(), Ok(false)))
+                    && (!matches!(closing.has_changed(), Ok(false)) || !shutdown_armed.holds(cx))
+                    && let Poll::Ready(changed) = shutdown_armed.poll(shutdown.as_mut(), cx)
                 {
-                    if let Poll::Ready(changed) = shutdown.as_mut().poll(cx) {
-                        return Poll::Ready(Woke::Shutdown {
-                            gone: changed.is_err(),
-                        });
-                    }
-                    armed.shutdown = true;
+                    return Poll::Ready(Woke::Shutdown {
+                        gone: changed.is_err(),
+                    });
                 }
                 Poll::Pending
             })
@@ -238,14 +224,6 @@ enum Woke {
     Shutdown {
         gone: bool,
     },
-}
-
-/// Which of the wait's timer and shutdown watch hold `waker` (were polled with it, pending).
-#[derive(Default)]
-struct Armed {
-    waker: Option<Waker>,
-    timer: bool,
-    shutdown: bool,
 }
 
 fn hand_off(src: Source, writer: Writer, served: u64) -> Ended {

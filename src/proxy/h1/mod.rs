@@ -20,6 +20,40 @@ mod write;
 pub use body::FastBody;
 pub use conn::{Ended, Settings, serve};
 
+/// The waker a timer or watch was last polled with and left pending: while the task's waker is
+/// the same, that registration stands, so a connection's idle timer, shutdown watch and
+/// response deadline are not polled again on every request — only when the waker changed
+/// ([`Armed::holds`]) or they have something to say (the caller's check).
+#[derive(Default)]
+pub(crate) struct Armed(Option<std::task::Waker>);
+
+impl Armed {
+    /// Whether the registration holds `cx`'s waker.
+    pub fn holds(&self, cx: &std::task::Context<'_>) -> bool {
+        self.0.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Polls `f`, keeping `cx`'s waker while it is pending.
+    pub fn poll<F: std::future::Future + ?Sized>(
+        &mut self,
+        f: std::pin::Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let polled = f.poll(cx);
+        if polled.is_ready() {
+            self.0 = None;
+        } else if !self.holds(cx) {
+            self.0 = Some(cx.waker().clone());
+        }
+        polled
+    }
+
+    /// The registration may be gone (the timer was reset): the next wait polls again.
+    pub fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// One header line, `name: value`, as every head keygate writes has them (requests upstream,
 /// responses, the stamp's fields).
 pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

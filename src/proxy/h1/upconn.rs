@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 
+use super::Armed;
+
 /// A connection to the upstream, counted in the pool's `open` gauge while it lives.
 pub struct Conn {
     pub stream: TcpStream,
@@ -14,8 +16,8 @@ pub struct Conn {
     /// The response deadline of the request on it, made once per connection and re-armed
     /// lazily (see [`Conn::poll_deadline`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The waker the timer holds: it was polled with it, pending, since its last reset.
-    armed: Option<std::task::Waker>,
+    /// The waker the timer holds.
+    armed: Armed,
 }
 
 impl Conn {
@@ -27,7 +29,7 @@ impl Conn {
             stream,
             stats,
             timer: None,
-            armed: None,
+            armed: Armed::default(),
         }
     }
 
@@ -46,17 +48,13 @@ impl Conn {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
-            self.armed = None;
+            self.armed.reset();
         }
-        if !timer.is_elapsed() && self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !timer.is_elapsed() && self.armed.holds(cx) {
             return Poll::Pending;
         }
         loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                self.armed = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            self.armed = None;
+            std::task::ready!(self.armed.poll(timer.as_mut(), cx));
             if tokio::time::Instant::now() >= deadline {
                 return Poll::Ready(());
             }
