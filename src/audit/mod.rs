@@ -193,6 +193,7 @@ impl Audit {
         method: &Method,
         status: u16,
         ip: IpAddr,
+        now: Timestamp,
     ) {
         // Extension methods are arbitrary client strings: one bucket for all of them.
         let method = match *method {
@@ -207,7 +208,7 @@ impl Audit {
         };
         let mut key = UsageKey {
             key_id: Arc::clone(key_id),
-            minute: minute_of(Timestamp::now()),
+            minute: minute_of(now),
             route: Arc::clone(route),
             method,
         };

@@ -63,7 +63,7 @@ impl App {
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let original = self.original_request(&mut req, &conn);
         // After the rewrite: logs and the audit trail show the request asked about.
-        let mut cx = Context::new(&req, self.access_log);
+        let mut cx = Context::new(&req, self.access_log, started);
         let result = match original {
             Ok(()) => {
                 self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true)
@@ -71,7 +71,7 @@ impl App {
             }
             Err(e) => Err(e),
         };
-        let resp = self.finish(result, &mut cx, &conn, started);
+        let resp = self.finish(result, &mut cx, &conn);
         denial_in_headers(resp).await
     }
 
@@ -107,7 +107,7 @@ impl App {
         }
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let mut cx = Context::new(&req, self.access_log);
+        let mut cx = Context::new(&req, self.access_log, started);
         let result = match rewritten {
             Err(e) => Err(e),
             Ok(()) => {
@@ -115,7 +115,7 @@ impl App {
                     .await
             }
         };
-        let resp = self.finish(result, &mut cx, &conn, started);
+        let resp = self.finish(result, &mut cx, &conn);
         let (parts, body) = resp.into_parts();
         let bytes = match body {
             Either::Right(full) => match http_body_util::BodyExt::collect(full).await {

@@ -38,11 +38,18 @@ pub(super) struct Context {
     /// When the request went upstream (`None`: not forwarded); the round trip to the
     /// response head is measured from it when the request finishes.
     pub sent_at: Option<std::time::Instant>,
+    /// When the request began: its one clock reading before it is answered (the cache's
+    /// freshness, the key's expiry and the request's duration are all measured from it).
+    pub started: std::time::Instant,
 }
 
 impl Context {
     /// `access_log`: the request will be logged (only then is its `User-Agent` kept).
-    pub fn new<B: http_body::Body>(req: &Request<B>, access_log: bool) -> Context {
+    pub fn new<B: http_body::Body>(
+        req: &Request<B>,
+        access_log: bool,
+        started: std::time::Instant,
+    ) -> Context {
         Context {
             request_id: request_id(req.headers()),
             unread_body: req.version() <= Version::HTTP_11 && !req.body().is_end_stream(),
@@ -63,6 +70,7 @@ impl Context {
             code: None,
             reason: None,
             sent_at: None,
+            started,
         }
     }
 }

@@ -133,9 +133,9 @@ impl App {
             let started = Instant::now();
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let _in_flight = Held::enter(&self.metrics.in_flight);
-            let mut cx = Context::new(&req, self.access_log);
+            let mut cx = Context::new(&req, self.access_log, started);
             let result = self.pipeline(req, &conn, &mut cx, false).await;
-            self.finish_stamped(result, &mut cx, &conn, started)
+            self.finish_stamped(result, &mut cx, &conn)
         }
     }
 
@@ -264,7 +264,12 @@ impl App {
         let cred = auth::extract(req.headers(), &self.carriers, carriers, self.max_key_length)?;
         // A cached key is answered without a future; the store's answer, boxed (the rare
         // path), keeps its state out of every request's.
-        let verified = match self.verifier.probe(&cred) {
+        // The request's clock reading, unless a stage before waited on Redis.
+        let now = match policy.limiter().in_memory() {
+            true => cx.started,
+            false => Instant::now(),
+        };
+        let verified = match self.verifier.probe(&cred, now) {
             auth::Probe::Answered(result) => result,
             auth::Probe::Fill(pending) => Box::pin(self.verifier.fill_probe(pending)).await,
         };
@@ -369,9 +374,8 @@ impl App {
         result: Result<Response<ProxyBody>, Rejection>,
         cx: &mut Context,
         conn: &ConnInfo,
-        started: Instant,
     ) -> Response<ProxyBody> {
-        let (resp, stamp) = self.finish_stamped(result, cx, conn, started);
+        let (resp, stamp) = self.finish_stamped(result, cx, conn);
         for_hyper(resp, stamp)
     }
 
@@ -382,7 +386,6 @@ impl App {
         result: Result<Response<ProxyBody>, Rejection>,
         cx: &mut Context,
         conn: &ConnInfo,
-        started: Instant,
     ) -> (Response<ProxyBody>, Stamp) {
         let resp = match result {
             Ok(resp) => {
@@ -418,9 +421,11 @@ impl App {
             }
         };
         let status = resp.status().as_u16();
-        self.audit_request(cx, status, conn.peer.ip());
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(started);
+        // One wall-clock reading for the audit trail's minute and the response's `Date`.
+        let wall = crate::time::Timestamp::now();
+        self.audit_request(cx, status, conn.peer.ip(), wall);
+        let elapsed = now.saturating_duration_since(cx.started);
         let upstream = cx.sent_at.map(|at| now.saturating_duration_since(at));
         let route = cx.trace.route.as_ref().unwrap_or(&NO_ROUTE);
         self.metrics
@@ -452,16 +457,24 @@ impl App {
         let stamp = Stamp {
             request_id: std::mem::replace(&mut cx.request_id, HeaderValue::from_static("")),
             rate: (cx.trace.rate.decision()).map(|d| (*d, self.policy.load().header_styles())),
+            at: now,
+            unix: wall.unix(),
         };
         (resp, stamp)
     }
 
     /// Feeds the audit trail's per-minute aggregates: usage of a verified key (any status) and
     /// rejected authentications (401/403).
-    fn audit_request(&self, cx: &Context, status: u16, peer: std::net::IpAddr) {
+    fn audit_request(
+        &self,
+        cx: &Context,
+        status: u16,
+        peer: std::net::IpAddr,
+        now: crate::time::Timestamp,
+    ) {
         let ip = cx.trace.client_ip.unwrap_or(peer);
         if let (Some(key), Some(route)) = (&cx.key_id, &cx.trace.route) {
-            self.audit.key_used(key, route, &cx.method, status, ip);
+            self.audit.key_used(key, route, &cx.method, status, ip, now);
         }
         if let Some(code) = cx.code.filter(|_| status == 401 || status == 403) {
             let key = cx.key_id.as_deref().or(cx.key_prefix.as_deref());

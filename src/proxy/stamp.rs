@@ -17,6 +17,11 @@ pub struct Stamp {
     pub request_id: HeaderValue,
     /// The decision reported and the configured header styles.
     pub rate: Option<(Decision, HeaderStyles)>,
+    /// When the response was ready (the request's last clock reading): the connection's
+    /// next wait is timed from it.
+    pub at: std::time::Instant,
+    /// The wall clock then (Unix seconds): the response's `Date` and the rate-limit reset.
+    pub unix: u64,
 }
 
 impl Stamp {
@@ -69,6 +74,8 @@ mod tests {
         Stamp {
             request_id: HeaderValue::from_static("req-7"),
             rate: Some((d, styles)),
+            at: std::time::Instant::now(),
+            unix: 1_800_000_000,
         }
     }
 

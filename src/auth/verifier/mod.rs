@@ -280,7 +280,7 @@ impl Verifier {
 
     /// Verifies a credential and applies the record-only checks.
     pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthFailure> {
-        match self.probe(cred) {
+        match self.probe(cred, Instant::now()) {
             Probe::Answered(result) => result,
             Probe::Fill(fill) => self.fill_probe(fill).await,
         }
@@ -289,7 +289,7 @@ impl Verifier {
     /// What memory alone says of a credential: a fresh cached entry, a malformed key or a
     /// negative-cache hit is answered now, without a future; anything else needs the store
     /// ([`Verifier::fill_probe`]). The common request is answered here.
-    pub fn probe<'k>(&self, cred: &'k Credential<'_>) -> Probe<'k> {
+    pub fn probe<'k>(&self, cred: &'k Credential<'_>, now: Instant) -> Probe<'k> {
         // Found by the whole key (the default shape), a cached key is known by its hash
         // alone: it parsed when it was verified, and parsing is deterministic. The cache is
         // asked before the parse (the common request), and the hash is not computed twice.
@@ -302,7 +302,7 @@ impl Verifier {
         if let Some(full) = whole {
             // This thread's front first, then the shared cache (see `front`).
             if let Some(entry) = self.front.get(&full)
-                && self.fresh(&entry)
+                && self.fresh(&entry, now)
             {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Probe::Answered(self.admit_entry(entry));
@@ -310,7 +310,7 @@ impl Verifier {
             let generation = self.front.generation();
             let cached = self.positive.get(&full).filter(|e| e.presented == full);
             if let Some(entry) = &cached
-                && self.fresh(entry)
+                && self.fresh(entry, now)
             {
                 self.front.put(full, entry, generation);
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +344,7 @@ impl Verifier {
             _ => self.positive.get(&store).filter(|e| e.presented == full),
         };
         let stale = match cached {
-            Some(entry) if self.fresh(&entry) => {
+            Some(entry) if self.fresh(&entry, now) => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Probe::Answered(self.admit_entry(entry));
             }
@@ -404,8 +404,10 @@ impl Verifier {
     }
 
     /// Fresh, and no change can have been missed (the invalidation feed is live).
-    fn fresh(&self, entry: &Verified) -> bool {
-        entry.fetched_at.elapsed() < self.settings.cache_ttl && self.store.invalidations_live()
+    /// `now`: the request's clock reading, taken before the probe began.
+    fn fresh(&self, entry: &Verified, now: Instant) -> bool {
+        now.saturating_duration_since(entry.fetched_at) < self.settings.cache_ttl
+            && self.store.invalidations_live()
     }
 
     /// The record-only checks on a verified entry: revoked or expired keys fail.

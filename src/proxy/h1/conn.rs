@@ -168,6 +168,9 @@ pub async fn serve(
         // Inline: at 2.6 KiB the request's state costs an idle connection less than an
         // allocation (of that size, off the allocator's fast path) costs every request.
         let resp = Arc::clone(app).handle_h1(req, conn.clone()).await;
+        // The response's clock reading starts the next wait, unless writing it or reading the
+        // request body's rest had to wait (then the clock is read again).
+        let mut answered_at = Some(Instant::from_std(resp.1.at));
         served += 1;
         close |= *closing.borrow();
         // Written without a future when the socket takes it all (the usual case); what is
@@ -175,6 +178,7 @@ pub async fn serve(
         let written = match write::respond_now(&mut writer, &mut out, resp, head_only, &mut close) {
             write::Now::Done(written) => written,
             write::Now::Later(rest) => {
+                answered_at = None;
                 Box::pin(write::respond_rest(
                     &mut writer,
                     &mut out,
@@ -189,6 +193,7 @@ pub async fn serve(
             _ => return Ended::Closed,
         }
         if let Some(back) = back {
+            answered_at = None;
             match tokio::time::timeout(settings.body_read_timeout, back).await {
                 Ok(Ok(Returned {
                     source,
@@ -207,7 +212,7 @@ pub async fn serve(
         }
         // A next head already begun has `header_read_timeout`; none yet, the idle timeout.
         head_begun = false;
-        wait_until = Instant::now()
+        wait_until = answered_at.unwrap_or_else(Instant::now)
             + if src.buf.is_empty() {
                 settings.idle
             } else {

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::io::{self, Write as _};
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -100,7 +100,7 @@ pub fn respond_now(
     // One wall-clock read for the `Date` and the stamp's reset time.
     DATE.with(|d| {
         let mut d = d.borrow_mut();
-        let unix = d.refresh();
+        let unix = d.refresh(stamp.unix);
         stamp.write(out, unix);
         if !has_date {
             field(out, b"date", &d.text);
@@ -359,13 +359,13 @@ struct DateCache {
 }
 
 impl DateCache {
-    /// Brings `text` up to the current second, and returns it (Unix seconds).
-    fn refresh(&mut self) -> u64 {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    /// Brings `text` up to `second` (Unix seconds, the response's wall-clock reading), and
+    /// returns it.
+    fn refresh(&mut self, second: u64) -> u64 {
         if second != self.second {
             self.second = second;
-            self.text = httpdate::fmt_http_date(now).into_bytes();
+            let wall = UNIX_EPOCH + std::time::Duration::from_secs(second);
+            self.text = httpdate::fmt_http_date(wall).into_bytes();
         }
         second
     }

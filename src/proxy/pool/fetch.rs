@@ -81,10 +81,12 @@ impl<'a> Fetch<'a> {
         let Some(conn) = self.conn.take() else {
             return Poll::Ready(Err(ClientError::Closed));
         };
+        // The first attempt's clock reading (a retry's would be later, and is not kept).
+        let since = written.sent_at;
         self.written = None;
         self.pool.stats.reused.fetch_add(1, Ordering::Relaxed);
         let buf = std::mem::take(&mut self.buf);
-        Poll::Ready(Ok(self.pool.answered(conn, buf, head, true)))
+        Poll::Ready(Ok(self.pool.answered(conn, buf, head, true, since)))
     }
 }
 

@@ -233,17 +233,20 @@ impl H1Pool {
             }
         };
         drop(body);
-        Ok(self.answered(conn, buf, parsed, body_sent))
+        Ok(self.answered(conn, buf, parsed, body_sent, Instant::now()))
     }
 
     /// The response whose head `conn` answered (read into `buf`): its body is read from
     /// `conn`, which comes back here at the body's end if `body_sent` and the head allow it.
+    /// `since`: a clock reading from the exchange, no later than its end; the connection's
+    /// idle time counts from it (a little early, so it is retired a little early, never late).
     fn answered(
         self: &Arc<Self>,
         conn: Conn,
         buf: BytesMut,
         head: client::ResponseHead,
         body_sent: bool,
+        since: Instant,
     ) -> Response<PooledBody> {
         let client::ResponseHead {
             response,
@@ -256,6 +259,7 @@ impl H1Pool {
             inner: Inner::Own {
                 decoding,
                 home: Arc::clone(self),
+                since,
             },
             fields: Some(fields),
         })
@@ -304,11 +308,11 @@ impl H1Pool {
         self.stats.idle.store(idle.len() as u64, Ordering::Relaxed);
     }
 
-    fn checkin(&self, conn: Conn) {
+    /// `now`: when the connection's idle time began (see [`H1Pool::answered`]).
+    fn checkin(&self, conn: Conn, now: Instant) {
         if self.max_idle == 0 {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // By age only, here on every request: whether a connection is still open is asked
         // where it matters (the one a checkout takes) and by the reaper.
@@ -421,6 +425,8 @@ enum Inner {
     Own {
         decoding: Decoding,
         home: Arc<H1Pool>,
+        /// See [`H1Pool::answered`].
+        since: Instant,
     },
 }
 
@@ -445,10 +451,14 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Inner::Own { decoding, home } = &mut self.inner
+        if let Inner::Own {
+            decoding,
+            home,
+            since,
+        } = &mut self.inner
             && let Some(conn) = decoding.take_leftover()
         {
-            home.checkin(conn);
+            home.checkin(conn, *since);
         }
     }
 }
