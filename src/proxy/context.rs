@@ -38,8 +38,8 @@ pub(super) struct Context {
     /// When the request went upstream (`None`: not forwarded); the round trip to the
     /// response head is measured from it when the request finishes.
     pub sent_at: Option<std::time::Instant>,
-    /// When the request began: its one clock reading before it is answered (the cache's
-    /// freshness, the key's expiry and the request's duration are all measured from it).
+    /// When the request began: the key cache's freshness and the request's duration are
+    /// measured from it.
     pub started: std::time::Instant,
 }
 

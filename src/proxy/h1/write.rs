@@ -97,7 +97,7 @@ pub fn respond_now(
     if *close && !says_close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    // One wall-clock read for the `Date` and the stamp's reset time.
+    // The response's wall-clock reading (the stamp's) for the `Date` and the reset time.
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         let unix = d.refresh(stamp.unix);
