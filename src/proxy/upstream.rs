@@ -7,8 +7,8 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::time::Duration;
 
-use futures_util::future::Either;
-use futures_util::{FutureExt as _, TryFutureExt as _};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{BodyError, UpstreamBody, body_error_in};
 use super::headers::remove_hop_by_hop;
-use super::pool::{H1Pool, PooledBody, Written};
+use super::pool::{Fetch, H1Pool, PooledBody, Written};
 use crate::config::UpstreamConfig;
 use crate::error::Rejection;
 use crate::telemetry::{Held, PoolStats};
@@ -117,29 +117,29 @@ impl Upstream {
         body_limit: u64,
         in_flight: &'a AtomicU64,
         sent_at: std::time::Instant,
-    ) -> impl Future<Output = Result<Response<PooledBody>, Rejection>> + Send + 'a {
+    ) -> Sent<'a> {
         // Settings are at most 10 years (config check); saturate anyway rather than panic.
         let deadline = sent_at
             .checked_add(self.response_timeout)
             .unwrap_or(sent_at + std::time::Duration::from_secs(u64::from(u32::MAX)));
         let deadline = tokio::time::Instant::from_std(deadline);
-        let forwarding = Held::enter(in_flight);
-        let sent = match (&self.client, req) {
+        let forwarding = Some(Held::enter(in_flight));
+        let exchange = match (&self.client, req) {
             // The pool's exchange keeps the deadline itself, on the connection's timer.
-            (Clients::Pooled(pool), Outgoing::Written(w)) => Either::Left(
-                pool.fetch(w, deadline)
-                    .map_err(move |e| classify(&e, body_limit)),
-            ),
-            (_, req) => Either::Right(
-                tokio::time::timeout_at(deadline, Box::pin(self.send_other(req, body_limit)))
-                    .map(|timed| timed.unwrap_or(Err(Rejection::UpstreamTimeout))),
-            ),
+            (Clients::Pooled(pool), Outgoing::Written(w)) => {
+                Exchange::Pooled(pool.fetch(w, deadline))
+            }
+            (_, req) => Exchange::Other(Box::pin(async move {
+                tokio::time::timeout_at(deadline, self.send_other(req, body_limit))
+                    .await
+                    .unwrap_or(Err(Rejection::UpstreamTimeout))
+            })),
         };
-        // The response head, its hop-by-hop headers dropped.
-        sent.map(move |result| {
-            drop(forwarding);
-            result.map(without_hop_by_hop)
-        })
+        Sent {
+            exchange,
+            body_limit,
+            forwarding,
+        }
     }
 
     /// Everything but a written request: upgrades through the pool, and hyper-util's clients
@@ -204,11 +204,47 @@ impl Upstream {
     }
 }
 
-/// The response with its hop-by-hop headers dropped (keygate's own codec drops them as it
-/// parses).
-fn without_hop_by_hop(mut resp: Response<PooledBody>) -> Response<PooledBody> {
+/// [`Upstream::send`]'s round trip: keygate's pooled exchange polled in place (the common case),
+/// any other boxed; `in_flight` held until the response head is in, whose hop-by-hop fields
+/// are dropped. Written by hand: the combinators it replaces moved the response once per layer.
+pub struct Sent<'a> {
+    exchange: Exchange<'a>,
+    body_limit: u64,
+    forwarding: Option<Held<'a>>,
+}
+
+type Answer = Result<Response<PooledBody>, Rejection>;
+
+// The large variant is the common one: boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Exchange<'a> {
+    Pooled(Fetch<'a>),
+    Other(Pin<Box<dyn Future<Output = Answer> + Send + 'a>>),
+}
+
+impl Future for Sent<'_> {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let this = self.get_mut();
+        let mut answer = match &mut this.exchange {
+            Exchange::Pooled(fetch) => {
+                ready!(Pin::new(fetch).poll(cx)).map_err(|e| classify(&e, this.body_limit))
+            }
+            Exchange::Other(other) => ready!(other.as_mut().poll(cx)),
+        };
+        this.forwarding = None;
+        if let Ok(resp) = &mut answer {
+            drop_hop_by_hop(resp);
+        }
+        Poll::Ready(answer)
+    }
+}
+
+/// Drops the response's hop-by-hop headers (keygate's own codec drops them as it parses).
+fn drop_hop_by_hop(resp: &mut Response<PooledBody>) {
     if resp.body().hop_by_hop_dropped() {
-        return resp;
+        return;
     }
     // A 101 keeps the protocol it switched to (only sent for an upgrade we forwarded).
     let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
@@ -222,7 +258,6 @@ fn without_hop_by_hop(mut resp: Response<PooledBody>) -> Response<PooledBody> {
             http::HeaderValue::from_static("upgrade"),
         );
     }
-    resp
 }
 
 /// A request through a hyper-util client (its bodies are never pooled by keygate).
