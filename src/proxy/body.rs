@@ -14,10 +14,13 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-/// The client's body as it arrives: from hyper, or from keygate's own HTTP/1.1 path.
+/// The client's body: as it arrives (from hyper, or from keygate's own HTTP/1.1 path), or read
+/// whole before authorization (a key's restriction on a JSON field) and replayed from memory.
+/// One type for all three, so a request is never rebuilt to change its body's type.
 pub enum Inbound {
     Hyper(Incoming),
     Fast(super::h1::FastBody),
+    Buffered(Full<Bytes>),
 }
 
 impl Body for Inbound {
@@ -31,6 +34,7 @@ impl Body for Inbound {
         match self.get_mut() {
             Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|_| BodyError::Malformed),
             Inbound::Fast(b) => Pin::new(b).poll_frame(cx),
+            Inbound::Buffered(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
@@ -38,6 +42,7 @@ impl Body for Inbound {
         match self {
             Inbound::Hyper(b) => b.is_end_stream(),
             Inbound::Fast(b) => b.is_end_stream(),
+            Inbound::Buffered(b) => b.is_end_stream(),
         }
     }
 
@@ -45,12 +50,13 @@ impl Body for Inbound {
         match self {
             Inbound::Hyper(b) => b.size_hint(),
             Inbound::Fast(b) => b.size_hint(),
+            Inbound::Buffered(b) => b.size_hint(),
         }
     }
 }
 
-/// The client's body: streamed, or read whole before authorization.
-pub type ClientBody = Either<Inbound, Full<Bytes>>;
+/// The client's body on the request path (see [`Inbound`]).
+pub type ClientBody = Inbound;
 
 /// The body sent upstream.
 pub type UpstreamBody = Either<ClientStream, Full<Bytes>>;
@@ -72,8 +78,8 @@ pub enum BodyError {
 /// `idle` without a byte.
 pub fn upstream_body(body: ClientBody, limit: usize, idle: Duration) -> UpstreamBody {
     match body {
-        Either::Left(incoming) => Either::Left(ClientStream::new(incoming, limit, idle)),
-        Either::Right(full) => Either::Right(full),
+        Inbound::Buffered(full) => Either::Right(full),
+        incoming => Either::Left(ClientStream::new(incoming, limit, idle)),
     }
 }
 

@@ -15,7 +15,7 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 
-use super::body::{BodyError, ClientBody, ClientStream, Inbound};
+use super::body::{BodyError, ClientStream, Inbound};
 use super::conn::ConnInfo;
 use super::context::Context;
 use super::forward::Forwarder;
@@ -28,7 +28,7 @@ use crate::audit::Audit;
 use crate::auth::{self, AuthFailure, Identity, Verifier};
 use crate::config::{Carrier, ErrorContract};
 use crate::error::Rejection;
-use crate::policy::{Admitted, Permit, Policy, RequestView};
+use crate::policy::{Admitted, Policy, RequestView};
 use crate::self_service::SelfService;
 use crate::telemetry::{Held, Metrics};
 
@@ -175,18 +175,21 @@ impl App {
             )?; // 400 / 403 / 429
             cx.hints.carriers = admitted.route().accepts;
             // A CONNECT tunnel is never public: it always needs a key.
-            let (permit, req) = if admitted.route().public && !connect {
-                (policy.public(admitted), req.map(Either::Left))
+            // The request stays where it is from here on: a buffered body replaces the
+            // streamed one in place (a request moved is a few hundred bytes copied).
+            let mut req = req;
+            let permit = if admitted.route().public && !connect {
+                policy.public(admitted)
             } else {
                 let identity = self.authenticate(&req, &admitted, &policy, cx).await?; // 401 / 503
                 let method =
                     effective_method(req.method(), req.headers(), self.honor_method_override);
                 // A restriction on a JSON field: the body is read (bounded) before the decision.
-                let (req, body) = match policy.body_needed(&admitted, &identity) {
-                    None => (req.map(Either::Left), None),
+                let body = match policy.body_needed(&admitted, &identity) {
+                    None => None,
                     // Boxed, like the other rare paths below: their state would otherwise make
                     // every request's future larger, and hyper moves that future per request.
-                    Some(cap) => Box::pin(self.buffer(req, cap)).await?, // 400 / 413
+                    Some(cap) => Some(Box::pin(self.buffer(&mut req, cap)).await?), // 400 / 413
                 };
                 let view = RequestView {
                     method: &method,
@@ -195,11 +198,10 @@ impl App {
                     headers: req.headers(),
                     body: body.as_deref(),
                 };
-                let permit = stage!(
+                stage!(
                     in_memory,
                     policy.authorize(identity, admitted, &view, &mut cx.trace.rate)
-                )?; // 403 / 429
-                (permit, req)
+                )? // 403 / 429
             };
             if authz {
                 return self.allow(&req, &permit, conn, cx);
@@ -234,15 +236,22 @@ impl App {
             // Forwarded: the round trip is this future's one wait on the common path.
             self.forwarder.check_declared_length(&req)?; // 413
             let sent_at = Instant::now();
-            let (sent, client_upgrade) = self.prepare(req, &permit, conn, &cx.request_id, sent_at);
+            // The client's side of an upgrade the request asks for; then the request is taken
+            // apart by `send` (never moved into this future's state), and the round trip is
+            // awaited where it was made (not passed back through another call).
+            let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
+            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let sent = self
+                .forwarder
+                .send(req, &permit, conn, &cx.request_id, upgrade, sent_at);
             // Nothing of the decision is needed while the upstream answers.
             drop(permit);
             drop(policy);
-            let result = sent.await;
+            let mut result = sent.await;
             // The round trip is read off the clock once, in `finish`, right after this returns.
             cx.sent_at = Some(sent_at);
-            self.received(result, client_upgrade)
-                .map(|r| r.map(Either::Left)) // 502 / 504
+            self.received(&mut result, client_upgrade);
+            result.map(|r| r.map(Either::Left)) // 502 / 504
         }
     }
 
@@ -295,14 +304,12 @@ impl App {
 
     /// Reads the body whole (at most `cap` bytes, and never more than `listen.max_request_body`)
     /// so a rule can look into it; it is then forwarded from memory.
-    async fn buffer(
-        &self,
-        req: Request<Inbound>,
-        cap: u64,
-    ) -> Result<(Request<ClientBody>, Option<Bytes>), Rejection> {
-        self.forwarder.check_declared_length(&req)?; // 413
+    async fn buffer(&self, req: &mut Request<Inbound>, cap: u64) -> Result<Bytes, Rejection> {
+        self.forwarder.check_declared_length(req)?; // 413
         let limit = cap.min(self.forwarder.max_request_body());
-        let (parts, incoming) = req.into_parts();
+        // Whatever happens, the streamed body is gone from the request: on an error the
+        // request is refused, and its (empty) replacement never sent.
+        let incoming = std::mem::replace(req.body_mut(), Inbound::Buffered(Full::default()));
         let cap_usize = usize::try_from(limit).unwrap_or(usize::MAX);
         let body = ClientStream::new(incoming, cap_usize, self.forwarder.body_read_timeout());
         let bytes = match body.collect().await {
@@ -313,56 +320,34 @@ impl App {
                 return Err(Rejection::BadBody("could not read the request body"));
             }
         };
-        let req = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
-        Ok((req, Some(bytes)))
+        *req.body_mut() = Inbound::Buffered(Full::new(bytes.clone()));
+        Ok(bytes)
     }
 
-    /// A permitted request, ready for the upstream: the round trip to await (the request is
-    /// taken apart here, never moved into a future's state), and the client's side of an
-    /// upgrade it asks for.
-    fn prepare<'a>(
-        &'a self,
-        mut req: Request<ClientBody>,
-        permit: &Permit<'_>,
-        conn: &ConnInfo,
-        request_id: &HeaderValue,
-        sent_at: Instant,
-    ) -> (
-        impl Future<Output = Result<Response<PooledBody>, Rejection>> + use<'a>,
-        Option<hyper::upgrade::OnUpgrade>,
-    ) {
-        let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let sent = self
-            .forwarder
-            .send(req, permit, conn, request_id, upgrade, sent_at);
-        (sent, client_upgrade)
-    }
-
-    /// The upstream's answer to a forwarded request; an upgrade it accepts becomes a tunnel.
+    /// The upstream's answer to a forwarded request, looked at in place (it is not moved): an
+    /// upgrade it accepts becomes a tunnel; a failure is counted.
     fn received(
         &self,
-        result: Result<Response<PooledBody>, Rejection>,
+        result: &mut Result<Response<PooledBody>, Rejection>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<PooledBody>, Rejection> {
+    ) {
         match result {
-            Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some(client_upgrade) = client_upgrade else {
                     tracing::warn!(
                         "the upstream switched protocols on a request that did not ask to"
                     );
-                    return Err(Rejection::UpstreamUnavailable);
+                    *result = Err(Rejection::UpstreamUnavailable);
+                    return;
                 };
-                self.edge
-                    .spawn_tunnel(&self.metrics, client_upgrade, &mut resp);
-                Ok(resp)
+                self.edge.spawn_tunnel(&self.metrics, client_upgrade, resp);
             }
-            Ok(resp) => Ok(resp),
+            Ok(_) => {}
+            // 502 / 504 / 413 while streaming
             Err(err) => {
                 if err.is_upstream_failure() {
                     self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(err) // 502 / 504 / 413 while streaming
             }
         }
     }

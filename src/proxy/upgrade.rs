@@ -41,13 +41,14 @@ impl Edge {
         if req.version() != Version::HTTP_11 || upstream_http2 {
             return None;
         }
+        // Only listed protocols: `h2c` in particular would turn the tunnel into an HTTP/2
+        // connection to the upstream that keygate never sees into. `Upgrade` is asked for
+        // first: most requests have none, and then `Connection` is not looked at.
+        let proto = fields::first(req.headers(), &UPGRADE)?;
         let asks = fields::values(req.headers(), &CONNECTION)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-        // Only listed protocols: `h2c` in particular would turn the tunnel into an HTTP/2
-        // connection to the upstream that keygate never sees into.
-        let proto = fields::first(req.headers(), &UPGRADE)?;
         let allowed = proto.to_str().is_ok_and(|p| {
             self.upgrades
                 .iter()
