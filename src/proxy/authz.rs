@@ -66,8 +66,8 @@ impl App {
         let mut cx = Context::new(&req, self.access_log, started);
         let result = match original {
             Ok(()) => {
-                self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true)
-                    .await
+                let mut req = req.map(Inbound::Hyper);
+                self.pipeline(&mut req, &conn, &mut cx, true).await
             }
             Err(e) => Err(e),
         };
@@ -111,8 +111,8 @@ impl App {
         let result = match rewritten {
             Err(e) => Err(e),
             Ok(()) => {
-                self.pipeline(req.map(Inbound::Hyper), &conn, &mut cx, true)
-                    .await
+                let mut req = req.map(Inbound::Hyper);
+                self.pipeline(&mut req, &conn, &mut cx, true).await
             }
         };
         let resp = self.finish(result, &mut cx, &conn);

@@ -55,6 +55,13 @@ impl Body for Inbound {
     }
 }
 
+/// What a request's body is left as once taken (forwarded, or handed to a path of its own).
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound::Buffered(Full::default())
+    }
+}
+
 /// The client's body on the request path (see [`Inbound`]).
 pub type ClientBody = Inbound;
 

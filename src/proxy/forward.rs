@@ -81,7 +81,7 @@ impl Forwarder {
     /// layer of future on the hot path). The body is limited (size, idle time) on its way.
     pub fn send<'a>(
         &'a self,
-        req: Request<ClientBody>,
+        req: &mut Request<ClientBody>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
@@ -96,18 +96,17 @@ impl Forwarder {
             // the request taken apart once (it is not moved whole again).
             None if self.upstream.takes_written() => {
                 let mut head = Vec::with_capacity(1024);
-                let framing = self.plan.encode_request(&req, &fwd, &mut head);
-                let (parts, body) = req.into_parts();
+                let framing = self.plan.encode_request(req, &fwd, &mut head);
                 Outgoing::Written(Written {
                     head,
                     framing,
-                    method: parts.method,
-                    body: upstream_body(body, limit, idle),
+                    method: req.method().clone(),
+                    body: upstream_body(std::mem::take(req.body_mut()), limit, idle),
                     sent_at,
                 })
             }
             upgrade => {
-                let mut req = req.map(|body| upstream_body(body, limit, idle));
+                let mut req = std::mem::take(req).map(|body| upstream_body(body, limit, idle));
                 self.plan.prepare_request(&mut req, &fwd);
                 if let Some(proto) = upgrade {
                     req.headers_mut().insert(UPGRADE, proto);

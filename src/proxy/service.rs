@@ -114,28 +114,31 @@ impl App {
         req: Request<Inbound>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let (resp, stamp) = self.handle_h1(req, conn).await;
+        let mut req = req;
+        let (resp, stamp) = self.handle_h1(&mut req, &conn).await;
         Ok(for_hyper(resp, stamp))
     }
 
     /// [`App::handle`] for keygate's own HTTP/1.1 writer: the response, and the fields it
-    /// writes into the head itself.
+    /// writes into the head itself. The request stays with the caller (it is a few hundred
+    /// bytes, and every layer it were moved into would copy it); what is forwarded or handed
+    /// on is taken out of it.
     /// An `async` block rather than an `async fn`, here and in [`App::pipeline`]: an `async fn`
     /// moves its arguments into locals of its own, so its future holds each of them twice,
     /// and every request's future is built and copied whole.
     #[allow(clippy::manual_async_fn)] // on purpose: see above
-    pub fn handle_h1(
-        self: Arc<Self>,
-        req: Request<Inbound>,
-        conn: ConnInfo,
-    ) -> impl Future<Output = (Response<ProxyBody>, Stamp)> {
+    pub fn handle_h1<'a>(
+        &'a self,
+        req: &'a mut Request<Inbound>,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = (Response<ProxyBody>, Stamp)> + 'a {
         async move {
             let started = Instant::now();
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let _in_flight = Held::enter(&self.metrics.in_flight);
-            let mut cx = Context::new(&req, self.access_log, started);
-            let result = self.pipeline(req, &conn, &mut cx, false).await;
-            self.finish_stamped(result, &mut cx, &conn)
+            let mut cx = Context::new(req, self.access_log, started);
+            let result = self.pipeline(req, conn, &mut cx, false).await;
+            self.finish_stamped(result, &mut cx, conn)
         }
     }
 
@@ -145,13 +148,13 @@ impl App {
     #[allow(clippy::manual_async_fn)] // on purpose: see `handle_h1`
     pub(super) fn pipeline<'a>(
         &'a self,
-        req: Request<Inbound>,
+        req: &'a mut Request<Inbound>,
         conn: &'a ConnInfo,
         cx: &'a mut Context,
         authz: bool,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Rejection>> + 'a {
         async move {
-            screen(&req, self.underscores)?; // 400 / 501
+            screen(req, self.underscores)?; // 400 / 501
             // One policy for the whole request, even if a reload swaps it meanwhile.
             let policy = self.policy.load_full();
             let connect = self.edge.screen_connect(req.method())?; // 405
@@ -175,13 +178,10 @@ impl App {
             )?; // 400 / 403 / 429
             cx.hints.carriers = admitted.route().accepts;
             // A CONNECT tunnel is never public: it always needs a key.
-            // The request stays where it is from here on: a buffered body replaces the
-            // streamed one in place (a request moved is a few hundred bytes copied).
-            let mut req = req;
             let permit = if admitted.route().public && !connect {
                 policy.public(admitted)
             } else {
-                let identity = self.authenticate(&req, &admitted, &policy, cx).await?; // 401 / 503
+                let identity = self.authenticate(req, &admitted, &policy, cx).await?; // 401 / 503
                 let method =
                     effective_method(req.method(), req.headers(), self.honor_method_override);
                 // A restriction on a JSON field: the body is read (bounded) before the decision.
@@ -189,7 +189,7 @@ impl App {
                     None => None,
                     // Boxed, like the other rare paths below: their state would otherwise make
                     // every request's future larger, and hyper moves that future per request.
-                    Some(cap) => Some(Box::pin(self.buffer(&mut req, cap)).await?), // 400 / 413
+                    Some(cap) => Some(Box::pin(self.buffer(req, cap)).await?), // 400 / 413
                 };
                 let view = RequestView {
                     method: &method,
@@ -204,14 +204,14 @@ impl App {
                 )? // 403 / 429
             };
             if authz {
-                return self.allow(&req, &permit, conn, cx);
+                return self.allow(req, &permit, conn, cx);
             }
             if connect {
                 let (forwarder, metrics) = (&self.forwarder, &self.metrics);
                 return Box::pin(self.edge.connect(
                     forwarder,
                     metrics,
-                    req,
+                    std::mem::take(req),
                     &permit,
                     conn,
                     &cx.request_id,
@@ -224,7 +224,7 @@ impl App {
                 let request_id = cx.request_id.to_str().unwrap_or_default().to_owned();
                 return Box::pin(self.self_service.handle(
                     &permit,
-                    req,
+                    std::mem::take(req),
                     &policy,
                     &mut cx.trace.rate,
                     &self.errors,
@@ -234,13 +234,13 @@ impl App {
                 .map(|r| r.map(Either::Right));
             }
             // Forwarded: the round trip is this future's one wait on the common path.
-            self.forwarder.check_declared_length(&req)?; // 413
+            self.forwarder.check_declared_length(req)?; // 413
             let sent_at = Instant::now();
             // The client's side of an upgrade the request asks for; then the request is taken
             // apart by `send` (never moved into this future's state), and the round trip is
             // awaited where it was made (not passed back through another call).
-            let upgrade = self.edge.upgrade_of(&req, self.forwarder.is_http2());
-            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let upgrade = self.edge.upgrade_of(req, self.forwarder.is_http2());
+            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
             let sent = self
                 .forwarder
                 .send(req, &permit, conn, &cx.request_id, upgrade, sent_at);
@@ -303,7 +303,8 @@ impl App {
     }
 
     /// Reads the body whole (at most `cap` bytes, and never more than `listen.max_request_body`)
-    /// so a rule can look into it; it is then forwarded from memory.
+    /// so a rule can look into it; it replaces the streamed body in place, and is forwarded
+    /// from memory.
     async fn buffer(&self, req: &mut Request<Inbound>, cap: u64) -> Result<Bytes, Rejection> {
         self.forwarder.check_declared_length(req)?; // 413
         let limit = cap.min(self.forwarder.max_request_body());
