@@ -62,9 +62,6 @@ impl Default for Inbound {
     }
 }
 
-/// The client's body on the request path (see [`Inbound`]).
-pub type ClientBody = Inbound;
-
 /// The body sent upstream.
 pub type UpstreamBody = Either<ClientStream, Full<Bytes>>;
 
@@ -83,7 +80,7 @@ pub enum BodyError {
 
 /// The client's body on its way upstream, a streamed one capped at `limit` bytes and cut after
 /// `idle` without a byte.
-pub fn upstream_body(body: ClientBody, limit: usize, idle: Duration) -> UpstreamBody {
+pub fn upstream_body(body: Inbound, limit: usize, idle: Duration) -> UpstreamBody {
     match body {
         Inbound::Buffered(full) => Either::Right(full),
         incoming => Either::Left(ClientStream::new(incoming, limit, idle)),

@@ -10,7 +10,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::body::{ClientBody, UpstreamBody, upstream_body};
+use super::body::{Inbound, UpstreamBody, upstream_body};
 use super::conn::ConnInfo;
 use super::headers::{AuthzAnswer, Forward, HeaderPlan};
 use super::pool::{PooledBody, Written};
@@ -81,7 +81,7 @@ impl Forwarder {
     /// layer of future on the hot path). The body is limited (size, idle time) on its way.
     pub fn send<'a>(
         &'a self,
-        req: &mut Request<ClientBody>,
+        req: &mut Request<Inbound>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         request_id: &HeaderValue,

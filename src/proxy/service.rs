@@ -111,10 +111,9 @@ impl App {
     /// The hyper service: never fails, every error becomes a response here.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Inbound>,
+        mut req: Request<Inbound>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let mut req = req;
         let (resp, stamp) = self.handle_h1(&mut req, &conn).await;
         Ok(for_hyper(resp, stamp))
     }
@@ -310,7 +309,7 @@ impl App {
         let limit = cap.min(self.forwarder.max_request_body());
         // Whatever happens, the streamed body is gone from the request: on an error the
         // request is refused, and its (empty) replacement never sent.
-        let incoming = std::mem::replace(req.body_mut(), Inbound::Buffered(Full::default()));
+        let incoming = std::mem::take(req.body_mut());
         let cap_usize = usize::try_from(limit).unwrap_or(usize::MAX);
         let body = ClientStream::new(incoming, cap_usize, self.forwarder.body_read_timeout());
         let bytes = match body.collect().await {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
 use http::{Method, Request, Response, Version};
 
-use super::body::{ClientBody, upstream_body};
+use super::body::{Inbound, upstream_body};
 use super::conn::ConnInfo;
 use super::forward::Forwarder;
 use super::pool::PooledBody;
@@ -66,7 +66,7 @@ impl Edge {
         &self,
         forwarder: &Forwarder,
         metrics: &Arc<Metrics>,
-        req: Request<ClientBody>,
+        req: Request<Inbound>,
         permit: &Permit<'_>,
         conn: &ConnInfo,
         request_id: &HeaderValue,

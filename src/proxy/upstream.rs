@@ -5,10 +5,9 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::time::Duration;
-
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;

@@ -151,7 +151,7 @@ pub async fn serve(
             }
         };
         let head_only = req.method() == Method::HEAD;
-        let (req, back) = if framing == Framing::Empty {
+        let (mut req, back) = if framing == Framing::Empty {
             (req.map(|()| Inbound::Fast(FastBody::empty())), None)
         } else {
             let (tx, rx) = oneshot::channel();
@@ -167,7 +167,6 @@ pub async fn serve(
         };
         // Inline: at 2.6 KiB the request's state costs an idle connection less than an
         // allocation (of that size, off the allocator's fast path) costs every request.
-        let mut req = req;
         let resp = app.handle_h1(&mut req, conn).await;
         // What is left of the request goes now: an unread body tells `back` so before it is
         // waited for.
