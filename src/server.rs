@@ -479,6 +479,9 @@ async fn watch_config(
     }
 }
 
+/// How long an idle blocking thread of the single-threaded runtime waits for more work.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The runtime: single-threaded when one CPU is available (a pinned sidecar, `cpus: 1`), where
 /// it does the same work without the multi-thread scheduler's cross-thread bookkeeping;
 /// `KEYGATE_RUNTIME=current_thread` / `multi_thread` chooses.
@@ -489,6 +492,10 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     if single && choice.as_deref() != Ok("multi_thread") {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // File work (the store file's stat every `reload_interval`, the replica's
+            // acknowledgement) goes to a blocking thread that ends right after: a process with
+            // one thread pays no file-table reference count on each of a request's syscalls.
+            .thread_keep_alive(BLOCKING_KEEP_ALIVE)
             .build()
     } else {
         tokio::runtime::Runtime::new()

@@ -168,9 +168,6 @@ pub async fn serve(
         // Inline: at 2.6 KiB the request's state costs an idle connection less than an
         // allocation (of that size, off the allocator's fast path) costs every request.
         let resp = app.handle_h1(&mut req, conn).await;
-        // What is left of the request goes now: an unread body tells `back` so before it is
-        // waited for.
-        drop(req);
         // The response's clock reading starts the next wait, unless writing it or reading the
         // request body's rest had to wait (then the clock is read again).
         let mut answered_at = Some(Instant::from_std(resp.1.at));
@@ -195,6 +192,10 @@ pub async fn serve(
             Ok(true) if !close => {}
             _ => return Ended::Closed,
         }
+        // What is left of the request goes once the response is on its way (its release is
+        // no longer between the upstream's answer and the client): an unread body tells `back`
+        // so before it is waited for.
+        drop(req);
         if let Some(back) = back {
             answered_at = None;
             match tokio::time::timeout(settings.body_read_timeout, back).await {
