@@ -38,9 +38,10 @@ fn chunked(data: &[u8], piece: usize) -> (Vec<u8>, Vec<u8>, bool) {
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
-    match head::parse(&mut buf, 4096) {
+    let mut req = http::Request::new(());
+    match head::parse(&mut buf, 4096, &mut req) {
         Head::Other | Head::Partial => assert_eq!(&buf[..], data, "bytes lost before hyper"),
-        Head::Request { req, framing, .. } => {
+        Head::Request { framing, .. } => {
             let used = data.len() - buf.len();
             assert_eq!(&data[used..], &buf[..]);
             let h = req.headers();

@@ -82,7 +82,8 @@ fn for_hyper(mut resp: Response<ProxyBody>, stamp: Stamp) -> Response<ProxyBody>
 macro_rules! stage {
     ($in_memory:expr, $stage:expr) => {
         if $in_memory {
-            ready_now($stage)?
+            // Pinned where it is made: the stage's state is not copied into `ready_now`.
+            ready_now(std::pin::pin!($stage))?
         } else {
             Box::pin($stage).await
         }
@@ -91,8 +92,7 @@ macro_rules! stage {
 
 /// A stage that cannot wait (its limiter is in process), run to its end now. It waiting
 /// anyway would be a bug: the request then fails closed, as if the key store were down.
-fn ready_now<F: Future>(stage: F) -> Result<F::Output, Rejection> {
-    let stage = std::pin::pin!(stage);
+fn ready_now<F: Future>(stage: std::pin::Pin<&mut F>) -> Result<F::Output, Rejection> {
     match stage.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(out) => Ok(out),
         std::task::Poll::Pending => {

@@ -8,7 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::Method;
+use http::{Method, Request};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -45,6 +45,9 @@ pub enum Ended {
 /// The request-head buffer kept between requests at most (larger ones are let go).
 const KEEP_OUT: usize = 4096;
 
+/// The most fields whose room the connection's request keeps between requests.
+const KEEP_FIELDS: usize = 32;
+
 pub async fn serve(
     app: &Arc<App>,
     (reader, mut writer): (Reader, Writer),
@@ -59,6 +62,8 @@ pub async fn serve(
         buf: BytesMut::new(),
     };
     let mut out = Vec::new();
+    // The connection's one request, filled in place by each head (see `head::parse`).
+    let mut req = Request::new(Inbound::default());
     let mut served = 0u64;
     // Until when the next head may take: from accept for the first; for later ones the idle
     // timeout, then `header_read_timeout` from its first byte.
@@ -76,16 +81,12 @@ pub async fn serve(
     let mut shutdown_seen = false;
     let (mut timer_armed, mut shutdown_armed) = (Armed::default(), Armed::default());
     loop {
-        let (req, framing, mut close) = loop {
+        let (framing, mut close) = loop {
             if !src.buf.is_empty() {
-                match head::parse(&mut src.buf, settings.max_head) {
+                match head::parse(&mut src.buf, settings.max_head, &mut req) {
                     Head::Partial => {}
                     Head::Other => return hand_off(src, writer, served),
-                    Head::Request {
-                        req,
-                        framing,
-                        close,
-                    } => break (req, framing, close),
+                    Head::Request { framing, close } => break (framing, close),
                 }
             }
             if src.buf.is_empty() && *closing.borrow() {
@@ -151,8 +152,9 @@ pub async fn serve(
             }
         };
         let head_only = req.method() == Method::HEAD;
-        let (mut req, back) = if framing == Framing::Empty {
-            (req.map(|()| Inbound::Fast(FastBody::empty())), None)
+        let back = if framing == Framing::Empty {
+            *req.body_mut() = Inbound::Fast(FastBody::empty());
+            None
         } else {
             let (tx, rx) = oneshot::channel();
             let taken = std::mem::replace(
@@ -162,8 +164,8 @@ pub async fn serve(
                     buf: BytesMut::new(),
                 },
             );
-            let body = FastBody::new(taken, framing, tx);
-            (req.map(|()| Inbound::Fast(body)), Some(rx))
+            *req.body_mut() = Inbound::Fast(FastBody::new(taken, framing, tx));
+            Some(rx)
         };
         // Inline: at 2.6 KiB the request's state costs an idle connection less than an
         // allocation (of that size, off the allocator's fast path) costs every request.
@@ -194,8 +196,8 @@ pub async fn serve(
         }
         // What is left of the request goes once the response is on its way (its release is
         // no longer between the upstream's answer and the client): an unread body tells `back`
-        // so before it is waited for.
-        drop(req);
+        // so before it is waited for, and the head's bytes are let go before its buffer is.
+        head::release(&mut req, KEEP_FIELDS);
         if let Some(back) = back {
             answered_at = None;
             match tokio::time::timeout(settings.body_read_timeout, back).await {

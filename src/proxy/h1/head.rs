@@ -20,25 +20,25 @@ pub enum Framing {
     Chunked,
 }
 
-/// Returned by value once per request: boxing the request would cost an allocation each time.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Head {
     /// More bytes are needed.
     Partial,
-    /// A plain request, its body's framing, and whether the client asked to close after it.
-    Request {
-        req: Request<()>,
-        framing: Framing,
-        close: bool,
-    },
+    /// A plain request (now in the caller's request), its body's framing, and whether the
+    /// client asked to close after it.
+    Request { framing: Framing, close: bool },
     /// Not for the fast path: the connection goes to hyper from this byte on.
     Other,
 }
 
 /// Parses the head at the start of `buf`; a complete one is split off it (the body's first
-/// bytes stay). `max_head`: a head not complete within this many bytes is hyper's (431).
-pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
+/// bytes stay) and written into `req`, whose method, target, version, fields and extensions it
+/// replaces (its body is the caller's). The connection's one request is filled in place: it is
+/// not built and moved per request, and its field map keeps its room from one request to the
+/// next. `req` is left as it was unless the result is [`Head::Request`] — bar its fields on the
+/// one path that cannot happen (see `undo`), where the caller hands the connection on anyway.
+/// `max_head`: a head not complete within this many bytes is hyper's (431).
+pub fn parse<B>(buf: &mut BytesMut, max_head: usize, req: &mut Request<B>) -> Head {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -113,8 +113,10 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
         return undo(buf);
     };
     // Only the client's fields: the forwarder writes its own straight into the upstream head
-    // (the map grows on the rare paths that still edit it).
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // (the map grows on the rare paths that still edit it). Nothing of an earlier request stays.
+    let headers = req.headers_mut();
+    headers.clear();
+    headers.reserve(fields.len());
     for (name, span) in fields.drain(..) {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(span)) else {
             return undo(buf);
@@ -126,16 +128,25 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
         (Some(n), _) => Framing::Length(n),
         (None, true) => Framing::Chunked,
     };
-    let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    Head::Request {
-        req,
-        framing,
-        close,
+    req.extensions_mut().clear();
+    Head::Request { framing, close }
+}
+
+/// A request's state once answered: its fields, target and extensions let go (they share the
+/// head's bytes), its field map's room kept for the next request on the connection unless it
+/// grew past `keep` fields.
+pub fn release<B: Default>(req: &mut Request<B>, keep: usize) {
+    *req.body_mut() = B::default();
+    if req.headers().capacity() > keep {
+        *req.headers_mut() = HeaderMap::new();
+    } else {
+        req.headers_mut().clear();
     }
+    *req.uri_mut() = Uri::default();
+    req.extensions_mut().clear();
 }
 
 /// A `Content-Length` value: ASCII digits only, at most 19 of them (fits a u64).
@@ -151,18 +162,14 @@ mod tests {
     use super::*;
 
     fn head(s: &str) -> Head {
-        parse(&mut BytesMut::from(s), 8192)
+        parse(&mut BytesMut::from(s), 8192, &mut Request::new(()))
     }
 
     #[test]
     fn plain_requests_are_taken_with_their_framing() {
         let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: k\r\n\r\nrest");
-        let Head::Request {
-            req,
-            framing,
-            close,
-        } = parse(&mut buf, 8192)
-        else {
+        let mut req = Request::new(());
+        let Head::Request { framing, close } = parse(&mut buf, 8192, &mut req) else {
             panic!("not taken");
         };
         assert_eq!((framing, close), (Framing::Empty, false));
@@ -188,6 +195,45 @@ mod tests {
         ));
     }
 
+    /// The connection's one request, filled again: nothing of the one before stays, answered
+    /// and released or not.
+    #[test]
+    fn a_refilled_request_keeps_nothing_of_the_last() {
+        let mut req = Request::new(());
+        let first = "POST /one?x=1 HTTP/1.1\r\nHost: a\r\nX-Auth-Owner: acct_1\r\nContent-Length: 2\r\n\r\nhi";
+        let second = "GET /two HTTP/1.1\r\nHost: b\r\n\r\n";
+        for released in [false, true] {
+            assert!(matches!(
+                parse(&mut BytesMut::from(first), 8192, &mut req),
+                Head::Request { .. }
+            ));
+            req.extensions_mut().insert(7u8);
+            if released {
+                release(&mut req, 32);
+                assert!(req.headers().is_empty() && req.extensions().get::<u8>().is_none());
+            }
+            assert!(matches!(
+                parse(&mut BytesMut::from(second), 8192, &mut req),
+                Head::Request { .. }
+            ));
+            assert_eq!((req.method(), req.uri().path()), (&Method::GET, "/two"));
+            assert_eq!(req.uri().query(), None);
+            let names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!(names, ["host"]);
+            assert_eq!(req.headers()["host"], "b");
+            assert!(req.extensions().get::<u8>().is_none());
+        }
+        // A map grown past what a connection keeps is let go.
+        let many: String = (0..40).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let big = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            parse(&mut BytesMut::from(big.as_str()), 8192, &mut req),
+            Head::Request { .. }
+        ));
+        release(&mut req, 32);
+        assert_eq!(req.headers().capacity(), 0);
+    }
+
     #[test]
     fn anything_unusual_goes_to_hyper() {
         for s in [
@@ -208,7 +254,7 @@ mod tests {
         ] {
             let mut buf = BytesMut::from(s);
             assert!(
-                matches!(parse(&mut buf, 8192), Head::Other),
+                matches!(parse(&mut buf, 8192, &mut Request::new(())), Head::Other),
                 "{s:?} was taken"
             );
             assert_eq!(&buf[..], s.as_bytes(), "hyper must see the whole head");
