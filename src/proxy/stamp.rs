@@ -38,6 +38,12 @@ impl Stamp {
         self.replaces_name(name.as_str().as_bytes())
     }
 
+    /// Whether a name of `len` bytes can be one [`Stamp::replaces_name`] matches (a cheap
+    /// first look: most names are of no length theirs have).
+    pub fn may_replace(len: usize) -> bool {
+        matches!(len, 9 | 12 | 15..=17 | 19 | 21)
+    }
+
     /// [`Stamp::replaces`] for a lower-case name.
     pub fn replaces_name(&self, name: &[u8]) -> bool {
         name == X_REQUEST_ID.as_str().as_bytes()
@@ -95,6 +101,24 @@ mod tests {
         s.write(&mut out, crate::time::Timestamp::now().unix());
         stamp(styles).apply(&mut map);
         (String::from_utf8_lossy(&out).into_owned(), map)
+    }
+
+    /// Every name the stamp writes, in every style, passes the first look.
+    #[test]
+    fn every_name_the_stamp_writes_has_a_length_it_looks_at() {
+        let all = HeaderStyles {
+            x_ratelimit: true,
+            ratelimit: true,
+            structured: true,
+        };
+        let mut names = vec![X_REQUEST_ID.as_str().len()];
+        if let Some((d, styles)) = &stamp(all).rate {
+            rate_limit_fields(d, *styles, || 0, |n, _| names.push(n.as_str().len()));
+        }
+        assert!(names.len() >= 9, "{names:?}");
+        for len in names {
+            assert!(Stamp::may_replace(len) && len <= 32, "{len}");
+        }
     }
 
     #[test]

@@ -206,6 +206,34 @@ impl Fields {
         })
     }
 
+    /// Appends the fields `keep` keeps (it is given each name as sent) to `out`, each line as
+    /// the upstream sent it: the name's case and the blanks after its colon too, ended by CRLF.
+    /// Lines next to each other in the head (CRLF between them) go in one copy.
+    pub fn write_kept(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8]) -> bool) {
+        let head = &self.head[..];
+        let mut run: Option<(usize, usize)> = None;
+        for &[ns, nl, vs, vl] in &self.spans {
+            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+            if !keep(&head[ns..ns + nl]) {
+                continue;
+            }
+            let end = vs + vl;
+            run = match run {
+                Some((start, last)) if head.get(last..ns) == Some(b"\r\n") => Some((start, end)),
+                Some((start, last)) => {
+                    out.extend_from_slice(&head[start..last]);
+                    out.extend_from_slice(b"\r\n");
+                    Some((ns, end))
+                }
+                None => Some((ns, end)),
+            };
+        }
+        if let Some((start, last)) = run {
+            out.extend_from_slice(&head[start..last]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
     /// Appends the fields to `map` (values share the head's bytes).
     pub fn into_map(self, map: &mut HeaderMap) {
         map.reserve(self.spans.len());
@@ -619,6 +647,41 @@ mod tests {
             parse_head(&mut buf, &Method::GET),
             Err(ClientError::Malformed(_))
         ));
+    }
+
+    /// Kept lines go out as sent, neighbours in one copy; a dropped line, a hop-by-hop one or a
+    /// bare LF between two kept lines splits the copy, and every line ends in CRLF.
+    #[test]
+    fn kept_fields_are_written_as_sent_and_each_line_ends_in_crlf() {
+        let text = "HTTP/1.1 200 OK\r\nServer: up\r\nX-Ows:\t v \r\nX-Empty:\r\n\
+                    Connection: keep-alive\r\nX-Drop: 1\r\nX-Lf: a\nSet-Cookie: b\r\n\
+                    Content-Length: 0\r\n\r\n";
+        let mut buf = BytesMut::from(text.as_bytes());
+        let head = parse_head(&mut buf, &Method::GET).ok().flatten();
+        let head = head.unwrap_or_else(|| panic!("not parsed"));
+        let mut out = b"<".to_vec();
+        let mut seen = Vec::new();
+        head.fields.write_kept(&mut out, |name| {
+            seen.push(String::from_utf8_lossy(name).into_owned());
+            !name.eq_ignore_ascii_case(b"x-drop")
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "<Server: up\r\nX-Ows:\t v\r\nX-Empty:\r\nX-Lf: a\r\nSet-Cookie: b\r\nContent-Length: 0\r\n"
+        );
+        let names = [
+            "Server",
+            "X-Ows",
+            "X-Empty",
+            "X-Drop",
+            "X-Lf",
+            "Set-Cookie",
+            "Content-Length",
+        ];
+        assert_eq!(seen, names);
+        let mut none = Vec::new();
+        head.fields.write_kept(&mut none, |_| false);
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -74,21 +74,27 @@ pub fn respond_now(
         has_length |= name == header::CONTENT_LENGTH;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    for (name, value) in fields.iter().flat_map(|f| f.iter()) {
-        // Lower-cased as hyper writes them (HTTP/1 names are case-insensitive).
-        let start = out.len();
-        out.extend(name.iter().map(u8::to_ascii_lowercase));
-        let lower = &out[start..];
-        let length = lower == header::CONTENT_LENGTH.as_str().as_bytes();
-        if (own_length && length) || stamp.replaces_name(lower) {
-            out.truncate(start);
-            continue;
-        }
-        has_date |= lower == header::DATE.as_str().as_bytes();
-        has_length |= length;
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+    if let Some(fields) = &fields {
+        // As the upstream sent them (HTTP/1 names are case-insensitive), less those keygate
+        // writes itself. Only a name of a length one of those has is looked at closely.
+        let mut lower = [0u8; 32];
+        fields.write_kept(out, |name| {
+            if !(name.len() == 4 || name.len() == 14 || Stamp::may_replace(name.len())) {
+                return true;
+            }
+            let Some(lower) = lower.get_mut(..name.len()) else {
+                return true; // longer than any of keygate's (see the stamp's test)
+            };
+            lower.copy_from_slice(name);
+            lower.make_ascii_lowercase();
+            let length = *lower == *header::CONTENT_LENGTH.as_str().as_bytes();
+            if (own_length && length) || stamp.replaces_name(lower) {
+                return false;
+            }
+            has_date |= *lower == *header::DATE.as_str().as_bytes();
+            has_length |= length;
+            true
+        });
     }
     // Let go of the upstream head's bytes now: the body's read buffer they share goes back to
     // the spares when the body is done (see `super::spare`).

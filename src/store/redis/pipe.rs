@@ -10,9 +10,11 @@
 //! command reconnects at once after a connection that answered; after one that never did, or
 //! one left hanging (a command unanswered for the store timeout, twice that on a new
 //! connection), not before [`RETRY`], doubling up to [`MAX_RETRY`] while failures go on, and
-//! meanwhile commands fail fast. A connection is found hung by the next command too when its
-//! callers all gave up before their timeout (clients that went away): nothing keeps queueing
-//! behind it. The connection names itself `keygate-limiter`.
+//! meanwhile commands fail fast. One timer per connection watches the oldest command's wait
+//! (a timer per command would cost every check a timer-wheel insertion, and often a wake-up of
+//! the runtime's driver, a syscall); it finds the connection hung also when the callers all
+//! gave up first (clients that went away): nothing keeps queueing behind it. The connection
+//! names itself `keygate-limiter`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -41,6 +43,9 @@ const HUNG: &str = "no reply within the store timeout";
 /// How the connection shows in `CLIENT LIST`.
 const CLIENT_NAME: &[u8] = b"keygate-limiter";
 
+/// Where a command's reply (or why there is none) goes.
+type Slot = oneshot::Sender<Result<Reply, Arc<str>>>;
+
 /// The connection handle (see the module doc). Dropping it ends the connection.
 pub(crate) struct Pipe {
     shared: Arc<Shared>,
@@ -59,15 +64,14 @@ struct Shared {
 struct State {
     /// Commands queued and not yet written.
     out: Vec<u8>,
-    /// One reply slot per command queued or written, in order.
-    waiting: VecDeque<oneshot::Sender<Result<Reply, Arc<str>>>>,
+    /// One reply slot per command queued or written, in order, with when it was queued.
+    waiting: VecDeque<(Instant, Slot)>,
     /// Bumped whenever a connection ends, so a task of an ended one touches nothing.
     epoch: u64,
     /// The current connection has answered a command.
     answered: bool,
-    /// When the current connection last made progress: a reply, or a command queued while
-    /// none was waiting. Commands waiting longer than a caller's wait since then: it hung.
-    progress: Instant,
+    /// The watchdog found nothing waiting and sleeps until a command is queued.
+    watch_idle: bool,
     /// Connections in a row that ended without answering anything.
     failures: u32,
     link: Link,
@@ -82,6 +86,8 @@ enum Link {
     },
     Running {
         wake: Arc<Notify>,
+        /// Wakes the idle watchdog (see [`Shared::watch`]).
+        watch: Arc<Notify>,
         task: AbortHandle,
     },
     Closed,
@@ -118,7 +124,7 @@ impl Pipe {
                     waiting: VecDeque::new(),
                     epoch: 0,
                     answered: false,
-                    progress: Instant::now(),
+                    watch_idle: false,
                     failures: 0,
                     link: Link::Down {
                         retry_at: None,
@@ -133,59 +139,61 @@ impl Pipe {
     /// at most the store timeout on a connection that answers, twice that on a new one (the
     /// connection, then the command).
     pub(crate) async fn call(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<Reply, PipeError> {
-        let (reply, epoch, wait) = {
+        let reply = {
             let mut s = self.shared.lock();
             let epoch = s.epoch;
-            let wait = match s.answered {
-                true => self.shared.timeout,
-                false => self.shared.timeout * 2,
-            };
+            let now = Instant::now();
             match &s.link {
                 Link::Running { .. } => {
-                    let now = Instant::now();
-                    if s.waiting.is_empty() {
-                        s.progress = now;
-                    } else if now.saturating_duration_since(s.progress) > wait {
+                    if s.waiting.front().is_some_and(|(queued, _)| {
+                        now.saturating_duration_since(*queued) > s.wait(self.shared.timeout)
+                    }) {
                         // Hung, and every caller that waited on it gave up before its own
-                        // timeout (else it would have ended the connection).
+                        // timeout, and before the watchdog looked.
                         s.end(epoch, Arc::from(HUNG), true);
                         return Err(PipeError::TimedOut);
                     }
                 }
                 Link::Down { retry_at, why } => {
                     if let Some(t) = retry_at
-                        && Instant::now() < *t
+                        && now < *t
                     {
                         let why = why.clone().unwrap_or_else(|| Arc::from("connecting"));
                         return Err(PipeError::Down(why));
                     }
                     let wake = Arc::new(Notify::new());
-                    let task = tokio::spawn(Arc::clone(&self.shared).run(epoch, Arc::clone(&wake)));
+                    let watch = Arc::new(Notify::new());
+                    let task = tokio::spawn(Arc::clone(&self.shared).run(
+                        epoch,
+                        Arc::clone(&wake),
+                        Arc::clone(&watch),
+                    ));
                     s.link = Link::Running {
                         wake,
+                        watch,
                         task: task.abort_handle(),
                     };
-                    s.progress = Instant::now();
                 }
                 Link::Closed => return Err(PipeError::Lost(Arc::from("shut down"))),
             }
             write(&mut s.out);
             let (tx, rx) = oneshot::channel();
-            s.waiting.push_back(tx);
-            if let Link::Running { wake, .. } = &s.link {
+            s.waiting.push_back((now, tx));
+            let idle = std::mem::take(&mut s.watch_idle);
+            if let Link::Running { wake, watch, .. } = &s.link {
                 wake.notify_one();
+                if idle {
+                    watch.notify_one();
+                }
             }
-            (rx, epoch, wait)
+            rx
         };
-        match tokio::time::timeout(wait, reply).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(why))) => Err(PipeError::Lost(why)),
-            Ok(Err(_)) => Err(PipeError::Lost(Arc::from("shut down"))),
-            Err(_) => {
-                // A server that silent is hung (or the network is): no reconnecting at once.
-                self.shared.end(epoch, Arc::from(HUNG), true);
-                Err(PipeError::TimedOut)
-            }
+        match reply.await {
+            Ok(Ok(reply)) => Ok(reply),
+            // Ended by the watchdog: a server that silent is hung (or the network is).
+            Ok(Err(why)) if *why == *HUNG => Err(PipeError::TimedOut),
+            Ok(Err(why)) => Err(PipeError::Lost(why)),
+            Err(_) => Err(PipeError::Lost(Arc::from("shut down"))),
         }
     }
 }
@@ -207,11 +215,21 @@ impl State {
         }
         self.epoch += 1;
         self.answered = false;
-        for slot in self.waiting.drain(..) {
+        for (_, slot) in self.waiting.drain(..) {
             drop(slot.send(Err(Arc::clone(&why))));
         }
         self.out.clear();
+        self.watch_idle = false;
         self.link = next;
+    }
+
+    /// How long a command may wait for its reply: the store timeout on a connection that has
+    /// answered, twice that on a new one (the connection, then the command).
+    fn wait(&self, timeout: Duration) -> Duration {
+        match self.answered {
+            true => timeout,
+            false => timeout * 2,
+        }
     }
 
     /// Ends connection `epoch` (if it is still the current one): its commands fail with `why`.
@@ -250,14 +268,26 @@ impl Shared {
         self.lock().end(epoch, why, hung);
     }
 
-    async fn run(self: Arc<Self>, epoch: u64, wake: Arc<Notify>) {
-        let error = self.serve(epoch, &wake).await;
+    async fn run(self: Arc<Self>, epoch: u64, wake: Arc<Notify>, watch: Arc<Notify>) {
+        // Callers have no timer of their own: should this task end any other way (a panic),
+        // its commands still fail rather than wait for ever.
+        struct Ends<'a>(&'a Shared, u64);
+        impl Drop for Ends<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .end(self.1, Arc::from("the connection's task ended"), false);
+            }
+        }
+        let _ends = Ends(&self, epoch);
+        let error = self.serve(epoch, &wake, &watch).await;
         tracing::debug!(error = %error, "redis limiter connection ended");
-        self.end(epoch, Arc::from(error.to_string()), false);
+        // The watchdog's verdict (or the system's: a connection timed out is as good as hung).
+        let hung = error.kind() == std::io::ErrorKind::TimedOut;
+        self.end(epoch, Arc::from(error.to_string()), hung);
     }
 
     /// Connects and serves until the connection fails: why it did.
-    async fn serve(&self, epoch: u64, wake: &Notify) -> std::io::Error {
+    async fn serve(&self, epoch: u64, wake: &Notify, watch: &Notify) -> std::io::Error {
         let mut buf = Vec::with_capacity(4096);
         let stream = match tokio::time::timeout(self.timeout, self.connect(&mut buf)).await {
             Ok(Ok(stream)) => stream,
@@ -270,6 +300,7 @@ impl Shared {
         let ended = tokio::select! {
             r = self.write_loop(&mut wr, epoch, wake) => r,
             r = self.read_loop(&mut rd, buf, epoch) => r,
+            r = self.watch(epoch, watch) => r,
         };
         let Err(error) = ended;
         error
@@ -320,6 +351,38 @@ impl Shared {
         Ok(stream)
     }
 
+    /// Ends the connection as hung (`TimedOut`) when its oldest command has waited longer than
+    /// [`State::wait`]. One timer for the connection: it sleeps until the oldest command's
+    /// deadline, and while nothing waits, until a command is queued ([`Pipe::call`] wakes it).
+    async fn watch(&self, epoch: u64, idle: &Notify) -> std::io::Result<Infallible> {
+        let timer = tokio::time::sleep(self.timeout);
+        tokio::pin!(timer);
+        loop {
+            let deadline = {
+                let mut s = self.lock();
+                if s.epoch != epoch {
+                    return Err(std::io::ErrorKind::ConnectionAborted.into());
+                }
+                let wait = s.wait(self.timeout);
+                let deadline = s.waiting.front().map(|(queued, _)| *queued + wait);
+                s.watch_idle = deadline.is_none();
+                deadline
+            };
+            match deadline {
+                Some(at) if at <= Instant::now() => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, HUNG));
+                }
+                Some(at) => {
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    timer.as_mut().await;
+                }
+                None => idle.notified().await,
+            }
+        }
+    }
+
     async fn write_loop(
         &self,
         wr: &mut OwnedWriteHalf,
@@ -356,7 +419,6 @@ impl Shared {
     ) -> std::io::Result<Infallible> {
         loop {
             let mut start = 0;
-            let now = Instant::now();
             while let Some((reply, used)) =
                 resp::parse(&buf[start..]).map_err(std::io::Error::other)?
             {
@@ -367,8 +429,7 @@ impl Shared {
                         return Err(std::io::ErrorKind::ConnectionAborted.into());
                     }
                     s.answered = true;
-                    s.progress = now;
-                    s.waiting.pop_front()
+                    s.waiting.pop_front().map(|(_, slot)| slot)
                 };
                 match slot {
                     // A caller that gave up has dropped its receiver; the reply is discarded.
