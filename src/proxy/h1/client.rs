@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::{Decoder, Step};
 use super::field;
+use crate::fields::name_is;
 use crate::proxy::headers::is_hop_by_hop_name;
 
 /// The largest response head read from the upstream, and its most headers.
@@ -337,18 +338,18 @@ pub fn parse_head(
     let mut connection_named: Vec<&[u8]> = Vec::new();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name_is(name, b"content-length") {
             let n = decimal(h.value).ok_or(ClientError::Malformed("bad Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ClientError::Malformed("conflicting Content-Length"));
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name_is(name, b"transfer-encoding") {
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             let chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             te_chunked = chunked;
             te_other |= !chunked;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name_is(name, b"connection") {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -359,7 +360,7 @@ pub fn parse_head(
         }
         // Hop-by-hop fields never reach the client (RFC 9110 §7.6.1); a 101 keeps the
         // protocol it switched to.
-        if is_hop_by_hop_name(name) && !(switched && name.eq_ignore_ascii_case(b"upgrade")) {
+        if is_hop_by_hop_name(name) && !(switched && name_is(name, b"upgrade")) {
             continue;
         }
         spans.push([
@@ -396,8 +397,8 @@ pub fn parse_head(
             let listed = connection_named
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name))
-                && !(switched && name.eq_ignore_ascii_case(b"upgrade"));
-            let framing = drop_length && name.eq_ignore_ascii_case(b"content-length");
+                && !(switched && name_is(name, b"upgrade"));
+            let framing = drop_length && name_is(name, b"content-length");
             !(listed || framing)
         });
     }

@@ -21,11 +21,11 @@ pub(super) static HOP_BY_HOP: [&HeaderName; 9] = [
 ];
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Whether a name, as sent (any case), is hop-by-hop by definition (the names a `Connection`
-/// header lists are too).
+/// Whether a field name (a token, as sent: any case) is hop-by-hop by definition (the names a
+/// `Connection` header lists are too).
 /// By length first: every upstream response field passes here.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let is = |n: &[u8]| crate::fields::name_is(name, n);
     match name.len() {
         2 => is(b"te"),
         7 => is(b"trailer") || is(b"upgrade"),

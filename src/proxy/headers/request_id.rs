@@ -51,14 +51,14 @@ fn scramble(n: u64, keys: [u64; 2]) -> u64 {
 /// `<prefix>-<n as 16 hex digits>`, built by hand: this runs on every request without an
 /// `X-Request-Id`.
 fn id_value(prefix: &str, n: u64) -> HeaderValue {
-    let mut id = Vec::with_capacity(prefix.len() + 17);
+    let mut hex = [0u8; 17];
+    hex[0] = b'-';
+    for (i, digit) in hex[1..].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((n >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+    let mut id = Vec::with_capacity(prefix.len() + hex.len());
     id.extend_from_slice(prefix.as_bytes());
-    id.push(b'-');
-    id.extend(
-        (0..16)
-            .rev()
-            .map(|i| b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]),
-    );
+    id.extend_from_slice(&hex);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
