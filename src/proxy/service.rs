@@ -240,9 +240,16 @@ impl App {
             // awaited where it was made (not passed back through another call).
             let upgrade = self.edge.upgrade_of(req, self.forwarder.is_http2());
             let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
-            let sent = self
-                .forwarder
-                .send(req, &permit, conn, &cx.request_id, upgrade, sent_at);
+            // Pinned where it is made: awaited by reference, the exchange's state (a few hundred
+            // bytes) is not copied into this future's awaitee.
+            let sent = std::pin::pin!(self.forwarder.send(
+                req,
+                &permit,
+                conn,
+                &cx.request_id,
+                upgrade,
+                sent_at
+            ));
             // Nothing of the decision is needed while the upstream answers.
             drop(permit);
             drop(policy);
