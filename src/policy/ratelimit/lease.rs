@@ -144,7 +144,7 @@ impl Leases {
     }
 
     /// Stores the grants Redis made (`(granted, left in the window, reset ms)` per wanted key).
-    pub(super) fn grant(&self, limits: &[(Counter, Limit)], wanted: &Wanted, rows: &[Vec<u64>]) {
+    pub(super) fn grant(&self, limits: &[(Counter, Limit)], wanted: &Wanted, rows: &[[u64; 3]]) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for (&i, row) in wanted.indices.iter().zip(rows) {

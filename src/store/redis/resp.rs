@@ -23,21 +23,24 @@ pub(crate) enum Reply {
 }
 
 impl Reply {
-    /// An array of `width`-long arrays of non-negative integers (what the limiter's scripts
-    /// answer), or `None` for anything else.
-    pub(crate) fn rows(&self, width: usize) -> Option<Vec<Vec<u64>>> {
+    /// An array of `W`-long arrays of non-negative integers (what the limiter's scripts
+    /// answer), or `None` for anything else. Rows of a check's few counters need no allocation.
+    pub(crate) fn rows<const W: usize>(&self) -> Option<SmallVec<[[u64; W]; 2]>> {
         let Reply::Array(Some(rows)) = self else {
             return None;
         };
         rows.iter()
             .map(|row| match row {
-                Reply::Array(Some(cells)) if cells.len() == width => cells
-                    .iter()
-                    .map(|c| match c {
-                        Reply::Int(n) => u64::try_from(*n).ok(),
-                        _ => None,
-                    })
-                    .collect(),
+                Reply::Array(Some(cells)) if cells.len() == W => {
+                    let mut out = [0u64; W];
+                    for (o, c) in out.iter_mut().zip(cells) {
+                        *o = match c {
+                            Reply::Int(n) => u64::try_from(*n).ok()?,
+                            _ => return None,
+                        };
+                    }
+                    Some(out)
+                }
                 _ => None,
             })
             .collect()
@@ -214,11 +217,14 @@ impl ScriptCall {
         }
     }
 
-    /// Adds a key; every key comes before the first argument.
-    pub(crate) fn key(&mut self, key: &str) -> &mut Self {
+    /// Adds a key, which `write` appends straight into the call (no string of its own); every
+    /// key comes before the first argument.
+    pub(crate) fn key_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
         debug_assert_eq!(self.keys, self.ends.len(), "a key after an argument");
         self.keys += 1;
-        self.arg(key)
+        write(&mut self.data);
+        self.ends.push(self.data.len());
+        self
     }
 
     pub(crate) fn arg(&mut self, arg: impl Arg) -> &mut Self {
@@ -313,9 +319,9 @@ mod tests {
         );
         assert_eq!(whole(b"*-1\r\n"), Reply::Array(None));
         let rows = whole(b"*2\r\n*2\r\n:1\r\n:9\r\n*2\r\n:0\r\n:7\r\n");
-        assert_eq!(rows.rows(2), Some(vec![vec![1, 9], vec![0, 7]]));
-        assert_eq!(rows.rows(3), None, "wrong width");
-        assert_eq!(whole(b"*1\r\n*1\r\n:-1\r\n").rows(1), None, "negative");
+        assert_eq!(rows.rows::<2>().as_deref(), Some(&[[1, 9], [0, 7]][..]));
+        assert_eq!(rows.rows::<3>(), None, "wrong width");
+        assert_eq!(whole(b"*1\r\n*1\r\n:-1\r\n").rows::<1>(), None, "negative");
     }
 
     #[test]
@@ -363,7 +369,9 @@ mod tests {
     fn writes_a_script_call_as_redis_reads_it() {
         static S: std::sync::LazyLock<Lua> = std::sync::LazyLock::new(|| Lua::new("return 1"));
         let mut call = ScriptCall::new(&S);
-        call.key("{p}:a").arg("f").arg(10u64);
+        call.key_with(|out| out.extend_from_slice(b"{p}:a"))
+            .arg("f")
+            .arg(10u64);
         let mut out = Vec::new();
         call.write(&mut out, false);
         let expected = format!(
