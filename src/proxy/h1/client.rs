@@ -208,8 +208,11 @@ impl Fields {
     }
 
     /// Appends the fields `keep` keeps (it is given each name as sent) to `out`, each line as
-    /// the upstream sent it: the name's case and the blanks after its colon too, ended by CRLF.
-    /// Lines next to each other in the head (CRLF between them) go in one copy.
+    /// the upstream sent it up to its value's end (the name's case and the blanks after its
+    /// colon too; trailing blanks httparse trimmed are left out), ended by CRLF. Lines next to
+    /// each other in the head (CRLF between them) go in one copy. This relies on what
+    /// [`parse_head`] lets through: no blank before a colon, no folded line (see there); a line
+    /// whose name is not followed by its colon is written as `name: value` all the same.
     pub fn write_kept(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8]) -> bool) {
         let head = &self.head[..];
         let mut run: Option<(usize, usize)> = None;
@@ -219,6 +222,15 @@ impl Fields {
                 continue;
             }
             let end = vs + vl;
+            if head.get(ns + nl) != Some(&b':') {
+                // Not as `parse_head` reads heads today; never copied as is.
+                if let Some((start, last)) = run.take() {
+                    out.extend_from_slice(&head[start..last]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                field(out, &head[ns..ns + nl], &head[vs..end]);
+                continue;
+            }
             run = match run {
                 Some((start, last)) if head.get(last..ns) == Some(b"\r\n") => Some((start, end)),
                 Some((start, last)) => {
@@ -310,6 +322,8 @@ pub fn parse_head(
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
+    // The defaults, on purpose: no blank before a colon, no obsolete line folding, no invalid
+    // line skipped. `Fields::write_kept` copies the lines as they are.
     let config = httparse::ParserConfig::default();
     let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,

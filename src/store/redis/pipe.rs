@@ -64,7 +64,8 @@ struct Shared {
 struct State {
     /// Commands queued and not yet written.
     out: Vec<u8>,
-    /// One reply slot per command queued or written, in order, with when it was queued.
+    /// One reply slot per command queued or written, in order, with the deadline of its wait
+    /// (see [`State::wait`], taken when it was queued).
     waiting: VecDeque<(Instant, Slot)>,
     /// Bumped whenever a connection ends, so a task of an ended one touches nothing.
     epoch: u64,
@@ -72,6 +73,8 @@ struct State {
     answered: bool,
     /// The watchdog found nothing waiting and sleeps until a command is queued.
     watch_idle: bool,
+    /// Else the deadline it sleeps until: a command due earlier wakes it.
+    watch_at: Instant,
     /// Connections in a row that ended without answering anything.
     failures: u32,
     link: Link,
@@ -125,6 +128,7 @@ impl Pipe {
                     epoch: 0,
                     answered: false,
                     watch_idle: false,
+                    watch_at: Instant::now(),
                     failures: 0,
                     link: Link::Down {
                         retry_at: None,
@@ -145,11 +149,11 @@ impl Pipe {
             let now = Instant::now();
             match &s.link {
                 Link::Running { .. } => {
-                    if s.waiting.front().is_some_and(|(queued, _)| {
-                        now.saturating_duration_since(*queued) > s.wait(self.shared.timeout)
-                    }) {
-                        // Hung, and every caller that waited on it gave up before its own
-                        // timeout, and before the watchdog looked.
+                    if s.waiting
+                        .front()
+                        .is_some_and(|(deadline, _)| now > *deadline)
+                    {
+                        // Hung, found before the watchdog woke: nothing queues behind it.
                         s.end(epoch, Arc::from(HUNG), true);
                         return Err(PipeError::TimedOut);
                     }
@@ -178,11 +182,12 @@ impl Pipe {
             }
             write(&mut s.out);
             let (tx, rx) = oneshot::channel();
-            s.waiting.push_back((now, tx));
-            let idle = std::mem::take(&mut s.watch_idle);
+            let deadline = now + s.wait(self.shared.timeout);
+            s.waiting.push_back((deadline, tx));
+            let wake_watch = std::mem::take(&mut s.watch_idle) || deadline < s.watch_at;
             if let Link::Running { wake, watch, .. } = &s.link {
                 wake.notify_one();
-                if idle {
+                if wake_watch {
                     watch.notify_one();
                 }
             }
@@ -274,14 +279,16 @@ impl Shared {
         struct Ends<'a>(&'a Shared, u64);
         impl Drop for Ends<'_> {
             fn drop(&mut self) {
+                // Ended abnormally: retried after the backoff, not at once.
                 self.0
-                    .end(self.1, Arc::from("the connection's task ended"), false);
+                    .end(self.1, Arc::from("the connection's task ended"), true);
             }
         }
         let _ends = Ends(&self, epoch);
         let error = self.serve(epoch, &wake, &watch).await;
         tracing::debug!(error = %error, "redis limiter connection ended");
-        // The watchdog's verdict (or the system's: a connection timed out is as good as hung).
+        // The watchdog's verdict, or the system's (a connection the OS timed out, ETIMEDOUT, is
+        // as good as hung): retried after the backoff. Commands in flight fail either way.
         let hung = error.kind() == std::io::ErrorKind::TimedOut;
         self.end(epoch, Arc::from(error.to_string()), hung);
     }
@@ -351,10 +358,11 @@ impl Shared {
         Ok(stream)
     }
 
-    /// Ends the connection as hung (`TimedOut`) when its oldest command has waited longer than
-    /// [`State::wait`]. One timer for the connection: it sleeps until the oldest command's
-    /// deadline, and while nothing waits, until a command is queued ([`Pipe::call`] wakes it).
-    async fn watch(&self, epoch: u64, idle: &Notify) -> std::io::Result<Infallible> {
+    /// Ends the connection as hung (`TimedOut`) when a command has waited past its deadline
+    /// ([`State::wait`] from when it was queued). One timer for the connection: it sleeps until
+    /// the earliest deadline, and while nothing waits, until a command is queued; [`Pipe::call`]
+    /// wakes it then, or for a command due before that deadline.
+    async fn watch(&self, epoch: u64, wake: &Notify) -> std::io::Result<Infallible> {
         let timer = tokio::time::sleep(self.timeout);
         tokio::pin!(timer);
         loop {
@@ -363,9 +371,13 @@ impl Shared {
                 if s.epoch != epoch {
                     return Err(std::io::ErrorKind::ConnectionAborted.into());
                 }
-                let wait = s.wait(self.timeout);
-                let deadline = s.waiting.front().map(|(queued, _)| *queued + wait);
+                // The earliest of all: one queued on a new connection may wait longer than
+                // one queued after it, once the connection has answered.
+                let deadline = s.waiting.iter().map(|(deadline, _)| *deadline).min();
                 s.watch_idle = deadline.is_none();
+                if let Some(at) = deadline {
+                    s.watch_at = at;
+                }
                 deadline
             };
             match deadline {
@@ -376,9 +388,12 @@ impl Shared {
                     if timer.deadline() != at {
                         timer.as_mut().reset(at);
                     }
-                    timer.as_mut().await;
+                    tokio::select! {
+                        () = timer.as_mut() => {}
+                        () = wake.notified() => {}
+                    }
                 }
-                None => idle.notified().await,
+                None => wake.notified().await,
             }
         }
     }
