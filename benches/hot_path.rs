@@ -138,7 +138,11 @@ fn limiter(c: &mut Criterion) {
         counters.iter().map(|c| [(c.clone(), gcra)]).collect();
     let names: Vec<String> = counters
         .iter()
-        .map(|c| format!("{}:{}", c.subject, c.name))
+        .map(|c| {
+            let mut id = Vec::new();
+            c.subject.write_id(&mut id);
+            format!("{}:{}", String::from_utf8_lossy(&id), c.name)
+        })
         .collect();
     let mut g = c.benchmark_group("limiter_1000_keys");
     let mut i = 0usize;

@@ -10,7 +10,7 @@ mod lease;
 mod local;
 mod redis;
 
-use std::fmt;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,30 +82,27 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// The group (hash tag) the counter lives in.
-    pub fn group(&self) -> Group<'_> {
-        Group(self)
-    }
-}
-
-/// [`Subject::group`], displayed: `o:<owner>` or `ip:<address>`.
-pub struct Group<'a>(&'a Subject);
-
-impl fmt::Display for Group<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Subject::Key { owner, .. } | Subject::Owner(owner) => write!(f, "o:{owner}"),
-            Subject::Ip(ip) => write!(f, "ip:{ip}"),
+    /// Appends the group (hash tag) the counter lives in: `o:<owner>` or `ip:<address>`.
+    pub fn write_group(&self, out: &mut Vec<u8>) {
+        match self {
+            Subject::Key { owner, .. } | Subject::Owner(owner) => {
+                out.extend_from_slice(b"o:");
+                out.extend_from_slice(owner.as_bytes());
+            }
+            // Rare enough for the formatter (per-IP limits); a `Vec` takes every write.
+            Subject::Ip(ip) => drop(write!(out, "ip:{ip}")),
         }
     }
-}
 
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// Appends the subject within its group: `k:<key id>`, `o` (the owner) or `ip`.
+    pub fn write_id(&self, out: &mut Vec<u8>) {
         match self {
-            Subject::Key { id, .. } => write!(f, "k:{id}"),
-            Subject::Owner(_) => f.write_str("o"),
-            Subject::Ip(_) => f.write_str("ip"),
+            Subject::Key { id, .. } => {
+                out.extend_from_slice(b"k:");
+                out.extend_from_slice(id.as_bytes());
+            }
+            Subject::Owner(_) => out.push(b'o'),
+            Subject::Ip(_) => out.extend_from_slice(b"ip"),
         }
     }
 }

@@ -6,13 +6,12 @@
 //! If Redis cannot be reached, checks fall back to the in-process limiter with every limit
 //! divided by the configured replica count: limits stay roughly right and traffic keeps flowing.
 
-use std::io::Write as _;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::lease::{LEASE, Leases};
-use super::{Algorithm, Counter, Decision, Limit, LocalLimiter, Subject};
+use super::{Algorithm, Counter, Decision, Limit, LocalLimiter};
 use crate::store::{Lua, RedisStore, ScriptCall};
 
 static CHECK: LazyLock<Lua> = LazyLock::new(|| {
@@ -222,32 +221,15 @@ impl RedisLimiter {
     }
 }
 
-/// The counter's key, `{<prefix>:rl:<group>}:<subject>:<name>` (the group and subject as
-/// [`Subject`] displays them), appended to `out` without a formatter: this runs for every
-/// counter of every check.
+/// The counter's key, `{<prefix>:rl:<group>}:<subject>:<name>`, appended to `out` without a
+/// formatter: this runs for every counter of every check.
 fn write_key(out: &mut Vec<u8>, prefix: &str, counter: &Counter) {
     out.push(b'{');
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(b":rl:");
-    match &counter.subject {
-        Subject::Key { owner, .. } | Subject::Owner(owner) => {
-            out.extend_from_slice(b"o:");
-            out.extend_from_slice(owner.as_bytes());
-        }
-        Subject::Ip(_) => {
-            // Rare enough for the formatter (per-IP limits).
-            let _ = write!(out, "{}", counter.subject.group());
-        }
-    }
+    counter.subject.write_group(out);
     out.extend_from_slice(b"}:");
-    match &counter.subject {
-        Subject::Key { id, .. } => {
-            out.extend_from_slice(b"k:");
-            out.extend_from_slice(id.as_bytes());
-        }
-        Subject::Owner(_) => out.push(b'o'),
-        Subject::Ip(_) => out.extend_from_slice(b"ip"),
-    }
+    counter.subject.write_id(out);
     out.push(b':');
     out.extend_from_slice(counter.name.as_bytes());
 }
@@ -257,21 +239,31 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// The key written byte by byte is the one the subject's `Display` spells, for every kind.
+    /// Every kind of subject, spelled as the keys in Redis have always been.
     #[test]
-    fn a_counter_key_is_what_the_subjects_display_spells() {
-        for subject in [
-            Subject::Key {
-                id: Arc::from("key_1"),
-                owner: Arc::from("acct_9"),
-            },
-            Subject::Owner(Arc::from("acct_9")),
-            Subject::Ip(
-                "2001:db8::"
-                    .parse()
-                    .unwrap_or(std::net::IpAddr::from([0; 4])),
+    fn a_counter_key_spells_its_group_and_subject() {
+        use super::super::Subject;
+        let (id, owner) = (Arc::from("key_1"), Arc::from("acct_9"));
+        for (subject, want) in [
+            (
+                Subject::Key {
+                    id,
+                    owner: Arc::clone(&owner),
+                },
+                "{kglimit:rl:o:acct_9}:k:key_1:cat:payments_create",
             ),
-            Subject::Ip(std::net::IpAddr::from([192, 0, 2, 7])),
+            (
+                Subject::Owner(owner),
+                "{kglimit:rl:o:acct_9}:o:cat:payments_create",
+            ),
+            (
+                Subject::Ip(std::net::IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0])),
+                "{kglimit:rl:ip:2001:db8::}:ip:cat:payments_create",
+            ),
+            (
+                Subject::Ip(std::net::IpAddr::from([192, 0, 2, 7])),
+                "{kglimit:rl:ip:192.0.2.7}:ip:cat:payments_create",
+            ),
         ] {
             let counter = Counter {
                 subject,
@@ -279,12 +271,6 @@ mod tests {
             };
             let mut out = Vec::new();
             write_key(&mut out, "kglimit", &counter);
-            let want = format!(
-                "{{kglimit:rl:{}}}:{}:{}",
-                counter.subject.group(),
-                counter.subject,
-                counter.name
-            );
             assert_eq!(String::from_utf8_lossy(&out), want);
         }
     }

@@ -215,6 +215,11 @@ impl Fields {
     /// whose name is not followed by its colon is written as `name: value` all the same.
     pub fn write_kept(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8]) -> bool) {
         let head = &self.head[..];
+        let line = |out: &mut Vec<u8>, (start, end): (usize, usize)| {
+            out.extend_from_slice(&head[start..end]);
+            out.extend_from_slice(b"\r\n");
+        };
+        // Kept lines not yet written: from one's name to the last one's value.
         let mut run: Option<(usize, usize)> = None;
         for &[ns, nl, vs, vl] in &self.spans {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
@@ -222,28 +227,23 @@ impl Fields {
                 continue;
             }
             let end = vs + vl;
-            if head.get(ns + nl) != Some(&b':') {
-                // Not as `parse_head` reads heads today; never copied as is.
-                if let Some((start, last)) = run.take() {
-                    out.extend_from_slice(&head[start..last]);
-                    out.extend_from_slice(b"\r\n");
+            // Not so as `parse_head` reads heads today, but never copied as is.
+            let as_sent = head.get(ns + nl) == Some(&b':');
+            match run {
+                Some((start, last)) if as_sent && head.get(last..ns) == Some(b"\r\n") => {
+                    run = Some((start, end));
+                    continue;
                 }
-                field(out, &head[ns..ns + nl], &head[vs..end]);
-                continue;
+                Some(pending) => line(out, pending),
+                None => {}
             }
-            run = match run {
-                Some((start, last)) if head.get(last..ns) == Some(b"\r\n") => Some((start, end)),
-                Some((start, last)) => {
-                    out.extend_from_slice(&head[start..last]);
-                    out.extend_from_slice(b"\r\n");
-                    Some((ns, end))
-                }
-                None => Some((ns, end)),
-            };
+            run = as_sent.then_some((ns, end));
+            if !as_sent {
+                field(out, &head[ns..ns + nl], &head[vs..end]);
+            }
         }
-        if let Some((start, last)) = run {
-            out.extend_from_slice(&head[start..last]);
-            out.extend_from_slice(b"\r\n");
+        if let Some(pending) = run {
+            line(out, pending);
         }
     }
 

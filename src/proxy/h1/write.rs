@@ -16,6 +16,7 @@ use http_body::{Body, Frame};
 
 use super::field;
 use super::io::Writer;
+use crate::fields::name_is;
 use crate::proxy::{ProxyBody, Stamp};
 
 /// Body bytes at most copied next to the head (or a chunk header) rather than written alone.
@@ -76,10 +77,19 @@ pub fn respond_now(
     }
     if let Some(fields) = &fields {
         // As the upstream sent them (HTTP/1 names are case-insensitive), less those keygate
-        // writes itself. Only a name of a length one of those has is looked at closely.
+        // writes itself. Only a name as long as one of the stamp's is lower-cased and looked up.
         let mut lower = [0u8; 32];
         fields.write_kept(out, |name| {
-            if !(name.len() == 4 || name.len() == 14 || Stamp::may_replace(name.len())) {
+            if name_is(name, header::CONTENT_LENGTH.as_str().as_bytes()) {
+                // keygate's own length replaces it, unless the upstream's is the one sent
+                has_length |= !own_length;
+                return !own_length;
+            }
+            if name_is(name, header::DATE.as_str().as_bytes()) {
+                has_date = true;
+                return true;
+            }
+            if !Stamp::may_replace(name.len()) {
                 return true;
             }
             let Some(lower) = lower.get_mut(..name.len()) else {
@@ -87,13 +97,7 @@ pub fn respond_now(
             };
             lower.copy_from_slice(name);
             lower.make_ascii_lowercase();
-            let length = *lower == *header::CONTENT_LENGTH.as_str().as_bytes();
-            if (own_length && length) || stamp.replaces_name(lower) {
-                return false;
-            }
-            has_date |= *lower == *header::DATE.as_str().as_bytes();
-            has_length |= length;
-            true
+            !stamp.replaces_name(lower)
         });
     }
     // Let go of the upstream head's bytes now: the body's read buffer they share goes back to

@@ -71,10 +71,9 @@ struct State {
     epoch: u64,
     /// The current connection has answered a command.
     answered: bool,
-    /// The watchdog found nothing waiting and sleeps until a command is queued.
-    watch_idle: bool,
-    /// Else the deadline it sleeps until: a command due earlier wakes it.
-    watch_at: Instant,
+    /// The deadline the watchdog sleeps until; `None` while nothing waits (it sleeps until a
+    /// command is queued). A command due before it wakes it.
+    watch_until: Option<Instant>,
     /// Connections in a row that ended without answering anything.
     failures: u32,
     link: Link,
@@ -127,8 +126,7 @@ impl Pipe {
                     waiting: VecDeque::new(),
                     epoch: 0,
                     answered: false,
-                    watch_idle: false,
-                    watch_at: Instant::now(),
+                    watch_until: None,
                     failures: 0,
                     link: Link::Down {
                         retry_at: None,
@@ -184,7 +182,10 @@ impl Pipe {
             let (tx, rx) = oneshot::channel();
             let deadline = now + s.wait(self.shared.timeout);
             s.waiting.push_back((deadline, tx));
-            let wake_watch = std::mem::take(&mut s.watch_idle) || deadline < s.watch_at;
+            let wake_watch = s.watch_until.is_none_or(|at| deadline < at);
+            if wake_watch {
+                s.watch_until = Some(deadline);
+            }
             if let Link::Running { wake, watch, .. } = &s.link {
                 wake.notify_one();
                 if wake_watch {
@@ -224,7 +225,7 @@ impl State {
             drop(slot.send(Err(Arc::clone(&why))));
         }
         self.out.clear();
-        self.watch_idle = false;
+        self.watch_until = None;
         self.link = next;
     }
 
@@ -373,12 +374,8 @@ impl Shared {
                 }
                 // The earliest of all: one queued on a new connection may wait longer than
                 // one queued after it, once the connection has answered.
-                let deadline = s.waiting.iter().map(|(deadline, _)| *deadline).min();
-                s.watch_idle = deadline.is_none();
-                if let Some(at) = deadline {
-                    s.watch_at = at;
-                }
-                deadline
+                s.watch_until = s.waiting.iter().map(|(deadline, _)| *deadline).min();
+                s.watch_until
             };
             match deadline {
                 Some(at) if at <= Instant::now() => {
