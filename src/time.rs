@@ -43,6 +43,32 @@ impl Timestamp {
     }
 }
 
+/// One reading of the wall clock, to the nanosecond: a request reads it once, and the wall time
+/// it needs later (the response's `Date`, the audit trail's minute) is this plus the monotonic
+/// time since, not another reading.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock(Duration);
+
+impl WallClock {
+    pub fn now() -> Self {
+        WallClock(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The reading, in whole seconds.
+    pub fn timestamp(self) -> Timestamp {
+        Timestamp::from_unix(self.0.as_secs())
+    }
+
+    /// The wall time `elapsed` after the reading, in whole seconds.
+    pub fn after(self, elapsed: Duration) -> Timestamp {
+        Timestamp::from_unix(self.0.saturating_add(elapsed).as_secs())
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -80,6 +106,19 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2026-09-21T14:13:20Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    /// A reading and the times after it are the system clock's, in whole seconds.
+    #[test]
+    fn a_wall_clock_reading_and_the_times_after_it() {
+        let before = Timestamp::now();
+        let wall = WallClock::now();
+        let after = Timestamp::now();
+        assert!(before <= wall.timestamp() && wall.timestamp() <= after);
+        assert_eq!(wall.after(Duration::ZERO), wall.timestamp());
+        let later = wall.after(Duration::from_secs(90));
+        assert_eq!(later.unix(), (wall.0 + Duration::from_secs(90)).as_secs());
+        assert_eq!(wall.after(Duration::MAX), Timestamp::MAX);
     }
 
     #[test]

@@ -89,7 +89,7 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 struct UsageKey {
     key_id: Arc<str>,
     minute: u64,
@@ -97,12 +97,94 @@ struct UsageKey {
     method: Method,
 }
 
+/// A usage row's identity as borrowed parts: the common request finds its row by them, with no
+/// clone of the key id, route and method (the row's own key holds those).
+type UsageParts<'a> = (&'a str, u64, &'a str, &'a Method);
+
+/// What a usage row is looked up by: its own key, or borrowed parts.
+trait UsageLookup {
+    fn parts(&self) -> UsageParts<'_>;
+}
+
+impl UsageLookup for UsageKey {
+    fn parts(&self) -> UsageParts<'_> {
+        (&self.key_id, self.minute, &self.route, &self.method)
+    }
+}
+
+impl UsageLookup for UsageParts<'_> {
+    fn parts(&self) -> UsageParts<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn UsageLookup + 'a> for UsageKey {
+    fn borrow(&self) -> &(dyn UsageLookup + 'a) {
+        self
+    }
+}
+
+// The key and its borrowed form hash and compare alike (`Borrow`'s contract): both by parts.
+impl std::hash::Hash for dyn UsageLookup + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        hash_parts(self.parts(), h);
+    }
+}
+
+/// The parts' bytes, each string after its length (so no two keys run into one another), the
+/// method as its name.
+fn hash_parts<H: std::hash::Hasher>((key_id, minute, route, method): UsageParts<'_>, h: &mut H) {
+    h.write_usize(key_id.len());
+    h.write(key_id.as_bytes());
+    h.write_u64(minute);
+    h.write_usize(route.len());
+    h.write(route.as_bytes());
+    h.write(method.as_str().as_bytes());
+}
+
+impl PartialEq for dyn UsageLookup + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn UsageLookup + '_ {}
+
+impl std::hash::Hash for UsageKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        hash_parts(self.parts(), h);
+    }
+}
+
+impl PartialEq for UsageKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for UsageKey {}
+
 #[derive(Default)]
 struct UsageCount {
     by_class: [u64; 5],
     /// Requests by exact status (ZendFi's audit: "response status"), a few per row.
     statuses: Vec<(u16, u64)>,
     ips: Vec<IpAddr>,
+}
+
+impl UsageCount {
+    fn add(&mut self, status: u16, ip: IpAddr) {
+        self.by_class[status_class(status)] += 1;
+        match self.statuses.iter().position(|(s, _)| *s == status) {
+            Some(i) => self.statuses[i].1 += 1,
+            None if self.statuses.len() < MAX_STATUSES => self.statuses.push((status, 1)),
+            // Beyond a handful of distinct statuses per row, the class counts still hold them.
+            None => {}
+        }
+        if self.ips.len() < MAX_IPS && !self.ips.contains(&ip) {
+            self.ips.push(ip);
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -203,32 +285,28 @@ impl Audit {
             | Method::PUT
             | Method::PATCH
             | Method::DELETE
-            | Method::OPTIONS => method.clone(),
-            _ => OTHER_METHOD.clone(),
+            | Method::OPTIONS => method,
+            _ => &OTHER_METHOD,
         };
-        let mut key = UsageKey {
-            key_id: Arc::clone(key_id),
-            minute: minute_of(now),
-            route: Arc::clone(route),
-            method,
-        };
+        let minute = minute_of(now);
         let shard = &self.usage[(self.hasher.hash_one(key_id) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_USAGE_ROWS / SHARDS && !map.contains_key(&key) {
+        let parts: UsageParts<'_> = (key_id, minute, route, method);
+        if let Some(count) = map.get_mut(&parts as &dyn UsageLookup) {
+            return count.add(status, ip);
+        }
+        // A new row: over the cap, the key's requests this minute share one row.
+        let mut key = UsageKey {
+            key_id: Arc::clone(key_id),
+            minute,
+            route: Arc::clone(route),
+            method: method.clone(),
+        };
+        if map.len() >= MAX_USAGE_ROWS / SHARDS {
             key.route = Arc::clone(&ANY_ROUTE);
             key.method = OTHER_METHOD.clone();
         }
-        let count = map.entry(key).or_default();
-        count.by_class[status_class(status)] += 1;
-        match count.statuses.iter().position(|(s, _)| *s == status) {
-            Some(i) => count.statuses[i].1 += 1,
-            None if count.statuses.len() < MAX_STATUSES => count.statuses.push((status, 1)),
-            // Beyond a handful of distinct statuses per row, the class counts still hold them.
-            None => {}
-        }
-        if count.ips.len() < MAX_IPS && !count.ips.contains(&ip) {
-            count.ips.push(ip);
-        }
+        map.entry(key).or_default().add(status, ip);
     }
 
     /// Counts one rejected authentication (aggregated; no I/O). `key` is a key id or the
@@ -474,4 +552,43 @@ fn log_event(e: &Event) {
         hash = %e.hash,
         "audit"
     );
+}
+
+#[cfg(test)]
+mod usage_key_tests {
+    use super::*;
+
+    /// A row is found by borrowed parts exactly when they are its key's (`Borrow`'s contract:
+    /// the same hash, the same equality), and by no other parts.
+    #[test]
+    fn a_usage_row_is_found_by_its_parts_and_only_by_them() {
+        let hasher = Hasher::default();
+        let key = UsageKey {
+            key_id: Arc::from("key_1"),
+            minute: 1_800_000_000 / 60 * 60,
+            route: Arc::from("payments"),
+            method: Method::POST,
+        };
+        let mut map: HashMap<UsageKey, UsageCount, Hasher> = HashMap::with_hasher(hasher.clone());
+        map.entry(key.clone())
+            .or_default()
+            .add(200, IpAddr::from([10, 0, 0, 1]));
+        let parts: UsageParts<'_> = ("key_1", key.minute, "payments", &Method::POST);
+        assert_eq!(
+            hasher.hash_one(&key),
+            hasher.hash_one(&parts as &dyn UsageLookup)
+        );
+        let found = map.get_mut(&parts as &dyn UsageLookup);
+        assert!(found.is_some_and(|c| c.by_class[status_class(200)] == 1));
+        for other in [
+            ("key_2", key.minute, "payments", &Method::POST),
+            ("key_1", key.minute + 60, "payments", &Method::POST),
+            ("key_1", key.minute, "payment", &Method::POST),
+            ("key_1", key.minute, "payments", &Method::GET),
+            // The same bytes split differently between the key id and the route.
+            ("key_1p", key.minute, "ayments", &Method::POST),
+        ] {
+            assert!(!map.contains_key(&other as &dyn UsageLookup), "{other:?}");
+        }
+    }
 }

@@ -402,7 +402,7 @@ impl Policy {
                 .await;
             if !d.allowed {
                 self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                rate.note(d);
+                rate.note(d, self.header_styles());
                 return Err(Denial::RateLimited {
                     retry_after: d.retry_after,
                 });
@@ -421,7 +421,7 @@ impl Policy {
                 .await;
             // Evaluated: reported on the response, whatever happens next.
             if let Some(d) = d.first() {
-                rate.note(*d);
+                rate.note(*d, self.header_styles());
             }
             if let Some(d) = d.first().filter(|d| !d.allowed) {
                 self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);

@@ -72,7 +72,7 @@ impl Policy {
         let Some(tightest) = Decision::tightest(&decisions) else {
             return Ok(());
         };
-        rate.note(tightest);
+        rate.note(tightest, self.header_styles());
         if tightest.allowed {
             return Ok(());
         }
@@ -150,7 +150,10 @@ impl Policy {
         rate: &mut RateReport,
     ) {
         for (counter, limit) in self.key_limits(identity, category) {
-            rate.note(self.limiter.peek(counter, limit).await);
+            rate.note(
+                self.limiter.peek(counter, limit).await,
+                self.header_styles(),
+            );
         }
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Context {
     /// When the request began: the key cache's freshness and the request's duration are
     /// measured from it.
     pub started: std::time::Instant,
+    /// The wall clock then (read once per request: key expiry, the response's `Date`).
+    pub wall: crate::time::WallClock,
 }
 
 impl Context {
@@ -71,6 +73,7 @@ impl Context {
             reason: None,
             sent_at: None,
             started,
+            wall: crate::time::WallClock::now(),
         }
     }
 }

@@ -280,11 +280,11 @@ impl App {
         // A cached key is answered without a future; the store's answer, boxed (the rare
         // path), keeps its state out of every request's.
         // The request's clock reading, unless a stage before waited on Redis.
-        let now = match policy.limiter().in_memory() {
-            true => cx.started,
-            false => Instant::now(),
+        let (now, wall) = match policy.limiter().in_memory() {
+            true => (cx.started, cx.wall.timestamp()),
+            false => (Instant::now(), crate::time::Timestamp::now()),
         };
-        let verified = match self.verifier.probe(&cred, now) {
+        let verified = match self.verifier.probe(&cred, now, wall) {
             auth::Probe::Answered(result) => result,
             auth::Probe::Fill(pending) => Box::pin(self.verifier.fill_probe(pending)).await,
         };
@@ -414,10 +414,11 @@ impl App {
         };
         let status = resp.status().as_u16();
         let now = Instant::now();
-        // One wall-clock reading for the audit trail's minute and the response's `Date`.
-        let wall = crate::time::Timestamp::now();
-        self.audit_request(cx, status, conn.peer.ip(), wall);
         let elapsed = now.saturating_duration_since(cx.started);
+        // The wall clock now, for the audit trail's minute and the response's `Date`: the
+        // request's reading plus the time since (not a second reading).
+        let wall = cx.wall.after(elapsed);
+        self.audit_request(cx, status, conn.peer.ip(), wall);
         let upstream = cx.sent_at.map(|at| now.saturating_duration_since(at));
         let route = cx.trace.route.as_ref().unwrap_or(&NO_ROUTE);
         self.metrics
@@ -448,7 +449,7 @@ impl App {
         // The request is done with its id: the stamp takes it (a clone would allocate).
         let stamp = Stamp {
             request_id: std::mem::replace(&mut cx.request_id, HeaderValue::from_static("")),
-            rate: (cx.trace.rate.decision()).map(|d| (*d, self.policy.load().header_styles())),
+            rate: cx.trace.rate.report(),
             at: now,
             unix: wall.unix(),
         };

@@ -157,7 +157,7 @@ impl SelfService {
         let Some(d) = policy.limiter().acquire(&[(counter, limit)]).await.pop() else {
             return Ok(());
         };
-        rate.note(d);
+        rate.note(d, policy.header_styles());
         if d.allowed {
             Ok(())
         } else {

@@ -280,7 +280,7 @@ impl Verifier {
 
     /// Verifies a credential and applies the record-only checks.
     pub async fn verify(self: &Arc<Self>, cred: &Credential<'_>) -> Result<Identity, AuthFailure> {
-        match self.probe(cred, Instant::now()) {
+        match self.probe(cred, Instant::now(), Timestamp::now()) {
             Probe::Answered(result) => result,
             Probe::Fill(fill) => self.fill_probe(fill).await,
         }
@@ -289,7 +289,7 @@ impl Verifier {
     /// What memory alone says of a credential: a fresh cached entry, a malformed key or a
     /// negative-cache hit is answered now, without a future; anything else needs the store
     /// ([`Verifier::fill_probe`]). The common request is answered here.
-    pub fn probe<'k>(&self, cred: &'k Credential<'_>, now: Instant) -> Probe<'k> {
+    pub fn probe<'k>(&self, cred: &'k Credential<'_>, now: Instant, wall: Timestamp) -> Probe<'k> {
         // Found by the whole key (the default shape), a cached key is known by its hash
         // alone: it parsed when it was verified, and parsing is deterministic. The cache is
         // asked before the parse (the common request), and the hash is not computed twice.
@@ -305,7 +305,7 @@ impl Verifier {
                 && self.fresh(&entry, now)
             {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Probe::Answered(self.admit_entry(entry));
+                return Probe::Answered(self.admit_entry(entry, wall));
             }
             let generation = self.front.generation();
             let cached = self.positive.get(&full).filter(|e| e.presented == full);
@@ -314,7 +314,7 @@ impl Verifier {
             {
                 self.front.put(full, entry, generation);
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Probe::Answered(self.admit_entry(Arc::clone(entry)));
+                return Probe::Answered(self.admit_entry(Arc::clone(entry), wall));
             }
             asked = Some(cached);
         }
@@ -346,7 +346,7 @@ impl Verifier {
         let stale = match cached {
             Some(entry) if self.fresh(&entry, now) => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Probe::Answered(self.admit_entry(entry));
+                return Probe::Answered(self.admit_entry(entry, wall));
             }
             Some(stale) => Some(stale),
             None => {
@@ -400,7 +400,7 @@ impl Verifier {
             }
             Err(e) => return Err(self.fill_error(e)),
         };
-        self.admit_entry(entry)
+        self.admit_entry(entry, Timestamp::now())
     }
 
     /// Fresh, and no change can have been missed (the invalidation feed is live).
@@ -410,9 +410,9 @@ impl Verifier {
             && self.store.invalidations_live()
     }
 
-    /// The record-only checks on a verified entry: revoked or expired keys fail.
-    fn admit_entry(&self, entry: Arc<Verified>) -> Result<Identity, AuthFailure> {
-        let now = Timestamp::now();
+    /// The record-only checks on a verified entry at `now` (the request's wall-clock reading):
+    /// revoked or expired keys fail.
+    fn admit_entry(&self, entry: Arc<Verified>, now: Timestamp) -> Result<Identity, AuthFailure> {
         match entry.record.state(now) {
             KeyState::Active => {}
             KeyState::Expired | KeyState::Revoked => return Err(AuthFailure::Expired),

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::HeaderStyles;
 pub use crate::config::{Algorithm, Limit};
 pub use headers::{is_rate_limit_field, rate_limit_fields, set_rate_limit_headers};
 pub use local::LocalLimiter;
@@ -50,20 +51,26 @@ impl Decision {
 }
 
 /// The rate-limit state a response reports: the decision of the limit closest to exhaustion
-/// among those a request was checked against (a rejection first).
+/// among those a request was checked against (a rejection first), and the header styles of the
+/// policy that decided (the request's one policy, even if a reload swaps it meanwhile).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RateReport(Option<Decision>);
+pub struct RateReport(Option<(Decision, HeaderStyles)>);
 
 impl RateReport {
-    pub fn note(&mut self, d: Decision) {
+    pub fn note(&mut self, d: Decision, styles: HeaderStyles) {
         self.0 = Some(match self.0 {
-            Some(prev) if prev.order() <= d.order() => prev,
-            _ => d,
+            Some(prev) if prev.0.order() <= d.order() => prev,
+            _ => (d, styles),
         });
     }
 
     pub fn decision(&self) -> Option<&Decision> {
-        self.0.as_ref()
+        self.0.as_ref().map(|(d, _)| d)
+    }
+
+    /// The decision to report, with how.
+    pub fn report(&self) -> Option<(Decision, HeaderStyles)> {
+        self.0
     }
 }
 
