@@ -296,24 +296,24 @@ impl Audit {
             return count.add(status, ip);
         }
         // A new row: over the cap, the key's requests this minute share one row.
-        let mut key = UsageKey {
+        let (route, method) = match map.len() >= MAX_USAGE_ROWS / SHARDS {
+            true => (&*ANY_ROUTE, &*OTHER_METHOD),
+            false => (route, method),
+        };
+        let key = UsageKey {
             key_id: Arc::clone(key_id),
             minute,
             route: Arc::clone(route),
             method: method.clone(),
         };
-        if map.len() >= MAX_USAGE_ROWS / SHARDS {
-            key.route = Arc::clone(&ANY_ROUTE);
-            key.method = OTHER_METHOD.clone();
-        }
         map.entry(key).or_default().add(status, ip);
     }
 
-    /// Counts one rejected authentication (aggregated; no I/O). `key` is a key id or the
-    /// non-secret display prefix of the presented key, when known.
-    pub fn auth_failed(&self, code: &'static str, key: Option<&str>, ip: IpAddr) {
+    /// Counts one rejected authentication at `now` (aggregated; no I/O). `key` is a key id or
+    /// the non-secret display prefix of the presented key, when known.
+    pub fn auth_failed(&self, code: &'static str, key: Option<&str>, ip: IpAddr, now: Timestamp) {
         let row = FailureKey {
-            minute: minute_of(Timestamp::now()),
+            minute: minute_of(now),
             ip,
             code,
             key: key.map(Into::into),
@@ -555,7 +555,7 @@ fn log_event(e: &Event) {
 }
 
 #[cfg(test)]
-mod usage_key_tests {
+mod tests {
     use super::*;
 
     /// A row is found by borrowed parts exactly when they are its key's (`Borrow`'s contract:

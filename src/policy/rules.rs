@@ -64,11 +64,14 @@ impl Policy {
         category: Option<&str>,
         rate: &mut RateReport,
     ) -> Result<(), Denial> {
-        let limits = self.key_limits(identity, category);
+        // Filled in place, here and below: neither list is copied on its way back.
+        let mut limits = smallvec::SmallVec::new();
+        self.key_limits(identity, category, &mut limits);
         if limits.is_empty() {
             return Ok(());
         }
-        let decisions = self.limiter.acquire(&limits).await;
+        let mut decisions = super::ratelimit::Decisions::new();
+        self.limiter.acquire_into(&limits, &mut decisions).await;
         let Some(tightest) = Decision::tightest(&decisions) else {
             return Ok(());
         };
@@ -82,14 +85,15 @@ impl Policy {
         })
     }
 
-    /// The key's own limit and its route category's, each counted per key or per owner.
-    /// The key's own: its explicit limit, else its environment's, else its tier's, else the
-    /// default.
+    /// Appends to `out` the key's own limit and its route category's, each counted per key or
+    /// per owner. The key's own: its explicit limit, else its environment's, else its tier's,
+    /// else the default.
     fn key_limits(
         &self,
         identity: &Identity,
         category: Option<&str>,
-    ) -> smallvec::SmallVec<[(Counter, Limit); 2]> {
+        out: &mut smallvec::SmallVec<[(Counter, Limit); 2]>,
+    ) {
         let rec = identity.record();
         let rl = &self.config.rate_limits;
         let env_limit = || {
@@ -117,7 +121,6 @@ impl Policy {
             },
             Per::Owner => Subject::Owner(Arc::clone(identity.owner())),
         };
-        let mut out = smallvec::SmallVec::new();
         if let Some(limit) = own {
             out.push((
                 Counter {
@@ -138,7 +141,6 @@ impl Policy {
                 *limit,
             ));
         }
-        out
     }
 
     /// The state of the key's limits, consuming nothing: for the rate-limit headers of a
@@ -149,7 +151,9 @@ impl Policy {
         category: Option<&str>,
         rate: &mut RateReport,
     ) {
-        for (counter, limit) in self.key_limits(identity, category) {
+        let mut limits = smallvec::SmallVec::new();
+        self.key_limits(identity, category, &mut limits);
+        for (counter, limit) in limits {
             rate.note(
                 self.limiter.peek(counter, limit).await,
                 self.header_styles(),

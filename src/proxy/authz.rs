@@ -58,12 +58,12 @@ impl App {
 
     /// A check over HTTP (nginx, Traefik, Envoy's HTTP service).
     async fn http_check(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-        let started = Instant::now();
+        let clocks = (Instant::now(), crate::time::WallClock::now());
         self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let original = self.original_request(&mut req, &conn);
         // After the rewrite: logs and the audit trail show the request asked about.
-        let mut cx = Context::new(&req, self.access_log, started);
+        let mut cx = Context::new(&req, self.access_log, clocks);
         let result = match original {
             Ok(()) => {
                 let mut req = req.map(Inbound::Hyper);
@@ -77,7 +77,7 @@ impl App {
 
     /// Envoy's gRPC `Check`: the request in its attributes runs the same pipeline.
     async fn grpc_check(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GrpcBody> {
-        let started = Instant::now();
+        let clocks = (Instant::now(), crate::time::WallClock::now());
         self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let peer = conn.peer.ip().to_canonical();
@@ -107,7 +107,7 @@ impl App {
         }
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let mut cx = Context::new(&req, self.access_log, started);
+        let mut cx = Context::new(&req, self.access_log, clocks);
         let result = match rewritten {
             Err(e) => Err(e),
             Ok(()) => {

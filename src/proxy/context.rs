@@ -41,16 +41,19 @@ pub(super) struct Context {
     /// When the request began: the key cache's freshness and the request's duration are
     /// measured from it.
     pub started: std::time::Instant,
-    /// The wall clock then (read once per request: key expiry, the response's `Date`).
+    /// The wall clock then, read with `started`: a key's expiry is checked against it (unless
+    /// a Redis stage waited first), and the response's `Date` and the audit minute are it plus
+    /// the time since.
     pub wall: crate::time::WallClock,
 }
 
 impl Context {
-    /// `access_log`: the request will be logged (only then is its `User-Agent` kept).
+    /// `access_log`: the request will be logged (only then is its `User-Agent` kept). `started`
+    /// and `wall`: the request's clock readings, taken together.
     pub fn new<B: http_body::Body>(
         req: &Request<B>,
         access_log: bool,
-        started: std::time::Instant,
+        (started, wall): (std::time::Instant, crate::time::WallClock),
     ) -> Context {
         Context {
             request_id: request_id(req.headers()),
@@ -73,7 +76,7 @@ impl Context {
             reason: None,
             sent_at: None,
             started,
-            wall: crate::time::WallClock::now(),
+            wall,
         }
     }
 }

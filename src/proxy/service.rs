@@ -132,10 +132,10 @@ impl App {
         conn: &'a ConnInfo,
     ) -> impl Future<Output = (Response<ProxyBody>, Stamp)> + 'a {
         async move {
-            let started = Instant::now();
+            let clocks = (Instant::now(), crate::time::WallClock::now());
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let _in_flight = Held::enter(&self.metrics.in_flight);
-            let mut cx = Context::new(req, self.access_log, started);
+            let mut cx = Context::new(req, self.access_log, clocks);
             let result = self.pipeline(req, conn, &mut cx, false).await;
             self.finish_stamped(result, &mut cx, conn)
         }
@@ -471,7 +471,7 @@ impl App {
         }
         if let Some(code) = cx.code.filter(|_| status == 401 || status == 403) {
             let key = cx.key_id.as_deref().or(cx.key_prefix.as_deref());
-            self.audit.auth_failed(code, key, ip);
+            self.audit.auth_failed(code, key, ip, now);
         }
     }
 }

@@ -288,7 +288,8 @@ impl Verifier {
 
     /// What memory alone says of a credential: a fresh cached entry, a malformed key or a
     /// negative-cache hit is answered now, without a future; anything else needs the store
-    /// ([`Verifier::fill_probe`]). The common request is answered here.
+    /// ([`Verifier::fill_probe`]). The common request is answered here. `now` and `wall`: the
+    /// request's clock readings, for the cache's freshness and the key's expiry.
     pub fn probe<'k>(&self, cred: &'k Credential<'_>, now: Instant, wall: Timestamp) -> Probe<'k> {
         // Found by the whole key (the default shape), a cached key is known by its hash
         // alone: it parsed when it was verified, and parsing is deterministic. The cache is

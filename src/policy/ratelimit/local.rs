@@ -55,8 +55,16 @@ impl LocalLimiter {
 
     /// Checks all `limits` and consumes one unit of each only if every one allows.
     pub fn acquire(&self, limits: &[(Counter, Limit)]) -> super::Decisions {
-        let now = self.now_ms();
         let mut decisions = super::Decisions::new();
+        self.acquire_into(limits, &mut decisions);
+        decisions
+    }
+
+    /// [`LocalLimiter::acquire`], its decisions written into `decisions` (cleared first): the
+    /// request path's, so they are not copied on their way back.
+    pub fn acquire_into(&self, limits: &[(Counter, Limit)], decisions: &mut super::Decisions) {
+        let now = self.now_ms();
+        decisions.clear();
         for (counter, limit) in limits {
             let slot = self.slot(counter);
             let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
@@ -71,7 +79,11 @@ impl LocalLimiter {
         }
         if decisions.iter().any(|d| !d.allowed) {
             // The rare path: give back what the allowed ones took.
-            for ((counter, limit), _) in limits.iter().zip(&decisions).filter(|(_, d)| d.allowed) {
+            for ((counter, limit), _) in limits
+                .iter()
+                .zip(decisions.iter())
+                .filter(|(_, d)| d.allowed)
+            {
                 let slot = self.slot(counter);
                 let mut shard = self.shard(slot).lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(state) = shard.get_mut(&slot) {
@@ -83,7 +95,6 @@ impl LocalLimiter {
                 d.remaining = (d.remaining + 1).min(d.limit);
             }
         }
-        decisions
     }
 
     /// Reports the state of one counter without consuming.

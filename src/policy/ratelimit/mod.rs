@@ -64,10 +64,6 @@ impl RateReport {
         });
     }
 
-    pub fn decision(&self) -> Option<&Decision> {
-        self.0.as_ref().map(|(d, _)| d)
-    }
-
     /// The decision to report, with how.
     pub fn report(&self) -> Option<(Decision, HeaderStyles)> {
         self.0
@@ -135,10 +131,18 @@ impl Limiter {
 
     /// Checks every limit (all of one subject) and consumes them only if all allow.
     pub async fn acquire(&self, limits: &[(Counter, Limit)]) -> Decisions {
+        let mut decisions = Decisions::new();
+        self.acquire_into(limits, &mut decisions).await;
+        decisions
+    }
+
+    /// [`Limiter::acquire`], its decisions written into `out` (replaced): the request path's,
+    /// so they are not copied on their way back through each layer.
+    pub async fn acquire_into(&self, limits: &[(Counter, Limit)], out: &mut Decisions) {
         match self {
-            Limiter::Local(l) => l.acquire(limits),
+            Limiter::Local(l) => l.acquire_into(limits, out),
             // Boxed: a network round trip anyway, and it keeps the local path's futures small.
-            Limiter::Redis(r) => Box::pin(r.check(limits, true)).await.into(),
+            Limiter::Redis(r) => *out = Box::pin(r.check(limits, true)).await.into(),
         }
     }
 
