@@ -12,7 +12,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -58,7 +57,7 @@ impl App {
 
     /// A check over HTTP (nginx, Traefik, Envoy's HTTP service).
     async fn http_check(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-        let clocks = (Instant::now(), crate::time::WallClock::now());
+        let clocks = super::context::clocks();
         self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let original = self.original_request(&mut req, &conn);
@@ -77,7 +76,7 @@ impl App {
 
     /// Envoy's gRPC `Check`: the request in its attributes runs the same pipeline.
     async fn grpc_check(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GrpcBody> {
-        let clocks = (Instant::now(), crate::time::WallClock::now());
+        let clocks = super::context::clocks();
         self.metrics.authz_checks.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Held::enter(&self.metrics.in_flight);
         let peer = conn.peer.ip().to_canonical();

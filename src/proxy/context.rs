@@ -47,9 +47,15 @@ pub(super) struct Context {
     pub wall: crate::time::WallClock,
 }
 
+/// A request's two clock readings, taken together when it begins: monotonic (durations, the
+/// key cache's freshness) and wall (expiry, `Date`, the audit minute).
+pub(super) fn clocks() -> (std::time::Instant, crate::time::WallClock) {
+    (std::time::Instant::now(), crate::time::WallClock::now())
+}
+
 impl Context {
     /// `access_log`: the request will be logged (only then is its `User-Agent` kept). `started`
-    /// and `wall`: the request's clock readings, taken together.
+    /// and `wall`: the request's clock readings ([`clocks`]).
     pub fn new<B: http_body::Body>(
         req: &Request<B>,
         access_log: bool,

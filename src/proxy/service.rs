@@ -132,7 +132,7 @@ impl App {
         conn: &'a ConnInfo,
     ) -> impl Future<Output = (Response<ProxyBody>, Stamp)> + 'a {
         async move {
-            let clocks = (Instant::now(), crate::time::WallClock::now());
+            let clocks = super::context::clocks();
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let _in_flight = Held::enter(&self.metrics.in_flight);
             let mut cx = Context::new(req, self.access_log, clocks);
