@@ -8,8 +8,9 @@ workloads `load.py` measures, each for SECONDS (default 5):
   - the same through the Redis store and the Redis limiter;
   - floods of a well-formed unknown key and of a malformed one (the 401 paths stay optimised);
 then stops gracefully (the counts are written at exit), and the counts are merged (`--sparse`)
-into `.cargo/keygate.profdata` (and the major version of the LLVM that wrote it into
-`.cargo/keygate.profdata.llvm`). Run it again after changing the request path: a function whose
+into `.cargo/keygate.profdata`, and the compiler's version into `.cargo/keygate.profdata.rustc`
+(the profile names functions as this compiler does; `.cargo/pgo-rustc` uses it with this
+compiler only). Run it again after changing the request path: a function whose
 code changed since the profile was recorded is optimised without it (LLVM checks each
 function's control-flow hash), so a stale profile costs speed, never correctness.
 
@@ -38,8 +39,8 @@ TARGET_DIR = os.path.join(ROOT, "target", "pgo-generate")
 
 
 def profdata_tool():
-    """rustup's llvm-profdata for the active toolchain (installed when missing), and the major
-    version of rustc's LLVM (older ones cannot read the profile; `.cargo/pgo-rustc` checks)."""
+    """rustup's llvm-profdata for the active toolchain (installed when missing), and the
+    compiler's version line (`rustc -V`)."""
     sysroot = subprocess.run(["rustc", "--print", "sysroot"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
     info = dict(line.split(": ", 1) for line in subprocess.run(["rustc", "-vV"], cwd=ROOT, capture_output=True,
@@ -48,12 +49,15 @@ def profdata_tool():
     tool = os.path.join(sysroot, "lib", "rustlib", info["host"], "bin", "llvm-profdata")
     if not os.path.exists(tool):
         subprocess.run(["rustup", "component", "add", "llvm-tools"], cwd=ROOT, check=True)
-    return tool, info["LLVM version"].split(".")[0]
+    version = subprocess.run(["rustc", "-V"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return tool, version.strip()
 
 
 def instrumented(raw_dir):
-    """The instrumented release build's path. `RUSTFLAGS` replaces `.cargo/config.toml`'s
-    flags, so the old profile plays no part in the new one."""
+    """The instrumented release build's path. `.cargo/pgo-rustc` leaves a compilation with
+    profile flags of its own alone, so the old profile plays no part in the new one. The same
+    flags each run (the counts' files are named at run time), so cargo rebuilds only what
+    changed."""
     env = {**os.environ, "RUSTFLAGS": f"-Cprofile-generate={raw_dir}", "CARGO_TARGET_DIR": TARGET_DIR}
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "keygate"], cwd=ROOT, env=env,
                    check=True)
@@ -103,8 +107,10 @@ def train(binary, raw_dir, work):
 
 def main():
     load.ensure_tools()
-    tool, llvm = profdata_tool()
-    raw_dir = tempfile.mkdtemp(prefix="keygate-pgo-raw-")
+    tool, rustc = profdata_tool()
+    raw_dir = os.path.join(TARGET_DIR, "profiles")
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    os.makedirs(raw_dir)
     work = tempfile.mkdtemp(prefix="keygate-pgo-")
     try:
         load.log("building keygate instrumented (release)...")
@@ -114,14 +120,13 @@ def main():
         if not raws:
             raise SystemExit("no profile was written")
         subprocess.run([tool, "merge", "--sparse", "-o", PROFILE] + raws, check=True)
-        with open(PROFILE + ".llvm", "w") as f:
-            f.write(llvm + "\n")
+        with open(PROFILE + ".rustc", "w") as f:
+            f.write(rustc + "\n")
         load.log(f"wrote {os.path.relpath(PROFILE, ROOT)} ({os.path.getsize(PROFILE) // 1024} KiB) "
                  f"from {len(raws)} runs")
     finally:
         load.stop_all()
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(raw_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
