@@ -18,26 +18,38 @@ fn recorded() -> String {
         .to_owned()
 }
 
-/// A stand-in `rustc` in `dir`: `-V` answers `$FAKE_VERSION`, anything else prints the
-/// arguments, one per line.
-fn fake_compiler(dir: &Path, name: &str) -> PathBuf {
+/// A stand-in `rustc`: `-V` answers `$FAKE_VERSION`, anything else prints the arguments, one
+/// per line.
+const COMPILER: &str = "#!/bin/sh\nif [ \"$1\" = -V ]; then echo \"$FAKE_VERSION\"; exit 0; fi\nfor a in \"$@\"; do echo \"$a\"; done\n";
+
+/// A stand-in clippy-driver: runs the compiler it is given, as clippy-driver does.
+const DRIVER: &str = "#!/bin/sh\nexec \"$@\"\n";
+
+/// An executable script `name` in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(
-        &path,
-        "#!/bin/sh\nif [ \"$1\" = -V ]; then echo \"$FAKE_VERSION\"; exit 0; fi\nfor a in \"$@\"; do echo \"$a\"; done\n",
-    )
-    .unwrap_or_else(|e| panic!("cannot write the stand-in compiler: {e}"));
+    std::fs::write(&path, body).unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("cannot make the stand-in compiler executable: {e}"));
+        .unwrap_or_else(|e| panic!("cannot make {name} executable: {e}"));
     path
 }
 
-/// The wrapper run as cargo runs it; (the compiler's arguments, the wrapper's stderr).
-fn wrapped(version: &str, env: &[(&str, &str)], args: &[&str]) -> (Vec<String>, String) {
+/// The wrapper run as cargo runs it, on the stand-in compiler of `version` (behind the
+/// stand-in clippy-driver, as `cargo clippy` runs it, when `driver`); (the compiler's
+/// arguments, the wrapper's stderr).
+fn wrapped_by(
+    driver: bool,
+    version: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Vec<String>, String) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let rustc = fake_compiler(dir.path(), "rustc");
-    let out = Command::new(root().join(".cargo/pgo-rustc"))
-        .arg(&rustc)
+    let mut cmd = Command::new(root().join(".cargo/pgo-rustc"));
+    if driver {
+        cmd.arg(script(dir.path(), "clippy-driver", DRIVER));
+    }
+    let out = cmd
+        .arg(script(dir.path(), "rustc", COMPILER))
         .args(args)
         .env("FAKE_VERSION", version)
         .env_remove("KEYGATE_PGO")
@@ -50,6 +62,10 @@ fn wrapped(version: &str, env: &[(&str, &str)], args: &[&str]) -> (Vec<String>, 
         .map(str::to_owned)
         .collect();
     (args, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn wrapped(version: &str, env: &[(&str, &str)], args: &[&str]) -> (Vec<String>, String) {
+    wrapped_by(false, version, env, args)
 }
 
 const RELEASE: &[&str] = &["--crate-name", "keygate", "-C", "opt-level=3", "src/lib.rs"];
@@ -88,41 +104,29 @@ fn an_optimised_build_by_the_recording_compiler_gets_the_profile_and_nothing_els
     );
     assert_eq!(profiled(&args), native, "{args:?}");
 
-    // (what, the compiler's arguments, the environment)
+    /// What, the compiler's arguments, the environment.
     type Case<'a> = (&'a str, Vec<&'a str>, &'a [(&'a str, &'a str)]);
-    let unprofiled: Vec<Case> = vec![
+    let mut unprofiled: Vec<Case> = vec![
         (
             "a debug build",
             vec!["--crate-name", "keygate", "-C", "opt-level=0"],
             &[],
         ),
-        (
-            "another target",
-            [RELEASE, &["--target", "aarch64-unknown-linux-gnu"]].concat(),
-            &[],
-        ),
-        (
-            "another target (=)",
-            [RELEASE, &["--target=aarch64-apple-darwin"]].concat(),
-            &[],
-        ),
-        (
-            "an instrumented build",
-            [RELEASE, &["-Cprofile-generate=/tmp/p"]].concat(),
-            &[],
-        ),
-        (
-            "a coverage build",
-            [RELEASE, &["-Cinstrument-coverage"]].concat(),
-            &[],
-        ),
-        (
-            "a fuzzing build",
-            [RELEASE, &["-Zsanitizer=address"]].concat(),
-            &[],
-        ),
         ("KEYGATE_PGO=0", RELEASE.to_vec(), &[("KEYGATE_PGO", "0")]),
     ];
+    // A release build with these arguments added.
+    for (what, extra) in [
+        (
+            "another target",
+            &["--target", "aarch64-unknown-linux-gnu"][..],
+        ),
+        ("another target (=)", &["--target=aarch64-apple-darwin"]),
+        ("an instrumented build", &["-Cprofile-generate=/tmp/p"]),
+        ("a coverage build", &["-Cinstrument-coverage"]),
+        ("a fuzzing build", &["-Zsanitizer=address"]),
+    ] {
+        unprofiled.push((what, [RELEASE, extra].concat(), &[]));
+    }
     for (what, args_in, env) in &unprofiled {
         let (args, _) = wrapped(&version, env, args_in);
         assert!(!profiled(&args), "{what}: {args:?}");
@@ -147,29 +151,12 @@ fn another_compiler_builds_without_the_profile_and_says_so_once() {
 
 #[test]
 fn under_a_workspace_wrapper_the_compiler_is_the_second_argument() {
-    // `cargo clippy --release`: pgo-rustc clippy-driver rustc <args>. The stand-in driver runs
-    // the compiler it is given, as clippy-driver does.
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let rustc = fake_compiler(dir.path(), "rustc");
-    let driver = dir.path().join("clippy-driver");
-    std::fs::write(&driver, "#!/bin/sh\nexec \"$@\"\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(&driver, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(root().join(".cargo/pgo-rustc"))
-        .arg(&driver)
-        .arg(&rustc)
-        .args(RELEASE)
-        .env("FAKE_VERSION", recorded())
-        .env_remove("KEYGATE_PGO")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run .cargo/pgo-rustc: {e}"));
-    let args: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    // `cargo clippy --release`: pgo-rustc clippy-driver rustc <args>.
+    let (args, _) = wrapped_by(true, &recorded(), &[], RELEASE);
     assert_eq!(
         profiled(&args),
         cfg!(all(target_os = "linux", target_arch = "x86_64")),
         "{args:?}"
     );
+    assert_eq!(&args[..RELEASE.len()], RELEASE);
 }
